@@ -1,0 +1,43 @@
+"""gatekit: gating primitives for input-dependent dynamic filter selection in CNNs.
+
+A global gater network looks at the image and switches the backbone's filters on or off
+per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
+
+- gate estimators: :class:`Gate`, :class:`ImprovedSemHash`, :class:`StraightThroughSigmoid`,
+  :class:`GumbelSigmoid`, :class:`HardConcrete`, :func:`get_gate`;
+- gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`;
+- functional forms in :mod:`gatekit.functional`;
+- :class:`GatekitError`, the one exception raised for bad input.
+
+>>> import torch, gatekit
+>>> gatekit.get_gate("semhash").eval()(torch.tensor([[0.5, -0.5]]))
+tensor([[1., 0.]])
+"""
+
+from . import functional
+from ._errors import GatekitError
+from .estimators import (
+    Gate,
+    GumbelSigmoid,
+    HardConcrete,
+    ImprovedSemHash,
+    StraightThroughSigmoid,
+    get_gate,
+)
+from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Gate",
+    "GatekitError",
+    "GumbelSigmoid",
+    "HardConcrete",
+    "ImprovedSemHash",
+    "StraightThroughSigmoid",
+    "expected_l0_loss",
+    "functional",
+    "gate_l1_loss",
+    "get_gate",
+    "target_rate_loss",
+]

@@ -1,0 +1,30 @@
+"""Functional forms of the gate estimators and losses, as ``torch.nn.functional`` is to ``nn``.
+
+>>> import torch
+>>> from gatekit import functional as GF
+>>> GF.semhash(torch.tensor([[1.0, -1.0]]), training=False)
+tensor([[1., 0.]])
+"""
+
+from .estimators import (
+    gumbel_sigmoid,
+    hard_concrete,
+    saturating_sigmoid,
+    semhash,
+    st_sigmoid,
+    straight_through,
+)
+from .losses import expected_l0, expected_l0_loss, gate_l1_loss, target_rate_loss
+
+__all__ = [
+    "expected_l0",
+    "expected_l0_loss",
+    "gate_l1_loss",
+    "gumbel_sigmoid",
+    "hard_concrete",
+    "saturating_sigmoid",
+    "semhash",
+    "st_sigmoid",
+    "straight_through",
+    "target_rate_loss",
+]
