@@ -7,6 +7,7 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :class:`GumbelSigmoid`, :class:`HardConcrete`, :func:`get_gate`;
 - gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`;
 - functional forms in :mod:`gatekit.functional`;
+- gate statistics over an evaluation pass, with plots: :class:`GateStats`;
 - :class:`GatekitError`, the one exception raised for bad input.
 
 >>> import torch, gatekit
@@ -25,15 +26,18 @@ from .estimators import (
     get_gate,
 )
 from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
+from .stats import GateStats, LayerStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Gate",
+    "GateStats",
     "GatekitError",
     "GumbelSigmoid",
     "HardConcrete",
     "ImprovedSemHash",
+    "LayerStats",
     "StraightThroughSigmoid",
     "expected_l0_loss",
     "functional",
