@@ -25,15 +25,20 @@ from .estimators import (
     StraightThroughSigmoid,
     get_gate,
 )
+from .gater import GaterNet
 from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
+from .sites import GateSite, get_gate_sites
 from .stats import GateStats, LayerStats
+from .transform import gate_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Gate",
+    "GateSite",
     "GateStats",
     "GatekitError",
+    "GaterNet",
     "GumbelSigmoid",
     "HardConcrete",
     "ImprovedSemHash",
@@ -42,6 +47,8 @@ __all__ = [
     "expected_l0_loss",
     "functional",
     "gate_l1_loss",
+    "gate_model",
     "get_gate",
+    "get_gate_sites",
     "target_rate_loss",
 ]

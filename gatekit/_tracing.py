@@ -1,0 +1,211 @@
+"""Symbolic tracing of a backbone into one fx graph that is valid in train and eval mode.
+
+Leaves (modules recorded as one call instead of being traced through): the modules defined
+in ``torch.nn`` (as :class:`torch.fx.Tracer` does), every conv and norm layer even when
+subclassed outside torch (timm's ``BatchNormAct2d``, ``Conv2dSame``, ``LayerNorm2d``),
+``FrozenBatchNorm2d``, timm's registered no-trace modules and functions when timm is
+already imported, and what the caller adds.
+
+A Python branch on ``self.training`` inside a traced-through module bakes the mode into
+the graph (torchvision's ``StochasticDepth`` passes ``self.training`` to a wrapped
+function).  So the backbone is traced in both modes; where the graphs differ, the module
+that produced the first differing node becomes a leaf and tracing repeats, until one graph
+serves both modes.  A mode-dependent module that holds convs, or a mode-dependent root
+``forward``, is an error, because leafing it would silently hide convs from gating.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import fx, nn
+
+from ._errors import GatekitError
+
+__all__ = ["trace"]
+
+_MAX_RETRACES = 16
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _is_builtin_leaf(module: nn.Module) -> bool:
+    if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._NormBase):
+        return True
+    if isinstance(module, nn.GroupNorm | nn.LayerNorm) or type(module).__name__ == "FrozenBatchNorm2d":
+        return True
+    defined_in = type(module).__module__
+    in_torch_nn = defined_in.startswith("torch.nn") or defined_in.startswith("torch.ao.nn")
+    return in_torch_nn and not isinstance(module, _CONTAINERS)
+
+
+def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable[..., Any], ...]]:
+    """timm's own fx leaves, if the user has imported timm (never imported from here)."""
+    if "timm" not in sys.modules:
+        return (), ()
+    try:
+        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+
+
+class _GateTracer(fx.Tracer):
+    """fx tracer with gatekit's leaves that remembers which module was being traced."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], autowrap: tuple[Callable[..., Any], ...]):
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types = leaf_types
+        self.leaf_names = leaf_names
+        self.stack: list[tuple[str, str]] = []
+        self.failed_in: tuple[str, str] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        return _is_builtin_leaf(m)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.stack.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.stack[-1]
+            raise
+        finally:
+            self.stack.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        # A leaf's call_module node belongs to the module whose forward made the call.
+        depth = 2 if node.op == "call_module" else 1
+        node.meta["gatekit_module"] = self.stack[-depth] if len(self.stack) >= depth else ("", "")
+        return node
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch and gatekit: the user's failing code."""
+    found = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" in path or "/gatekit/" in path:
+            continue
+        found = f"function {frame.name!r} ({path.rsplit('/', 1)[-1]}:{frame.lineno})"
+    return found
+
+
+def _trace_once(root: nn.Module, tracer: _GateTracer) -> fx.Graph:
+    try:
+        return tracer.trace(root)
+    except Exception as e:
+        name, cls = tracer.failed_in or ("", type(root).__name__)
+        where = f"module {name!r} ({cls})" if name else f"the forward of {cls}"
+        frame = _user_frame(e)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        leaf = f"leaf_modules=[{cls}] (or ['{name}'])" if name else "leaf_modules=[...] for the failing submodule"
+        raise GatekitError(
+            f"torch.fx could not trace {type(root).__name__}: it failed in {where}"
+            + (f", in {frame}" if frame else "")
+            + f": {type(e).__name__}: {first}\n"
+            f"expected a backbone that torch.fx can trace symbolically. Fixes: pass {leaf} to "
+            f"keep that module whole (its convs are then not gated); pass autowrap_functions="
+            f"[fn] to record a failing free function as one call; or make the code traceable. "
+            f"gatekit.get_gate_sites(backbone, ..., leaf_modules=..., autowrap_functions=...) "
+            f"shows what would then be gated, and an explicit site list restricts gating."
+        ) from None
+
+
+def _by_module(graph: fx.Graph) -> dict[tuple[str, str], list[tuple[str, str, str, str]]]:
+    """Each module's own nodes, with node names blanked (they shift after a divergence)."""
+    def blank(arg: Any) -> Any:
+        return fx.node.map_arg(arg, lambda _: "%")
+
+    owned: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+    for node in graph.nodes:
+        key = node.meta.get("gatekit_module", ("", ""))
+        sig = (node.op, str(node.target), str(blank(node.args)), str(blank(node.kwargs)))
+        owned.setdefault(key, []).append(sig)
+    return owned
+
+
+def _differing_modules(a: fx.Graph, b: fx.Graph) -> list[tuple[str, str]]:
+    """The modules whose own forward code traced differently in the two graphs."""
+    owned_a, owned_b = _by_module(a), _by_module(b)
+    return sorted(k for k in owned_a.keys() | owned_b.keys() if owned_a.get(k) != owned_b.get(k))
+
+
+def trace(
+    module: nn.Module,
+    *,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+) -> fx.GraphModule:
+    """Trace ``module`` into a GraphModule valid in both modes; the module is left as it was.
+
+    >>> import torch
+    >>> gm = trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    >>> [n.op for n in gm.graph.nodes]
+    ['placeholder', 'call_module', 'call_module', 'output']
+    """
+    if not isinstance(module, nn.Module):
+        raise GatekitError(f"expected an nn.Module backbone, got {type(module).__name__}")
+    for leaf in leaf_modules:
+        if not (isinstance(leaf, str) or (isinstance(leaf, type) and issubclass(leaf, nn.Module))):
+            raise GatekitError(
+                f"leaf_modules takes nn.Module classes or qualified module names, got {leaf!r}"
+            )
+    for fn in autowrap_functions:
+        if not callable(fn):
+            raise GatekitError(f"autowrap_functions takes functions, got {fn!r}")
+    timm_types, timm_functions = _timm_notrace()
+    leaf_types = tuple(t for t in leaf_modules if isinstance(t, type)) + timm_types
+    leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+    autowrap = tuple(autowrap_functions) + timm_functions
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        for _ in range(_MAX_RETRACES):
+            tracers, graphs = {}, {}
+            for training in (True, False):
+                module.train(training)
+                tracers[training] = _GateTracer(leaf_types, frozenset(leaf_names), autowrap)
+                graphs[training] = _trace_once(module, tracers[training])
+            culprits = _differing_modules(graphs[True], graphs[False])
+            if not culprits:
+                break
+            for culprit in culprits:
+                _check_leafable(module, culprit)
+                leaf_names.add(culprit[0])
+        else:
+            raise GatekitError(
+                f"could not find one fx graph of {type(module).__name__} that is valid in both "
+                f"train and eval mode; pass the mode-dependent modules as leaf_modules"
+            )
+    finally:
+        for m, training in modes:
+            m.training = training
+    graph_module = fx.GraphModule(tracers[True].root, graphs[True], class_name=type(module).__name__)
+    graph_module.training = module.training
+    return graph_module
+
+
+def _check_leafable(root: nn.Module, culprit: tuple[str, str]) -> None:
+    name, cls = culprit[0], culprit[1] or type(root).__name__
+    fix = (
+        "build the model so its forward does not depend on the mode (e.g. aux_logits=False "
+        "for GoogLeNet/Inception), or gate a wrapper that calls it in one fixed way"
+    )
+    if not name:
+        raise GatekitError(
+            f"the forward of {cls} runs different operations in train and eval mode, so one "
+            f"gated graph cannot serve both; expected a mode-independent forward; {fix}"
+        )
+    convs = [n for n, m in root.get_submodule(name).named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if convs:
+        raise GatekitError(
+            f"module {name!r} ({cls}) runs different operations in train and eval mode and "
+            f"holds convs {convs[:3]}; expected mode-dependent code outside the convs to gate. "
+            f"Pass leaf_modules=['{name}'] to keep it whole (its convs are then not gated), or {fix}"
+        )

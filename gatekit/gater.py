@@ -1,0 +1,202 @@
+"""The gater head and :class:`GaterNet`, the module :func:`gatekit.gate_model` returns.
+
+Data flow: ``x -> gater -> head -> logits -> estimator -> gates -> gated backbone(x, gates)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from ._errors import GatekitError
+from .estimators import Gate
+from .sites import GateSite
+
+__all__ = ["GaterHead", "GaterNet"]
+
+
+class GaterHead(nn.Module):
+    """GaterNet's decoder D: ``Linear(D, b) -> [BatchNorm1d] -> ReLU -> Linear(b, num_gates)``.
+
+    Initialised as the released code: linear biases 0 (weights keep PyTorch's default),
+    BatchNorm weight 1 and bias 0.  The paper's text has a BatchNorm before the ReLU, the
+    released code has none: ``batchnorm=False`` by default.  ``init_bias`` fills the last
+    layer's bias; a positive value (e.g. 3) starts training with most gates open.
+
+    >>> import torch
+    >>> head = GaterHead(64, 336, bottleneck=8)
+    >>> head(torch.randn(2, 64)).shape
+    torch.Size([2, 336])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_gates: int,
+        bottleneck: int = 8,
+        *,
+        batchnorm: bool = False,
+        init_bias: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        for what, value in (("in_features", in_features), ("num_gates", num_gates), ("bottleneck", bottleneck)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GatekitError(f"{what} must be an int >= 1, got {value!r}")
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Linear(in_features, bottleneck, **kw)
+        self.bn = nn.BatchNorm1d(bottleneck, **kw) if batchnorm else nn.Identity()
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(bottleneck, num_gates, **kw)
+        with torch.no_grad():
+            self.fc1.bias.zero_()
+            self.fc2.bias.fill_(float(init_bias))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc2(self.relu(self.bn(self.fc1(features))))
+
+
+def _site_counts(sites: Sequence[GateSite], limit: int = 4) -> str:
+    shown = ", ".join(f"{s.name}: {s.num_gates}" for s in sites[:limit])
+    more = f", ... ({len(sites)} sites)" if len(sites) > limit else ""
+    return shown + more
+
+
+class GaterNet(nn.Module):
+    """A backbone whose conv filters are switched per sample by a gater network.
+
+    Build it with :func:`gatekit.gate_model`.  ``forward(x)`` returns exactly what the
+    backbone returns; ``forward(x, gates=g)`` skips the gater and uses ``g`` of shape
+    ``(N, num_gates)``.  After each forward, ``last_gates`` and ``last_logits`` (None when
+    gates were given) hold that pass's tensors, graph attached, for losses and statistics;
+    under :class:`~torch.nn.parallel.DistributedDataParallel` read them from ``ddp.module``.
+    Copies (``copy.deepcopy``, pickling) start with both set to None.
+
+    Non-finite logits: with ``check_finite=False`` (default, no device sync per step) they
+    pass to the estimator as they are (in eval mode NaN and -inf close a gate, +inf opens
+    it; in training the soft gates turn NaN and so does the loss).  ``check_finite=True``
+    raises :class:`GatekitError` in eager mode (the check is skipped inside
+    ``torch.compile``).
+
+    Attributes: ``backbone`` (an fx GraphModule called as ``backbone(x, gates=g)``),
+    ``gater``, ``head`` (:class:`GaterHead`), ``estimator`` (:class:`gatekit.Gate`),
+    ``sites`` (tuple of :class:`gatekit.GateSite`), ``num_gates``, ``check_finite``.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater()).eval()
+    >>> net(torch.randn(2, 3, 32, 32)).shape, net.num_gates, tuple(net.last_gates.shape)
+    (torch.Size([2, 10]), 336, (2, 336))
+    """
+
+    last_gates: Tensor | None
+    last_logits: Tensor | None
+
+    def __init__(
+        self,
+        backbone: fx.GraphModule,
+        gater: nn.Module,
+        head: GaterHead,
+        estimator: Gate,
+        sites: Sequence[GateSite],
+        *,
+        in_features: int,
+        check_finite: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.gater = gater
+        self.head = head
+        self.estimator = estimator
+        self.sites = tuple(sites)
+        self.num_gates = sum(s.num_gates for s in self.sites)
+        self.in_features = in_features
+        self.check_finite = bool(check_finite)
+        self.last_gates = None
+        self.last_logits = None
+
+    def gate_logits(self, x: Any) -> Tensor:
+        """The gater's real-valued gate logits ``(N, num_gates)`` for input ``x``.
+
+        >>> import torch, gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater())
+        >>> net.gate_logits(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 336])
+        """
+        features = self.gater(x)
+        batch = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else None
+        if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[1] != self.in_features:
+            got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise GatekitError(
+                f"the gater must return features of shape (N, {self.in_features}), got {got}; "
+                f"its head maps them to {self.num_gates} gate logits ({_site_counts(self.sites)}). "
+                f"Fix: make the gater end in a (N, D) feature vector (pool and flatten, no "
+                f"classifier) and pass gater_features=D to gate_model if D changed"
+            )
+        if batch is not None and features.shape[0] != batch:
+            raise GatekitError(
+                f"the gater returned {features.shape[0]} feature rows for a batch of {batch} "
+                f"inputs; expected one row per sample; check the gater's reshapes"
+            )
+        logits = self.head(features)
+        if self.check_finite and not torch.compiler.is_compiling():
+            bad = ~torch.isfinite(logits)
+            if bool(bad.any()):
+                raise GatekitError(
+                    f"the gate logits contain {int(bad.sum())} non-finite values (NaN or inf) "
+                    f"out of {logits.numel()}; expected finite logits. Fix: look for a diverging "
+                    f"gater (lower the learning rate, clip gradients, check the input), or "
+                    f"pass check_finite=False to let them through"
+                )
+        return logits
+
+    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+        if gates is None:
+            logits = self.gate_logits(x)
+            gates = self.estimator(logits)
+        else:
+            self._check_gates(x, gates)
+            logits = None
+        self.last_logits = logits
+        self.last_gates = gates
+        return self.backbone(x, gates=gates)
+
+    def _check_gates(self, x: Any, gates: Any) -> None:
+        expected = f"(N, {self.num_gates}) ({_site_counts(self.sites)})"
+        if not isinstance(gates, Tensor):
+            raise GatekitError(f"gates must be a tensor of shape {expected}, got {type(gates).__name__}")
+        if gates.ndim != 2 or gates.shape[1] != self.num_gates:
+            raise GatekitError(
+                f"gates must have shape {expected}, got {tuple(gates.shape)}; "
+                f"model.sites lists each site's offset and size"
+            )
+        if isinstance(x, Tensor) and x.ndim > 0 and gates.shape[0] != x.shape[0]:
+            raise GatekitError(
+                f"gates has {gates.shape[0]} rows for a batch of {x.shape[0]} inputs; "
+                f"expected one row of gates per sample"
+            )
+        if not gates.is_floating_point():
+            raise GatekitError(
+                f"gates must be floating point (like the activations they scale), got "
+                f"{gates.dtype}; convert with gates.float()"
+            )
+        if isinstance(x, Tensor) and gates.device != x.device:
+            raise GatekitError(
+                f"gates are on {gates.device} but the input is on {x.device}; "
+                f"move them with gates.to(x.device)"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Non-leaf tensors with a graph cannot be deep-copied; copies start without them.
+        state = self.__dict__.copy()
+        state["last_gates"] = None
+        state["last_logits"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"num_gates={self.num_gates}, sites={len(self.sites)}"
