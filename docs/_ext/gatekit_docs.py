@@ -1,0 +1,292 @@
+"""Sphinx directives that generate gatekit's reference pages from the code itself.
+
+``.. gatekit-api:: MODULE``
+    An autosummary table and the full autodoc entry of every name in ``MODULE.__all__``,
+    so a new public name appears in the reference without anyone editing a page.  A name
+    that is the same object as one documented earlier on the page (a re-export) gets one
+    line pointing there instead of a second copy (``:only-new:`` drops those lines, for
+    implementation modules whose names the package root already re-exports).
+
+``.. gatekit-argparse:: PATH``
+    A table of every flag of the command-line script at ``PATH`` (relative to the
+    repository root), read from its :mod:`argparse` parser, so the page cannot drift from
+    the script.  With ``:func: NAME`` the parser comes from calling ``NAME()`` in the
+    script; without it, the script's ``main()`` is run until it calls ``parse_args``, and
+    the parser is taken there (nothing of the training runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------------------
+# API reference
+# --------------------------------------------------------------------------------------
+
+
+def _kind(obj: Any) -> str | None:
+    if inspect.ismodule(obj):
+        return None  # documented in its own section
+    if inspect.isclass(obj):
+        return "autoexception" if issubclass(obj, BaseException) else "autoclass"
+    if callable(obj):
+        return "autofunction"
+    return "autodata"
+
+
+class ApiDirective(SphinxDirective):
+    required_arguments = 1
+    option_spec = {"exclude": directives.unchanged, "only-new": directives.flag}
+
+    def run(self) -> list[nodes.Node]:
+        modname = self.arguments[0]
+        module = importlib.import_module(modname)
+        if not getattr(module, "__all__", None):
+            raise self.error(f"{modname} has no __all__ (or it is empty): nothing to document")
+        self.env.temp_data.setdefault("gatekit_api_modules", set()).add(modname)
+        entries, aliases = self._entries(modname, module)
+        return self._parse(self._render(modname, entries, aliases, "only-new" in self.options))
+
+    def _entries(self, modname: str, module: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(kind, full name) of the objects to document here, and (alias, target) of re-exports."""
+        exclude = set(self.options.get("exclude", "").split())
+        names = [n for n in module.__all__ if n not in exclude]
+        # Objects already documented on this page, by identity: re-exports are linked, not copied.
+        seen: dict[int, str] = self.env.temp_data.setdefault("gatekit_api_seen", {})
+        entries: list[tuple[str, str]] = []
+        aliases: list[tuple[str, str]] = []
+        for name in sorted(names, key=lambda n: (not inspect.isclass(getattr(module, n)), n.lower())):
+            obj = getattr(module, name)
+            kind = _kind(obj)
+            if kind is None:
+                continue
+            full = f"{modname}.{name}"
+            if id(obj) in seen:
+                aliases.append((full, seen[id(obj)]))
+                continue
+            seen[id(obj)] = full
+            entries.append((kind, full))
+        return entries, aliases
+
+    def _new_entries(self, modname: str, module: Any) -> list[tuple[str, str]]:
+        if not getattr(module, "__all__", None):
+            return []
+        return self._entries(modname, module)[0]
+
+    @staticmethod
+    def _render(modname: str, entries: list[tuple[str, str]], aliases: list[tuple[str, str]],
+                only_new: bool) -> list[str]:
+        lines = [f".. py:currentmodule:: {modname}", ""]
+        if entries:
+            lines += [".. autosummary::", "   :nosignatures:", ""]
+            lines += [f"   {full.rsplit('.', 1)[1]}" for _, full in entries]
+            lines.append("")
+        if aliases and not only_new:
+            lines.append("Re-exported here, documented above:")
+            lines.append("")
+            for full, target in aliases:
+                lines.append(f"- ``{full}`` is :py:obj:`{target}`")
+            lines.append("")
+        for kind, full in entries:
+            lines.append(f".. {kind}:: {full}")
+            if kind in ("autoclass", "autoexception"):
+                lines += ["   :members:", "   :show-inheritance:"]
+            lines.append("")
+        return lines
+
+    def _parse(self, lines: list[str]) -> list[nodes.Node]:
+        container = nodes.section()
+        container.document = self.state.document
+        content = StringList(lines, source=f"<gatekit-api {self.arguments[0]}>")
+        nested_parse_with_titles(self.state, content, container)
+        return container.children
+
+
+class ApiRestDirective(ApiDirective):
+    """``.. gatekit-api-rest:: PACKAGE``: one section per remaining non-private module.
+
+    Every module under ``PACKAGE`` whose dotted name has no part starting with ``_`` and
+    that no ``gatekit-api`` directive earlier on the page covered gets a section with the
+    names of its ``__all__`` not documented yet.  A module that cannot be imported here (an
+    optional backend such as Triton missing) is listed as such.
+    """
+
+    option_spec: dict[str, Any] = {}
+
+    def run(self) -> list[nodes.Node]:
+        package = importlib.import_module(self.arguments[0])
+        done: set[str] = self.env.temp_data.setdefault("gatekit_api_modules", set())
+        lines: list[str] = []
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            modname = info.name
+            if modname in done or any(p.startswith("_") for p in modname.split(".")):
+                continue
+            try:
+                module = importlib.import_module(modname)
+            except ImportError as e:
+                lines += _section(modname) + [f"Not importable here ({e}).", ""]
+                continue
+            new = self._new_entries(modname, module)
+            if not new:
+                continue
+            summary = (module.__doc__ or "").strip().split("\n\n")[0]
+            lines += _section(modname) + [" ".join(summary.split()), ""]
+            lines += self._render(modname, new, [], only_new=True)
+        return self._parse(lines)
+
+
+def _section(modname: str) -> list[str]:
+    title = f"``{modname}``"
+    return [title, "~" * len(title), ""]
+
+
+# --------------------------------------------------------------------------------------
+# Command-line flags
+# --------------------------------------------------------------------------------------
+
+
+class _GotParser(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def _load_script(path: Path) -> Any:
+    name = "_gatekit_docs_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    # Scripts import their sibling modules (the shared training code) by plain name.
+    sys.path.insert(0, str(path.parent))
+    try:
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def get_parser(path: Path, func: str | None) -> argparse.ArgumentParser:
+    """The argparse parser of the script at ``path``, without running the script's work."""
+    module = _load_script(path)
+    if func:
+        parser = getattr(module, func)()
+        if not isinstance(parser, argparse.ArgumentParser):
+            raise TypeError(f"{path}:{func}() returned {type(parser).__name__}, not an ArgumentParser")
+        return parser
+
+    def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        raise _GotParser(self)
+
+    saved = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
+    argparse.ArgumentParser.parse_args = capture  # type: ignore[method-assign]
+    argparse.ArgumentParser.parse_known_args = capture  # type: ignore[method-assign]
+    try:
+        module.main()
+    except _GotParser as got:
+        return got.parser
+    finally:
+        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = saved
+    raise RuntimeError(f"{path}: main() returned without calling parse_args")
+
+
+def _default(action: argparse.Action) -> str:
+    if action.default is None or action.default is argparse.SUPPRESS:
+        return ""
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        return ""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return "on" if action.default else "off"
+    return f"``{action.default!r}``" if isinstance(action.default, str) else f"``{action.default}``"
+
+
+def _flag(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"``{action.dest}``"
+    meta = ""
+    if action.nargs != 0:
+        meta = action.metavar or (action.dest.upper() if not action.choices else "")
+        if action.choices:
+            meta = "{" + ",".join(str(c) for c in action.choices) + "}"
+        meta = f" {meta}" if isinstance(meta, str) else " " + " ".join(meta)
+    return ", ".join(f"``{opt}{meta}``" for opt in action.option_strings)
+
+
+def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    text = action.help or ""
+    if "%(" in text:
+        params = dict(vars(action), prog=parser.prog)
+        params = {k: (v.__name__ if hasattr(v, "__name__") else v) for k, v in params.items()}
+        try:
+            text = text % params
+        except (KeyError, TypeError, ValueError):
+            pass
+    return _escape(" ".join(text.split()))
+
+
+def _escape(text: str) -> str:
+    """Help strings are plain text: keep reST from reading ``*``, ``_`` or backquotes as markup."""
+    for ch in "\\*`|_[":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+class ArgparseDirective(SphinxDirective):
+    required_arguments = 1
+    option_spec = {"func": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        path = ROOT / self.arguments[0]
+        self.env.note_dependency(str(path))
+        try:
+            parser = get_parser(path, self.options.get("func"))
+        except Exception as e:  # a broken script must fail the build with its name on it
+            raise self.error(f"cannot read the flags of {self.arguments[0]}: {type(e).__name__}: {e}") from e
+
+        lines: list[str] = []
+        for group in parser._action_groups:
+            actions = [a for a in group._group_actions if a.help is not argparse.SUPPRESS]
+            actions = [a for a in actions if not isinstance(a, argparse._HelpAction)]
+            if not actions:
+                continue
+            title = group.title or "options"
+            lines += [f".. rubric:: {title.capitalize()}", ""]
+            if group.description:
+                lines += [" ".join(group.description.split()), ""]
+            lines += [".. list-table::", "   :header-rows: 1", "   :widths: 30 15 55", ""]
+            lines += ["   * - flag", "     - default", "     - meaning"]
+            for a in actions:
+                lines += [
+                    f"   * - {_flag(a)}",
+                    f"     - {_default(a)}",
+                    f"     - {_help(a, parser)}",
+                ]
+            lines.append("")
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=f"<argparse {self.arguments[0]}>"), 0, container)
+        return container.children
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("gatekit-api", ApiDirective)
+    app.add_directive("gatekit-api-rest", ApiRestDirective)
+    app.add_directive("gatekit-argparse", ArgparseDirective)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,72 @@
+"""Sphinx configuration of the gatekit documentation.
+
+Build (from the repository root; warnings are errors)::
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+The build works offline.  Links into the PyTorch and Python documentation (intersphinx)
+need their inventories from the network, so they are switched on only when
+``GATEKIT_DOCS_INTERSPHINX=1`` is set; without it, references to ``torch`` names render
+as plain code instead of links and the build stays warning-free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import gatekit  # noqa: E402  (after the path set-up, like every Sphinx conf)
+
+project = "gatekit"
+author = "gatekit contributors"
+copyright = "gatekit contributors"  # noqa: A001  (Sphinx's name)
+release = gatekit.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "gatekit_docs",
+]
+
+exclude_patterns = ["_build", "_scripts", "_ext", "Thumbs.db", ".DS_Store"]
+templates_path: list[str] = []
+root_doc = "index"
+
+# --- autodoc -------------------------------------------------------------------------
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "signature"
+autodoc_class_signature = "mixed"
+autodoc_inherit_docstrings = False  # nn.Module's own docstrings are not gatekit's
+# Docstrings are NumPy/Google-free reST with doctest blocks; napoleon only reads
+# "Args:"/"Returns:" sections where a module uses them.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+autosummary_generate = False  # tables only; the entries come from the gatekit-api directive
+
+# --- intersphinx (opt-in: needs the network) -------------------------------------------
+if os.environ.get("GATEKIT_DOCS_INTERSPHINX") == "1":
+    intersphinx_mapping = {
+        "python": ("https://docs.python.org/3", None),
+        "torch": ("https://docs.pytorch.org/docs/stable", None),
+        "torchvision": ("https://docs.pytorch.org/vision/stable", None),
+    }
+else:
+    intersphinx_mapping = {}
+intersphinx_timeout = 10
+
+# --- HTML ----------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"gatekit {release}"
+html_static_path = ["_static"]
+html_show_sourcelink = False
+pygments_style = "friendly"
+pygments_dark_style = "monokai"
