@@ -6,16 +6,20 @@ subclassed outside torch (timm's ``BatchNormAct2d``, ``Conv2dSame``, ``LayerNorm
 ``FrozenBatchNorm2d``, timm's registered no-trace modules and functions when timm is
 already imported, and what the caller adds.
 
-A Python branch on ``self.training`` inside a traced-through module bakes the mode into
-the graph (torchvision's ``StochasticDepth`` passes ``self.training`` to a wrapped
-function).  So the backbone is traced in both modes; where the graphs differ, the module
-that produced the first differing node becomes a leaf and tracing repeats, until one graph
+Tracing bakes the mode into the graph wherever code reads ``self.training``.  So the
+backbone is traced in both modes.  Where the two graphs differ only by a bool argument that
+is True in one mode and False in the other (``F.dropout(x, training=self.training)``,
+torchvision's ``stochastic_depth(..., self.training)``), the graph reads the GraphModule's
+own ``training`` flag at run time instead, so it follows ``.train()``/``.eval()`` of the
+gated model.  Where they differ in the operations run (a Python ``if self.training:``),
+each module whose own code differs becomes a leaf and tracing repeats, until one graph
 serves both modes.  A mode-dependent module that holds convs, or a mode-dependent root
 ``forward``, is an error, because leafing it would silently hide convs from gating.
 """
 
 from __future__ import annotations
 
+import operator
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -118,23 +122,70 @@ def _trace_once(root: nn.Module, tracer: _GateTracer) -> fx.Graph:
         ) from None
 
 
-def _by_module(graph: fx.Graph) -> dict[tuple[str, str], list[tuple[str, str, str, str]]]:
-    """Each module's own nodes, with node names blanked (they shift after a divergence)."""
-    def blank(arg: Any) -> Any:
-        return fx.node.map_arg(arg, lambda _: "%")
+def _blank(arg: Any) -> Any:
+    """``arg`` with nodes and bools blanked: node names shift after a divergence, and a bool
+    that follows the mode is handled by :func:`_follow_mode`, not by a leaf."""
+    if isinstance(arg, bool):
+        return "?"
+    if isinstance(arg, fx.Node):
+        return "%"
+    if isinstance(arg, tuple | list):
+        return type(arg)(_blank(a) for a in arg)
+    if isinstance(arg, dict):
+        return {k: _blank(v) for k, v in arg.items()}
+    return arg
 
+
+def _by_module(graph: fx.Graph) -> dict[tuple[str, str], list[tuple[str, str, str, str]]]:
+    """Each module's own nodes, as comparable signatures."""
     owned: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
     for node in graph.nodes:
         key = node.meta.get("gatekit_module", ("", ""))
-        sig = (node.op, str(node.target), str(blank(node.args)), str(blank(node.kwargs)))
+        sig = (node.op, str(node.target), str(_blank(node.args)), str(_blank(node.kwargs)))
         owned.setdefault(key, []).append(sig)
     return owned
 
 
 def _differing_modules(a: fx.Graph, b: fx.Graph) -> list[tuple[str, str]]:
-    """The modules whose own forward code traced differently in the two graphs."""
+    """The modules whose own forward code traced to different operations in the two graphs."""
     owned_a, owned_b = _by_module(a), _by_module(b)
     return sorted(k for k in owned_a.keys() | owned_b.keys() if owned_a.get(k) != owned_b.get(k))
+
+
+def _follow_mode(train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
+    """Where the graphs differ only by a bool that is True in train and False in eval (or
+    the reverse), as in ``F.dropout(x, training=self.training)``, read the mode at run time
+    from the GraphModule's ``training`` flag instead."""
+    placeholders = [n for n in train_graph.nodes if n.op == "placeholder"]
+    cache: dict[bool, fx.Node] = {}
+
+    def mode_node(negate: bool) -> fx.Node:
+        if not cache:
+            with train_graph.inserting_after(placeholders[-1] if placeholders else None):
+                cache[False] = train_graph.get_attr("training")
+            with train_graph.inserting_after(cache[False]):
+                cache[True] = train_graph.call_function(operator.not_, (cache[False],))
+        return cache[negate]
+
+    def merge(t: Any, e: Any) -> Any:
+        if isinstance(t, bool) and isinstance(e, bool) and t != e:
+            return mode_node(negate=not t)
+        if isinstance(t, tuple | list) and isinstance(e, tuple | list):
+            return type(t)(merge(x, y) for x, y in zip(t, e))
+        if isinstance(t, dict) and isinstance(e, dict):
+            return {k: merge(v, e[k]) for k, v in t.items()}
+        return t
+
+    # Eval-graph args with nodes swapped for their train-graph twins (same names).
+    twin = {n.name: n for n in train_graph.nodes}
+    for t, e in zip(list(train_graph.nodes), list(eval_graph.nodes)):
+        e_args = fx.node.map_arg(e.args, lambda n: twin[n.name])
+        e_kwargs = fx.node.map_arg(e.kwargs, lambda n: twin[n.name])
+        if (t.args, t.kwargs) != (e_args, e_kwargs):
+            t.args, t.kwargs = merge(t.args, e_args), merge(t.kwargs, e_kwargs)
+    for node in reversed(list(cache.values())):
+        if not node.users:
+            train_graph.erase_node(node)
 
 
 def trace(
@@ -174,6 +225,7 @@ def trace(
                 graphs[training] = _trace_once(module, tracers[training])
             culprits = _differing_modules(graphs[True], graphs[False])
             if not culprits:
+                _follow_mode(graphs[True], graphs[False])
                 break
             for culprit in culprits:
                 _check_leafable(module, culprit)

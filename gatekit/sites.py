@@ -13,7 +13,8 @@ Policies (``sites=``):
   released GaterNet code's choice.  A residual addition is an ``add`` whose two inputs
   descend from a common node (the block input) and at least one of which passes through a
   conv; the branch with more convs is the residual branch (on a tie, both are: two-branch
-  blocks such as Shake-Shake).  The shortcut is never gated.
+  blocks such as Shake-Shake).  The shortcut is never gated.  Convs behind a global
+  pooling inside a branch (squeeze-and-excitation) do not count.
 - ``"inner"``: every other conv inside residual branches (where compute can be skipped).
 - ``"all"``: every conv but the first one run (the stem).
 - a list of conv names (qualified, as ``named_modules`` spells them), or a callable
@@ -47,6 +48,12 @@ _POLICIES = ("residual", "inner", "all")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
+_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_GLOBAL_POOL_FUNCTIONS = {
+    torch.mean, torch.amax, torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool2d,
+}
 _ACTIVATION_FUNCTIONS = {
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.nn.functional.relu,
     torch.nn.functional.relu6, torch.nn.functional.silu, torch.nn.functional.gelu,
@@ -200,19 +207,37 @@ def _is_add(node: fx.Node) -> bool:
     return is_add and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
 
 
-def _residual_branches(nodes: list[fx.Node], convs: list[fx.Node]) -> list[list[fx.Node]]:
+def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _GLOBAL_POOL_MODULES)
+    if node.op == "call_function":
+        return node.target in _GLOBAL_POOL_FUNCTIONS
+    return node.op == "call_method" and node.target in ("mean", "amax", "max", "sum")
+
+
+def _residual_branches(
+    nodes: list[fx.Node], convs: list[fx.Node], modules: dict[str, nn.Module]
+) -> list[list[fx.Node]]:
     """For every residual addition, the convs of each residual branch (in execution order).
+
+    Convs behind a global pooling inside the branch (squeeze-and-excitation and other
+    attention side paths) are left out: they work on pooled vectors, not on the branch's
+    feature maps.
 
     Ancestor sets are Python ints used as bitsets over node positions, so the analysis is
     linear in graph size per addition even for models with thousands of nodes.
     """
     index = {node: i for i, node in enumerate(nodes)}
     ancestors: dict[fx.Node, int] = {}
+    spatial: dict[fx.Node, int] = {}  # ancestors along paths that cross no global pooling
     for node in nodes:
-        mask = 0
+        mask = spatial_mask = 0
         for inp in node.all_input_nodes:
             mask |= ancestors[inp] | (1 << index[inp])
+            if not _is_global_pool(inp, modules):
+                spatial_mask |= spatial[inp] | (1 << index[inp])
         ancestors[node] = mask
+        spatial[node] = spatial_mask
     branches = []
     for node in nodes:
         if not _is_add(node):
@@ -226,7 +251,13 @@ def _residual_branches(nodes: list[fx.Node], convs: list[fx.Node]) -> list[list[
         lo, hi = common.bit_length() - 1, index[node]
 
         def branch(reach: int, lo: int = lo, hi: int = hi, fork_bit: int = fork_bit) -> list[fx.Node]:
-            return [c for c in convs if lo < index[c] < hi and reach >> index[c] & 1 and ancestors[c] & fork_bit]
+            return [
+                c
+                for c in convs
+                if lo < index[c] < hi
+                and reach >> index[c] & 1
+                and spatial[c] & fork_bit
+            ]
 
         conv_a, conv_b = branch(reach_a), branch(reach_b)
         if len(conv_a) != len(conv_b):
@@ -253,7 +284,7 @@ def _select(
         if sites == "all":
             chosen = convs[1:]
         else:
-            branches = _residual_branches(nodes, convs)
+            branches = _residual_branches(nodes, convs, modules)
             last = {b[-1] for b in branches}
             chosen = list(last) if sites == "residual" else [c for b in branches for c in b[:-1] if c not in last]
             if not branches:
