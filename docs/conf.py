@@ -23,7 +23,7 @@ import gatekit  # noqa: E402  (after the path set-up, like every Sphinx conf)
 
 project = "gatekit"
 author = "gatekit contributors"
-copyright = "gatekit contributors"  # noqa: A001  (Sphinx's name)
+copyright = "gatekit contributors"
 release = gatekit.__version__
 version = release
 

@@ -19,7 +19,9 @@ import pytest
 pytest.importorskip("sphinx")
 pytest.importorskip("furo")
 
-import gatekit  # noqa: E402
+import contextlib
+
+import gatekit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -85,10 +87,8 @@ def test_every_public_name_is_documented(site: Path) -> None:
     documented = set()
     for name, role in _inventory(site):
         if role.startswith("py:") and role != "py:module":
-            try:
+            with contextlib.suppress(ImportError, AttributeError):
                 documented.add(id(_resolve(name)))
-            except (ImportError, AttributeError):
-                pass
     missing = []
     for modname in _public_modules():
         try:
@@ -129,3 +129,14 @@ def test_figures_match_the_code() -> None:
     run = subprocess.run([sys.executable, str(DOCS / "_scripts" / "make_figures.py"), "--check"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.rst") if ">>>" in p.read_text()))
+def test_page_examples_run(page: str) -> None:
+    """The ``>>>`` examples written on the pages themselves give the output they show."""
+    import doctest
+
+    pytest.importorskip("torchvision")
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testfile(str(DOCS / page), module_relative=False, optionflags=flags, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples on {page} failed (see above)"

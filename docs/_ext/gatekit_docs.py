@@ -18,13 +18,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import pkgutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -53,7 +54,7 @@ def _kind(obj: Any) -> str | None:
 
 class ApiDirective(SphinxDirective):
     required_arguments = 1
-    option_spec = {"exclude": directives.unchanged, "only-new": directives.flag}
+    option_spec: ClassVar[dict[str, Any]] = {"exclude": directives.unchanged, "only-new": directives.flag}
 
     def run(self) -> list[nodes.Node]:
         modname = self.arguments[0]
@@ -128,7 +129,7 @@ class ApiRestDirective(ApiDirective):
     optional backend such as Triton missing) is listed as such.
     """
 
-    option_spec: dict[str, Any] = {}
+    option_spec: ClassVar[dict[str, Any]] = {}
 
     def run(self) -> list[nodes.Node]:
         package = importlib.import_module(self.arguments[0])
@@ -141,13 +142,13 @@ class ApiRestDirective(ApiDirective):
             try:
                 module = importlib.import_module(modname)
             except ImportError as e:
-                lines += _section(modname) + [f"Not importable here ({e}).", ""]
+                lines += [*_section(modname), f"Not importable here ({e}).", ""]
                 continue
             new = self._new_entries(modname, module)
             if not new:
                 continue
             summary = (module.__doc__ or "").strip().split("\n\n")[0]
-            lines += _section(modname) + [" ".join(summary.split()), ""]
+            lines += [*_section(modname), " ".join(summary.split()), ""]
             lines += self._render(modname, new, [], only_new=True)
         return self._parse(lines)
 
@@ -234,10 +235,8 @@ def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
     if "%(" in text:
         params = dict(vars(action), prog=parser.prog)
         params = {k: (v.__name__ if hasattr(v, "__name__") else v) for k, v in params.items()}
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             text = text % params
-        except (KeyError, TypeError, ValueError):
-            pass
     return _escape(" ".join(text.split()))
 
 
@@ -250,7 +249,7 @@ def _escape(text: str) -> str:
 
 class ArgparseDirective(SphinxDirective):
     required_arguments = 1
-    option_spec = {"func": directives.unchanged}
+    option_spec: ClassVar[dict[str, Any]] = {"func": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         path = ROOT / self.arguments[0]

@@ -200,8 +200,8 @@ def gated_convs() -> dict[str, dict[str, set[str]]]:
 
 
 def site_policies_svg(gated: dict[str, dict[str, set[str]]]) -> str:
-    col_w, row_h = 250, 300
-    s = Svg(60 + col_w * len(POLICIES), 50 + 2 * row_h)
+    col_w, row_h = 285, 300
+    s = Svg(60 + col_w * len(POLICIES), 95 + 2 * row_h)
     for j, policy in enumerate(POLICIES):
         s.text(60 + col_w * j + col_w / 2, 22, f'sites="{policy}"', size=14, bold=True)
     layers = {
@@ -238,7 +238,7 @@ def site_policies_svg(gated: dict[str, dict[str, set[str]]]) -> str:
             s.arrow(x + 70, prev_y, x + 70, add_y - 11)
             s.circle(x + 70, add_y, 11, "+")
             # Shortcut: a strided 1x1 conv + BN.
-            sx, sy = x + 160, top + 120
+            sx, sy = x + 190, top + 120
             fill = GATED if "downsample" in on else PLAIN
             s.box(sx, sy, 62, 40, "shortcut\n1\u00d71 + BN", fill=fill, size=9)
             if "downsample" in on:
@@ -246,6 +246,15 @@ def site_policies_svg(gated: dict[str, dict[str, set[str]]]) -> str:
             s.path(f"M {x + 140} {top + 23} L {sx + 31} {top + 23} L {sx + 31} {sy}")
             s.path(f"M {sx + 31} {sy + 40} L {sx + 31} {add_y} L {x + 81} {add_y}")
             s.text(x + 70, add_y + 24, "ReLU \u2192 next block", size=10, color=MUTED)
+    foot = 60 + 2 * row_h
+    s.items.append(
+        f"<rect x='60' y='{foot - 8}' width='26' height='16' rx='3' fill='{GATED}' stroke='{INK}'/>"
+    )
+    s.text(94, foot, "gated conv: \u2299 g multiplies the output of its BN, before the ReLU and "
+           "before the residual addition (one gate per output channel)", size=11, anchor="start")
+    s.text(60, foot + 22, "asked of gatekit.get_gate_sites on torchvision's BasicBlock and "
+           "Bottleneck with a strided 1\u00d71 shortcut; the stem is never gated",
+           size=10, anchor="start", color=MUTED)
     return s.render("Which convs each site policy gates in a basic and a bottleneck block")
 
 
