@@ -117,7 +117,8 @@ def _sample_shape(x: Tensor) -> tuple[int, ...]:
 
 
 def _logistic_noise(x: Tensor) -> Tensor:
-    u = torch.rand_like(x).clamp_(_U_EPS, 1.0 - _U_EPS)
+    # Out of place: vmap has no batching rule for the in-place clamp_.
+    u = torch.rand_like(x).clamp(_U_EPS, 1.0 - _U_EPS)
     return torch.log(u) - torch.log1p(-u)
 
 
@@ -163,9 +164,9 @@ def semhash(
     _check_logits(logits, "semhash")
     if not training:
         return _binary(logits)
-    if noise_std < 0 or not 0.0 <= discrete_prob <= 1.0:
+    if not (0.0 <= noise_std < math.inf and 0.0 <= discrete_prob <= 1.0):
         raise GatekitError(
-            f"semhash expects noise_std >= 0 and 0 <= discrete_prob <= 1, "
+            f"semhash expects finite noise_std >= 0 and 0 <= discrete_prob <= 1, "
             f"got noise_std={noise_std}, discrete_prob={discrete_prob}"
         )
     x = logits.to(_compute_dtype(logits.dtype))
@@ -281,9 +282,9 @@ def _check_stretch(stretch: Any) -> tuple[float, float]:
         low, high = (float(v) for v in stretch)
     except (TypeError, ValueError):
         raise GatekitError(f"stretch must be a pair (low, high), got {stretch!r}") from None
-    if not (low < 0.0 and high > 1.0):
+    if not (-math.inf < low < 0.0 and 1.0 < high < math.inf):
         raise GatekitError(
-            f"stretch must satisfy low < 0 < 1 < high so that gates reach exactly 0 and 1, "
+            f"stretch must be finite with low < 0 < 1 < high so that gates reach exactly 0 and 1, "
             f"got {stretch!r}; the paper uses (-0.1, 1.1)"
         )
     return low, high
@@ -359,8 +360,15 @@ class _TemperatureMixin:
             self._tau.fill_(_positive(value, "tau"))
 
 
+def _as_float(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise GatekitError(f"{what} must be a number, got {value!r}") from None
+
+
 def _positive(value: Any, what: str) -> float:
-    v = float(value)
+    v = _as_float(value, what)
     if not v > 0 or math.isinf(v):
         raise GatekitError(f"{what} must be a positive finite number, got {value!r}")
     return v
@@ -381,12 +389,14 @@ class ImprovedSemHash(Gate):
 
     def __init__(self, noise_std: float = 1.0, discrete_prob: float = 0.5, per_sample: bool = True):
         super().__init__()
-        if not float(noise_std) >= 0:
-            raise GatekitError(f"noise_std must be >= 0, got {noise_std!r}")
-        if not 0.0 <= float(discrete_prob) <= 1.0:
+        noise_std_f = _as_float(noise_std, "noise_std")
+        if not 0.0 <= noise_std_f < math.inf:
+            raise GatekitError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+        discrete_prob_f = _as_float(discrete_prob, "discrete_prob")
+        if not 0.0 <= discrete_prob_f <= 1.0:
             raise GatekitError(f"discrete_prob must lie in [0, 1], got {discrete_prob!r}")
-        self.noise_std = float(noise_std)
-        self.discrete_prob = float(discrete_prob)
+        self.noise_std = noise_std_f
+        self.discrete_prob = discrete_prob_f
         self.per_sample = bool(per_sample)
 
     def forward(self, logits: Tensor) -> Tensor:
@@ -516,6 +526,11 @@ def get_gate(spec: str | type[Gate] | Gate = "semhash", **kwargs: Any) -> Gate:
                 f"{sorted(kwargs)}; pass a name or class with arguments, or the instance alone"
             )
         return spec
+    if spec is Gate:
+        raise GatekitError(
+            f"get_gate needs a concrete estimator, got the abstract base class gatekit.Gate; "
+            f"pass one of {sorted(_REGISTRY)} or a subclass that implements forward"
+        )
     if isinstance(spec, type) and issubclass(spec, Gate):
         cls = spec
     elif isinstance(spec, str) and spec in _REGISTRY:

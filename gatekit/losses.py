@@ -12,8 +12,14 @@ import torch
 from torch import Tensor
 
 from ._errors import GatekitError
+from .estimators import _check_stretch
 
 __all__ = ["expected_l0", "expected_l0_loss", "gate_l1_loss", "target_rate_loss"]
+
+
+def _acc(x: Tensor) -> Tensor:
+    """Accumulate in float32 at least (half-precision sums lose counts), float64 stays."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _check_gates(gates: Tensor, fn: str) -> None:
@@ -34,7 +40,7 @@ def gate_l1_loss(gates: Tensor, weight: float = 1.0) -> Tensor:
     tensor(0.0500)
     """
     _check_gates(gates, "gate_l1_loss")
-    return weight * gates.float().abs().mean()
+    return weight * _acc(gates).abs().mean()
 
 
 def target_rate_loss(
@@ -56,7 +62,7 @@ def target_rate_loss(
     _check_gates(gates, "target_rate_loss")
     if not 0.0 <= target <= 1.0:
         raise GatekitError(f"target_rate_loss target must lie in [0, 1], got {target}")
-    g = gates.float()
+    g = _acc(gates)
     if per_sample:
         rate = g.reshape(-1, g.shape[-1]).mean(-1)
         return weight * (rate - target).pow(2).mean()
@@ -74,11 +80,10 @@ def expected_l0(
     >>> expected_l0(torch.tensor([[-20.0, 20.0]]))
     tensor([1.])
     """
-    low, high = stretch
-    if not (low < 0.0 and high > 1.0):
-        raise GatekitError(f"stretch must satisfy low < 0 < 1 < high, got {stretch!r}")
+    _check_gates(logits, "expected_l0")
+    low, high = _check_stretch(stretch)
     shift = math.log(-low / high)
-    return torch.sigmoid(logits.float() - tau * shift).sum(-1)
+    return torch.sigmoid(_acc(logits) - tau * shift).sum(-1)
 
 
 def expected_l0_loss(
