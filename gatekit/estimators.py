@@ -93,7 +93,9 @@ def straight_through(soft: Tensor, hard: Tensor) -> Tensor:
 
 def _check_logits(logits: Any, fn: str) -> None:
     if not isinstance(logits, Tensor):
-        raise GatekitError(f"{fn} expects a torch.Tensor of gate logits, got {type(logits).__name__}")
+        raise GatekitError(
+            f"{fn} expects a torch.Tensor of gate logits, got {type(logits).__name__}"
+        )
     if logits.dtype not in _FLOAT_DTYPES:
         raise GatekitError(
             f"{fn} expects floating-point logits (float16, bfloat16, float32 or float64), "

@@ -7,7 +7,9 @@ by calling gatekit.  Random tests take their torch seed from hypothesis, so a fa
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from collections.abc import Callable
 
 import pytest
@@ -242,8 +244,15 @@ def test_semhash_without_noise_is_per_sample_hard_or_soft(dtype_case, data, seed
     check_semhash_gradient(xg.grad, x.double(), dtype_case)
 
 
-@given(data=st.data(), seed=SEEDS, noise_std=st.sampled_from([1.0, 0.5, 3.0]), per_sample_choice=st.booleans())
-def test_semhash_with_noise_against_replayed_noise(dtype_case, data, seed, noise_std, per_sample_choice):
+@given(
+    data=st.data(),
+    seed=SEEDS,
+    noise_std=st.sampled_from([1.0, 0.5, 3.0]),
+    per_sample_choice=st.booleans(),
+)
+def test_semhash_with_noise_against_replayed_noise(
+    dtype_case, data, seed, noise_std, per_sample_choice
+):
     # The noise is N(0, noise_std) drawn with torch.randn_like in the compute dtype
     # (float32, float64 for float64 logits) before anything else: replay it from the seed.
     x = data.draw(finite_logits(dtype_case.dtype), label="logits")
@@ -278,7 +287,9 @@ def test_semhash_fraction_of_hard_samples_is_discrete_prob(discrete_prob, seed):
 def test_semhash_hard_gate_probability_is_normal_cdf(x, noise_std, seed):
     n = 20_000
     torch.manual_seed(seed)
-    g = gatekit.ImprovedSemHash(noise_std=noise_std, discrete_prob=1.0).train()(torch.full((n, 1), x))
+    g = gatekit.ImprovedSemHash(noise_std=noise_std, discrete_prob=1.0).train()(
+        torch.full((n, 1), x)
+    )
     assert binomial_ok(g.sum(), n, normal_cdf(x / noise_std), slack=0.0)
 
 
@@ -303,7 +314,9 @@ def test_gumbel_probability_of_open_gate_is_sigmoid_for_any_tau(x, tau, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@given(x=st.lists(st.floats(-8.0, 8.0), min_size=1, max_size=16), tau=st.floats(0.1, 3.0), seed=SEEDS)
+@given(
+    x=st.lists(st.floats(-8.0, 8.0), min_size=1, max_size=16), tau=st.floats(0.1, 3.0), seed=SEEDS
+)
 def test_gumbel_hard_forward_with_soft_gradient(dtype, x, tau, seed):
     xs = torch.tensor(x, dtype=dtype).requires_grad_()
     xh = torch.tensor(x, dtype=dtype).requires_grad_()
@@ -575,8 +588,10 @@ def test_tau_schedule_closed_forms():
         assert tau_schedule(10, 10, start=2.0, end=0.5, kind=kind) == pytest.approx(0.5)
         assert tau_schedule(99, 10, start=2.0, end=0.5, kind=kind) == pytest.approx(0.5)
         taus = [tau_schedule(s, 10, start=2.0, end=0.5, kind=kind) for s in range(11)]
-        assert all(a >= b for a, b in zip(taus, taus[1:])), kind
-    assert tau_schedule(5, 10, start=2.0, end=0.5, kind="exp") == pytest.approx(1.0)  # sqrt(2 * 0.5)
+        assert all(a >= b for a, b in itertools.pairwise(taus)), kind
+    assert tau_schedule(5, 10, start=2.0, end=0.5, kind="exp") == pytest.approx(
+        1.0
+    )  # sqrt(2 * 0.5)
     assert tau_schedule(5, 10, start=2.0, end=0.5, kind="linear") == pytest.approx(1.25)
     assert tau_schedule(5, 10, start=2.0, end=0.5, kind="cosine") == pytest.approx(1.25)
 
@@ -597,7 +612,9 @@ def test_get_gate_registry():
 
     g = gatekit.get_gate("gumbel", tau=0.5, hard=False)
     assert g.tau == 0.5 and g.hard is False
-    s = gatekit.get_gate(gatekit.ImprovedSemHash, noise_std=0.0, discrete_prob=1.0, per_sample=False)
+    s = gatekit.get_gate(
+        gatekit.ImprovedSemHash, noise_std=0.0, discrete_prob=1.0, per_sample=False
+    )
     assert (s.noise_std, s.discrete_prob, s.per_sample) == (0.0, 1.0, False)
     assert gatekit.get_gate("hard_concrete", stretch=(-0.2, 1.3)).stretch == (-0.2, 1.3)
     assert gatekit.get_gate("st_sigmoid", backward="identity").backward_mode == "identity"
@@ -621,10 +638,19 @@ def test_get_gate_registry():
         lambda: gatekit.get_gate("semhash", tau=0.5),
         lambda: gatekit.get_gate("gumbel", tau=0.0),
     ],
-    ids=["unknown", "case", "not_gate_class", "int", "base_class", "instance_kwargs", "bad_kwarg", "bad_value"],
+    ids=[
+        "unknown",
+        "case",
+        "not_gate_class",
+        "int",
+        "base_class",
+        "instance_kwargs",
+        "bad_kwarg",
+        "bad_value",
+    ],
 )
 def test_get_gate_errors(call):
-    with pytest.raises(GatekitError, match="got|expected"):
+    with pytest.raises(GatekitError, match=r"got|expected"):
         call()
 
 
@@ -633,7 +659,7 @@ def test_get_gate_errors(call):
 def test_non_float_logits_raise(name, bad):
     x = torch.ones(2, 3, dtype=bad)
     for mode in (True, False):
-        with pytest.raises(GatekitError, match=str(bad)):
+        with pytest.raises(GatekitError, match=re.escape(str(bad))):
             ESTIMATORS[name]().train(mode)(x)
 
 
@@ -641,7 +667,7 @@ def test_non_float_logits_raise(name, bad):
 def test_functional_forms_reject_bad_logits(name):
     fn = FUNCTIONS[name]
     for training in (True, False):
-        with pytest.raises(GatekitError, match="torch.int64"):
+        with pytest.raises(GatekitError, match=re.escape("torch.int64")):
             fn(torch.ones(3, dtype=torch.int64), training=training)
         with pytest.raises(GatekitError, match="list"):
             fn([0.5, -0.5], training=training)
@@ -681,7 +707,9 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("call,word", BAD_ARGS, ids=[f"{i}-{w}" for i, (_, w) in enumerate(BAD_ARGS)])
+@pytest.mark.parametrize(
+    "call,word", BAD_ARGS, ids=[f"{i}-{w}" for i, (_, w) in enumerate(BAD_ARGS)]
+)
 def test_bad_arguments_raise_gatekit_error_naming_the_argument(call, word):
     with pytest.raises(GatekitError, match=word) as info:
         call()
