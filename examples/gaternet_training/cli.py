@@ -1,0 +1,89 @@
+"""Command-line flags shared by both example scripts; each script supplies its defaults."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """Model, recipe, run-time and output flags.
+
+    ``defaults`` gives the defaults that depend on the script (and on its data): a flag left
+    unset is None after parsing and :func:`fill_defaults` fills it; the help text shows the
+    string ``defaults`` gives for it.
+    """
+    def h(key: str) -> str:
+        return str(defaults.get(key))
+
+    m = parser.add_argument_group("model")
+    m.add_argument("--arch", help=f"backbone name (default: {h('arch')})")
+    m.add_argument("--gater", help=f"gater trunk name (default: {h('gater')})")
+    m.add_argument("--no-gate", action="store_true",
+                   help="train the plain backbone with the same recipe (for comparison)")
+    m.add_argument("--sites", default="residual",
+                   help="which convs to gate: residual, inner, all, or comma-separated conv "
+                        "names (default: %(default)s)")
+    m.add_argument("--estimator", default="semhash",
+                   help="gate estimator for gatekit.get_gate (default: %(default)s)")
+    m.add_argument("--bottleneck", type=int, default=8, help="gater head bottleneck (default: 8)")
+    m.add_argument("--group-size", type=int, default=1, help="channels per gate (default: 1)")
+    m.add_argument("--init-bias", type=float, default=0.0,
+                   help="initial bias of the gate logits; > 0 starts with gates open (default: 0)")
+
+    r = parser.add_argument_group("recipe")
+    r.add_argument("--epochs", type=int, help=f"(default: {h('epochs')})")
+    r.add_argument("--batch-size", type=int,
+                   help=f"batch size per process (default: {h('batch_size')})")
+    r.add_argument("--lr", type=float, help=f"peak learning rate (default: {h('lr')})")
+    r.add_argument("--momentum", type=float, default=0.9, help="nesterov momentum (default: 0.9)")
+    r.add_argument("--weight-decay", type=float,
+                   help=f"weight decay, not applied to norms and biases (default: {h('weight_decay')})")
+    r.add_argument("--warmup-epochs", type=float,
+                   help=f"linear warm-up before the cosine decay (default: {h('warmup_epochs')})")
+    r.add_argument("--label-smoothing", type=float,
+                   help=f"(default: {h('label_smoothing')})")
+    r.add_argument("--gate-loss-weight", type=float,
+                   help="weight of gatekit.gate_l1_loss, the pull towards closed gates "
+                        f"(default: {h('gate_loss_weight')})")
+    r.add_argument("--target-rate", type=float, default=None,
+                   help="optional target open fraction (gatekit.target_rate_loss)")
+    r.add_argument("--target-rate-weight", type=float, default=1.0,
+                   help="weight of the target-rate loss (default: 1.0)")
+
+    t = parser.add_argument_group("run time")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="autocast dtype; auto is bf16 on GPU, fp32 on CPU (default: auto)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on GPU; on CPU: "
+                        f"{h('channels_last_cpu')})")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--workers", type=int,
+                   help=f"data-loading worker processes (default: {h('workers')})")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    t.add_argument("--limit", type=int, default=None,
+                   help="use only the first N training images (a quick check)")
+    t.add_argument("--limit-val", type=int, default=None,
+                   help="use only the first N evaluation images")
+    t.add_argument("--log-every", type=int,
+                   help=f"progress line every N steps when not on a terminal (default: {h('log_every')})")
+
+    o = parser.add_argument_group("output")
+    o.add_argument("--name", help=f"run name (default: {h('name')})")
+    o.add_argument("--output-dir", default=None,
+                   help="where checkpoints, metrics, plots and results go (default: runs/<name>)")
+    o.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from CHECKPOINT (default: <output-dir>/checkpoint.pt)")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
+    """Set every flag the user left unset (None) from ``defaults``."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def sites_arg(value: str) -> Any:
+    return [s for s in value.split(",") if s] if "," in value else value

@@ -1,0 +1,85 @@
+"""Backbones and gater trunks by name: gatekit's CIFAR ResNets and torchvision's classifiers.
+
+A gater trunk is a classifier with its last classification layer replaced by
+``nn.Identity``, so it maps images to a feature vector ``(N, D)``.  Nothing here loads
+pretrained weights (``weights=None``): nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+import gatekit
+from gatekit import GatekitError
+from gatekit.models import cifar_resnet
+
+CIFAR_DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110, "resnet164": 164}
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_name(name: str, what: str) -> None:
+    if name in CIFAR_DEPTHS:
+        return
+    names = _torchvision_names()
+    if name not in names:
+        raise GatekitError(
+            f"unknown {what} {name!r}; expected a CIFAR ResNet ({', '.join(CIFAR_DEPTHS)}) or a "
+            f"torchvision classifier such as resnet18, resnet50, mobilenet_v3_small "
+            f"({len(names)} available: `python -c \"import torchvision; "
+            f"print(torchvision.models.list_models(module=torchvision.models))\"`)"
+        )
+
+
+def classifier(name: str, num_classes: int) -> nn.Module:
+    """A randomly initialised classifier ``name`` with ``num_classes`` outputs."""
+    _check_name(name, "model")
+    if name in CIFAR_DEPTHS:
+        return cifar_resnet.CifarResNet(CIFAR_DEPTHS[name], num_classes=num_classes)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def trunk(name: str) -> nn.Module:
+    """A feature extractor ``(N, C, H, W) -> (N, D)``: classifier ``name`` without its last layer."""
+    _check_name(name, "gater")
+    if name in CIFAR_DEPTHS:
+        return cifar_resnet.CifarResNet(CIFAR_DEPTHS[name], num_classes=0)
+    model = classifier(name, num_classes=1000)
+    for attr in ("fc", "classifier", "head", "heads"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            return model
+    raise GatekitError(f"cannot find the classifier layer of {name!r} (looked for .fc, "
+                       ".classifier, .head, .heads); pick another --gater")
+
+
+def build(args: Any, num_classes: int) -> nn.Module:
+    """The model a run trains: the backbone alone (``--no-gate``) or gated by the gater."""
+    backbone = classifier(args.arch, num_classes)
+    if args.no_gate:
+        return backbone
+    return gatekit.gate_model(
+        backbone, trunk(args.gater), sites=args.sites, estimator=args.estimator,
+        bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
+    )
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters of the whole model and, when gated, of backbone, gater trunk and head."""
+    out = {"total": count_params(model)}
+    if isinstance(model, gatekit.GaterNet):
+        out.update(backbone=count_params(model.backbone), gater=count_params(model.gater),
+                   head=count_params(model.head))
+    return out
