@@ -140,3 +140,13 @@ def test_page_examples_run(page: str) -> None:
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     result = doctest.testfile(str(DOCS / page), module_relative=False, optionflags=flags, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples on {page} failed (see above)"
+
+
+@pytest.mark.parametrize("snippet", sorted(p.name for p in (DOCS / "_snippets").glob("*.py")))
+def test_snippets_run(snippet: str, tmp_path: Path) -> None:
+    """The code the pages include with literalinclude runs as it stands."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("matplotlib")
+    run = subprocess.run([sys.executable, str(DOCS / "_snippets" / snippet)], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -208,36 +208,25 @@ def get_parser(path: Path, func: str | None) -> argparse.ArgumentParser:
     raise RuntimeError(f"{path}: main() returned without calling parse_args")
 
 
-def _default(action: argparse.Action) -> str:
-    if action.default is None or action.default is argparse.SUPPRESS:
-        return ""
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
-        return ""
-    if isinstance(action, argparse.BooleanOptionalAction):
-        return "on" if action.default else "off"
-    return f"``{action.default!r}``" if isinstance(action.default, str) else f"``{action.default}``"
-
-
-def _flag(action: argparse.Action) -> str:
-    if not action.option_strings:
-        return f"``{action.dest}``"
-    meta = ""
-    if action.nargs != 0:
-        meta = action.metavar or (action.dest.upper() if not action.choices else "")
-        if action.choices:
-            meta = "{" + ",".join(str(c) for c in action.choices) + "}"
-        meta = f" {meta}" if isinstance(meta, str) else " " + " ".join(meta)
-    return ", ".join(f"``{opt}{meta}``" for opt in action.option_strings)
+def _flag(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    """The flag as ``--help`` spells it (``--resume [CHECKPOINT]``), one literal per spelling."""
+    formatter = parser._get_formatter()
+    invocation = formatter._format_action_invocation(action)
+    return ", ".join(f"``{part}``" for part in invocation.split(", "))
 
 
 def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    """The help text as ``--help`` prints it, with the default added where it says none."""
     text = action.help or ""
     if "%(" in text:
-        params = dict(vars(action), prog=parser.prog)
-        params = {k: (v.__name__ if hasattr(v, "__name__") else v) for k, v in params.items()}
+        formatter = parser._get_formatter()
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            text = text % params
-    return _escape(" ".join(text.split()))
+            text = formatter._expand_help(action)
+    text = " ".join(text.split())
+    shown = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
+    if shown and "default" not in text:
+        text += f" (default: {action.default})"
+    return _escape(text)
 
 
 def _escape(text: str) -> str:
@@ -269,14 +258,10 @@ class ArgparseDirective(SphinxDirective):
             lines += [f".. rubric:: {title.capitalize()}", ""]
             if group.description:
                 lines += [" ".join(group.description.split()), ""]
-            lines += [".. list-table::", "   :header-rows: 1", "   :widths: 30 15 55", ""]
-            lines += ["   * - flag", "     - default", "     - meaning"]
+            lines += [".. list-table::", "   :header-rows: 1", "   :widths: 35 65", ""]
+            lines += ["   * - flag", "     - meaning"]
             for a in actions:
-                lines += [
-                    f"   * - {_flag(a)}",
-                    f"     - {_default(a)}",
-                    f"     - {_help(a, parser)}",
-                ]
+                lines += [f"   * - {_flag(a, parser)}", f"     - {_help(a, parser) or ' '}"]
             lines.append("")
         container = nodes.section()
         container.document = self.state.document
