@@ -26,6 +26,7 @@ from .estimators import (
     get_gate,
 )
 from .gater import GaterNet
+from .inference import SkipComputeNet, skip_compute
 from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
 from .sites import GateSite, get_gate_sites
 from .stats import GateStats, LayerStats
@@ -43,6 +44,7 @@ __all__ = [
     "HardConcrete",
     "ImprovedSemHash",
     "LayerStats",
+    "SkipComputeNet",
     "StraightThroughSigmoid",
     "expected_l0_loss",
     "functional",
@@ -50,5 +52,6 @@ __all__ = [
     "gate_model",
     "get_gate",
     "get_gate_sites",
+    "skip_compute",
     "target_rate_loss",
 ]

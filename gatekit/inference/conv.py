@@ -72,9 +72,13 @@ class SkipConv(nn.Module):
         self.register_buffer("bias", bias)
         self._taps = int(torch.tensor(self.kernel_size).prod())
 
-    def _weights(self, out_idx: Tensor | None, in_idx: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _weights(
+        self, out_idx: Tensor | None, in_idx: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         w, b = self.weight, self.bias
-        cut_out = out_idx is not None and self.out_mode != "full" and out_idx.numel() < self.out_channels
+        cut_out = (
+            out_idx is not None and self.out_mode != "full" and out_idx.numel() < self.out_channels
+        )
         cut_in = in_idx is not None and self.in_sliced and in_idx.numel() < self.in_channels
         if cut_out and b is not None:
             b = b.index_select(0, out_idx)
@@ -94,17 +98,25 @@ class SkipConv(nn.Module):
     def _out_size(self, x: Tensor) -> list[int]:
         return [
             (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+            for size, k, s, p, d in zip(
+                x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
+            )
         ]
 
-    def forward(self, x: Tensor, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, out_idx: Tensor | None = None, in_idx: Tensor | None = None
+    ) -> Tensor:
         w, b = self._weights(out_idx, in_idx)
         k_out = w.shape[1] if self.transposed else w.shape[0]
         k_in = x.shape[1]
         if k_in == 0 or k_out == 0:
             # Nothing to convolve (all gates closed): the output is the bias alone.
             shape = [x.shape[0], k_out, *self._out_size(x)]
-            y = x.new_zeros(shape) if b is None else b.view(1, -1, *[1] * (len(shape) - 2)).expand(shape)
+            y = (
+                x.new_zeros(shape)
+                if b is None
+                else b.view(1, -1, *[1] * (len(shape) - 2)).expand(shape)
+            )
             y = y.contiguous(memory_format=_memory_format(y))
         elif self.use_mm:
             n, c, h, width = x.shape

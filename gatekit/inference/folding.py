@@ -59,7 +59,9 @@ def batchnorm_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.to(dtype), shift.to(dtype)
 
 
-def fold_batchnorm(conv: nn.Module, bn: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fold_batchnorm(
+    conv: nn.Module, bn: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight and bias of the single conv equal to ``bn(conv(x))`` (``bn`` None: conv's own).
 
     The returned tensors are new (detached) and have the conv weight's dtype and device.

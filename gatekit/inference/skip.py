@@ -82,7 +82,9 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
         gm.add_submodule(name, skip)
         with graph.inserting_before(node):
             idx = [
-                None if r is None else graph.call_function(operator.getitem, (open_channels, r.index))
+                None
+                if r is None
+                else graph.call_function(operator.getitem, (open_channels, r.index))
                 for r in (out_route, in_route)
             ]
             new = graph.call_module(name, (node.args[0], *idx))
@@ -121,11 +123,18 @@ class SkipComputeNet(nn.Module):
         self.in_features = net.in_features
         self.check_finite = net.check_finite
         self.routes = tuple(
-            (r.site.name, r.mode, None if r.consumer is None else r.consumer.target, r.reason) for r in routes
+            (r.site.name, r.mode, None if r.consumer is None else r.consumer.target, r.reason)
+            for r in routes
         )
         self._live = [r.mode != "dense" for r in routes]
-        self.register_buffer("_starts", torch.tensor([s.offset for s in self.sites], dtype=torch.long), persistent=False)
-        self.register_buffer("_stops", torch.tensor([s.stop for s in self.sites], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "_starts",
+            torch.tensor([s.offset for s in self.sites], dtype=torch.long),
+            persistent=False,
+        )
+        self.register_buffer(
+            "_stops", torch.tensor([s.stop for s in self.sites], dtype=torch.long), persistent=False
+        )
         self.eval()
         self.last_gates = None
 
@@ -177,7 +186,13 @@ class SkipComputeNet(nn.Module):
             for p in range(patterns.shape[0]):
                 idx = (group == p).nonzero().squeeze(1)
                 sub = x.index_select(0, idx)
-                outputs.append(self.backbone(sub, gates=gates.index_select(0, idx), open_channels=self._open_channels(patterns[p])))
+                outputs.append(
+                    self.backbone(
+                        sub,
+                        gates=gates.index_select(0, idx),
+                        open_channels=self._open_channels(patterns[p]),
+                    )
+                )
                 members.append(idx)
             return _merge(outputs, torch.cat(members), n)
 
@@ -188,7 +203,9 @@ class SkipComputeNet(nn.Module):
 
     def extra_repr(self) -> str:
         counts = {m: sum(r[1] == m for r in self.routes) for m in ("sliced", "scatter", "dense")}
-        return f"num_gates={self.num_gates}, sites={len(self.sites)}, " + ", ".join(f"{k}={v}" for k, v in counts.items())
+        return f"num_gates={self.num_gates}, sites={len(self.sites)}, " + ", ".join(
+            f"{k}={v}" for k, v in counts.items()
+        )
 
 
 def _merge(outputs: list[Any], order: Tensor, n: int) -> Any:
