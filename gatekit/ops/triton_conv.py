@@ -172,6 +172,17 @@ def _cuda_configs() -> list[triton.Config]:
     ]
 
 
+def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
+    # Tiles much wider than the layer or taller than one sample's output only add masked work.
+    c_out_pg, hw = named_args["C_OUT_PG"], named_args["H_OUT"] * named_args["W_OUT"]
+    kept = [
+        c for c in configs
+        if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(c_out_pg))
+        and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(hw))
+    ]
+    return kept or configs
+
+
 _KEY = ["H_OUT", "W_OUT", "C_IN_PG", "C_OUT_PG", "GROUPS", "KH", "KW", "STRIDE_H", "BLOCK_K"]
 if _INTERPRET:
     # The interpreter runs one small configuration; autotuning would only multiply its cost.
@@ -182,7 +193,9 @@ elif os.environ.get("GATEKIT_TRITON_AUTOTUNE", "1") == "0":
     _conv = _gated_conv_kernel
     _FIXED = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 else:
-    _conv = triton.autotune(configs=_cuda_configs(), key=_KEY)(_gated_conv_kernel)
+    _conv = triton.autotune(
+        configs=_cuda_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+    )(_gated_conv_kernel)
     _FIXED = {}
 
 
@@ -231,8 +244,9 @@ def _gated_conv2d_triton(
     Inputs are used in channels-last layout (converted if they are not) and the output is
     channels-last.  Call it through :func:`gatekit.ops.gated_conv2d`, which validates.
     """
-    n, c_in, h, w = x.shape
-    c_out, c_in_pg, kh, kw = weight.shape
+    # Sizes become kernel constants and launch sizes: plain ints (symbolic sizes specialise).
+    n, c_in, h, w = (int(v) for v in x.shape)
+    c_out, c_in_pg, kh, kw = (int(v) for v in weight.shape)
     c_out_pg = c_out // groups
     h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -242,15 +256,15 @@ def _gated_conv2d_triton(
     out = torch.empty(
         (n, c_out, h_out, w_out), device=x.device, dtype=x.dtype, memory_format=torch.channels_last
     )
-    gate_gs = c_out // gate.shape[1]
-    in_gs = 1 if in_gate is None else c_in // in_gate.shape[1]
+    gate_gs = c_out // int(gate.shape[1])
+    in_gs = 1 if in_gate is None else c_in // int(in_gate.shape[1])
     block_k = select_block_k(c_in_pg, None if in_gate is None else in_gs)
     n_in_blocks = triton.cdiv(c_in_pg, block_k)
 
     out_order = torch.empty((n * groups, c_out_pg), device=x.device, dtype=torch.int32)
     out_count = torch.empty((n * groups,), device=x.device, dtype=torch.int32)
     wrap_triton(_order_kernel)[(n * groups,)](
-        gate, gate.stride(0), out_order, out_count, c_out_pg, groups, gate_gs, c_out_pg,
+        gate, int(gate.stride(0)), out_order, out_count, c_out_pg, groups, gate_gs, c_out_pg,
         ITEM=1, N_ITEMS_P2=triton.next_power_of_2(c_out_pg),
     )
     if in_gate is not None:
@@ -258,7 +272,7 @@ def _gated_conv2d_triton(
         in_order = torch.empty((n, n_in_blocks), device=x.device, dtype=torch.int32)
         in_count = torch.empty((n,), device=x.device, dtype=torch.int32)
         wrap_triton(_order_kernel)[(n,)](
-            in_gate, in_gate.stride(0), in_order, in_count, c_in_pg, 1, in_gs, n_in_blocks,
+            in_gate, int(in_gate.stride(0)), in_order, in_count, c_in_pg, 1, in_gs, n_in_blocks,
             ITEM=block_k, N_ITEMS_P2=triton.next_power_of_2(n_in_blocks),
         )
     else:
@@ -274,10 +288,8 @@ def _gated_conv2d_triton(
         x if shift is None else shift, gate if in_gate is None else in_gate,
         out_order, out_count, in_order, in_count,
         h, w, h_out, w_out, c_in_pg, c_out_pg, groups, gate_gs, in_gs, n_in_blocks,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        gate.stride(0), 0 if in_gate is None else in_gate.stride(0),
+        *(int(v) for v in (*x.stride(), *weight.stride(), *out.stride())),
+        int(gate.stride(0)), 0 if in_gate is None else int(in_gate.stride(0)),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         KH=kh, KW=kw, ACT=_ACT[activation],
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
