@@ -220,9 +220,10 @@ def select_block_k(c_in_per_group: int, in_group_size: int | None) -> int:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not _INTERPRET and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "ieee"
+    # Only float32 products have a choice; half-precision ones keep Triton's default.
+    if _INTERPRET or (dtype == torch.float32 and not torch.backends.cudnn.allow_tf32):
+        return "ieee"
+    return "tf32"
 
 
 def _gated_conv2d_triton(
