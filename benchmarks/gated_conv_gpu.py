@@ -112,15 +112,19 @@ def bench_shape(shape: tuple, args: argparse.Namespace, gen: torch.Generator) ->
                                  f" gated-off zero: {off_zero})")
             t_base = do_bench(baseline, warmup=args.warmup, rep=args.rep, return_mode="median")
             t_fused = do_bench(fused, warmup=args.warmup, rep=args.rep, return_mode="median")
+        from gatekit.ops import triton_conv
+
+        config = str(getattr(triton_conv._conv, "best_config", "fixed"))
         flops = 2 * args.batch * c_out * c_in * k * k * (size // stride) ** 2
         records.append({
             "shape": name, "mode": mode, "baseline_ms": t_base, "fused_ms": t_fused,
-            "speedup": t_base / t_fused, "rel_err": err,
+            "speedup": t_base / t_fused, "rel_err": err, "triton_config": config,
             "fused_tflops_dense_equiv": flops / t_fused / 1e9,
             "baseline_tflops": flops / t_base / 1e9,
         })
         print(f"  {name:20s} {mode:8s} baseline {t_base * 1e3:8.1f} us  fused"
-              f" {t_fused * 1e3:8.1f} us  x{t_base / t_fused:5.2f}  (err {err:.1e})", flush=True)
+              f" {t_fused * 1e3:8.1f} us  x{t_base / t_fused:5.2f}  (err {err:.1e}; {config})",
+              flush=True)
     return records
 
 
@@ -144,7 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__},"
           f" triton {triton.__version__}, batch {args.batch}, {args.dtype}", flush=True)
     start = time.time()
-    records = [r for shape in SHAPES for r in bench_shape(shape, args, gen)]
+    header = {
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "triton": triton.__version__, "gatekit": gatekit.__version__,
+        "python": platform.python_version(), "batch": args.batch, "dtype": args.dtype,
+        "group_size": args.group_size, "timer": "triton.testing.do_bench median",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    for shape in SHAPES:  # the JSON is rewritten after each layer, so a cut-off run keeps its part
+        records += bench_shape(shape, args, gen)
+        args.out.write_text(json.dumps({**header, "seconds": time.time() - start,
+                                        "records": records}, indent=2))
 
     print(f"\n| layer | {' | '.join(MODES)} |   (speed-up: baseline time / fused time)")
     print(f"| --- | {' | '.join('---' for _ in MODES)} |")
@@ -156,15 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                        / len(SHAPES)) for m in MODES}
     print(f"| geometric mean | {' | '.join(f'{geo[m]:.2f}x' for m in MODES)} |")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "triton": triton.__version__, "gatekit": gatekit.__version__,
-        "python": platform.python_version(), "batch": args.batch, "dtype": args.dtype,
-        "group_size": args.group_size, "timer": "triton.testing.do_bench median",
-        "seconds": time.time() - start, "geomean_speedup": geo, "records": records,
-    }, indent=2))
+    args.out.write_text(json.dumps({**header, "seconds": time.time() - start,
+                                    "geomean_speedup": geo, "records": records}, indent=2))
     print(f"\nwrote {args.out}")
     return 0
 
