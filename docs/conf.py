@@ -68,5 +68,7 @@ html_theme = "furo"
 html_title = f"gatekit {release}"
 html_static_path = ["_static"]
 html_show_sourcelink = False
+# Quotes and ellipses only: "--flag" must stay two hyphens, not become an en dash.
+smartquotes_action = "qe"
 pygments_style = "friendly"
 pygments_dark_style = "monokai"

@@ -226,6 +226,8 @@ def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
     shown = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
     if shown and "default" not in text:
         text += f" (default: {action.default})"
+    # Defaults computed from the building machine's home directory are shown portably.
+    text = text.replace(str(Path.home()), "~")
     return _escape(text)
 
 
