@@ -116,5 +116,10 @@ def _standin(args: argparse.Namespace, dist: Dist) -> Data:
     )
 
 
+def cli_main(argv: list[str] | None = None) -> int:
+    """Run the script with ``argv`` (default: the command line); returns the exit status."""
+    return main(parser(), lambda a: IMAGENET if a.data is not None else STANDIN, load_data, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(parser(), lambda a: IMAGENET if a.data is not None else STANDIN, load_data))
+    sys.exit(cli_main())

@@ -56,6 +56,7 @@ class Engine:
                     steps: int) -> dict[str, float]:
         self.model.train()
         sums = torch.zeros(4, device=self.dist.device, dtype=torch.float64)
+        one = torch.ones((), device=self.dist.device, dtype=torch.float64)  # no host copy per step
         progress = Progress(steps, f"epoch {epoch + 1}/{epochs} train",
                             enabled=self.dist.is_main, log_every=self.log_every)
         for x, y in batches:
@@ -76,7 +77,7 @@ class Engine:
             self.step += 1
             n = y.shape[0]
             sums += torch.stack([loss.detach().double() * n, (out.argmax(1) == y).sum().double(),
-                                 torch.tensor(n, device=x.device, dtype=torch.float64),
+                                 one * n,
                                  opened.double() * n])
             progress.update(partial(_numbers, sums))
         progress.close()
@@ -99,6 +100,7 @@ class Engine:
         model = self.inner
         model.eval()
         sums = torch.zeros(4, device=self.dist.device, dtype=torch.float64)
+        one = torch.ones((), device=self.dist.device, dtype=torch.float64)  # no host copy per step
         progress = Progress(len(batches), desc, enabled=self.dist.is_main,  # type: ignore[arg-type]
                             log_every=max(self.log_every, 10**9))
         for x, y in batches:
@@ -113,7 +115,7 @@ class Engine:
                     stats.update(gates, y)
             n = y.shape[0]
             sums += torch.stack([loss.double(), (out.argmax(1) == y).sum().double(),
-                                 torch.tensor(n, device=x.device, dtype=torch.float64),
+                                 one * n,
                                  opened.double() * n])
             progress.update(partial(_numbers, sums))
         progress.close()

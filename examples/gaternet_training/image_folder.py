@@ -26,6 +26,9 @@ def check_image_folder(root: Path, split: str) -> list[str]:
     if not root.is_dir():
         raise GatekitError(f"--data {root} is not a directory (expected an ImageFolder tree)")
     split_dir = root / split
+    if not any(root.iterdir()):
+        raise GatekitError(f"data directory {root} is empty; expected an ImageFolder tree "
+                           f"{root}/{split}/<class>/<image>")
     if not split_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise GatekitError(

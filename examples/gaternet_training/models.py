@@ -24,7 +24,7 @@ def _torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     if name in CIFAR_DEPTHS:
         return
     names = _torchvision_names()
@@ -39,7 +39,7 @@ def _check_name(name: str, what: str) -> None:
 
 def classifier(name: str, num_classes: int) -> nn.Module:
     """A randomly initialised classifier ``name`` with ``num_classes`` outputs."""
-    _check_name(name, "model")
+    check_name(name, "model")
     if name in CIFAR_DEPTHS:
         return cifar_resnet.CifarResNet(CIFAR_DEPTHS[name], num_classes=num_classes)
     import torchvision
@@ -49,7 +49,7 @@ def classifier(name: str, num_classes: int) -> nn.Module:
 
 def trunk(name: str) -> nn.Module:
     """A feature extractor ``(N, C, H, W) -> (N, D)``: classifier ``name`` without its last layer."""
-    _check_name(name, "gater")
+    check_name(name, "gater")
     if name in CIFAR_DEPTHS:
         return cifar_resnet.CifarResNet(CIFAR_DEPTHS[name], num_classes=0)
     model = classifier(name, num_classes=1000)

@@ -6,6 +6,7 @@ Only rank 0 writes files; every rank computes the same reduced metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -84,12 +85,18 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     channels_last = args.channels_last_on
 
-    random.seed(args.seed + dist.rank)
-    torch.manual_seed(args.seed)  # same initial weights on every rank
+    for name, what in ((args.arch, "model"), (None if args.no_gate else args.gater, "gater")):
+        if name is not None:
+            models.check_name(name, what)
     data = load_data(args, dist)
     config = _config(args, data)
     if ckpt is not None:
         checkpoint.check_config(ckpt, config, resume)
+
+    # Seeded after loading the data, whose decoding may or may not draw random numbers
+    # (a cache hit draws none), so the initial weights depend on the seed alone.
+    random.seed(args.seed + dist.rank)
+    torch.manual_seed(args.seed)  # same initial weights on every rank
 
     inner = models.build(args, len(data.classes)).to(dist.device)
     if channels_last:
@@ -196,12 +203,21 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
             for k, v in d.items() if not callable(v)}
 
 
+def _parameter_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for _, p in model.named_parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _final_report(args: Any, dist: Dist, engine: Engine, inner: nn.Module, data: Data,
                   out_dir: Path, metrics: MetricsLog, best: float, epoch_seconds: list[float],
                   wall: float) -> dict[str, Any] | None:
     gated = isinstance(inner, gatekit.GaterNet)
     stats = gatekit.GateStats.for_model(inner, num_classes=len(data.classes)) if gated else None
     final = engine.evaluate(data.val, stats=stats, desc="final eval")
+    # DDP keeps ranks in step; the digests let a user (and the tests) check it bit for bit.
+    digests = dist.gather_objects(_parameter_digest(inner))
     if stats is not None:
         merged = dist.gather_objects(stats)
         stats = merged[0]
@@ -218,6 +234,8 @@ def _final_report(args: Any, dist: Dist, engine: Engine, inner: nn.Module, data:
         "best_val_acc": best, "params": models.param_counts(inner),
         "train_seconds_per_epoch": (sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
         "wall_seconds": wall, **data.extra,
+        "rank_parameter_sha256": digests,
+        "parameter_names": [name for name, _ in inner.named_parameters()],
     }
     if gated:
         results["val_open_fraction"] = final["open"]

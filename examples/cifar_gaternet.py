@@ -1,0 +1,105 @@
+"""Train a GaterNet on CIFAR-10/100 with the CIFAR ResNets, or the plain backbone (--no-gate).
+
+    python examples/cifar_gaternet.py --data ../shared/data/cifar10-jpeg.tar.gz
+    python examples/cifar_gaternet.py --data ../shared/data/cifar10-jpeg.tar.gz --no-gate
+    python examples/cifar_gaternet.py --data ~/datasets --download --dataset cifar100
+
+As in GaterNet's released code: a CIFAR ResNet backbone (20/56/110/164) gated after each
+block's last conv+BN by a ResNet-20 gater with bottleneck 8.  ``--data`` takes the CIFAR
+ImageFolder tree (``train/``, ``test/``), its ``.tar.gz`` (extracted once into the cache
+directory), or a torchvision CIFAR directory.  The images are decoded once into a uint8
+tensor cache, kept on the device and augmented there in batches (random crop with 4-pixel
+padding, horizontal flip), so small CIFAR models are not held back by data loading; two
+runs (plain and gated) can share one GPU.  ``results.json`` in the output directory holds
+test error, parameters, FLOPs and the gate statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from gaternet_training import cli
+from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
+from gaternet_training.distributed import Dist
+from gaternet_training.main import main
+from gaternet_training.models import CIFAR_DEPTHS
+from gaternet_training.run import Data
+from gaternet_training.tensor_data import TensorBatches
+
+from gatekit import GatekitError
+
+DEFAULTS = dict(
+    arch="resnet20", gater="resnet20", epochs=160, batch_size=128, lr=0.1, weight_decay=5e-4,
+    warmup_epochs=1, label_smoothing=0.0, gate_loss_weight=0.0, workers=2, log_every=50,
+    name="cifar_gaternet", channels_last_cpu=True,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    d = p.add_argument_group("data")
+    d.add_argument("--data", type=Path, required=True,
+                   help="CIFAR ImageFolder tree, its .tar.gz, or a torchvision CIFAR directory")
+    d.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10",
+                   help="for a torchvision directory or --download (default: cifar10)")
+    d.add_argument("--download", action="store_true",
+                   help="download CIFAR with torchvision into --data (needs internet)")
+    d.add_argument("--cache-dir", type=Path, default=None,
+                   help=f"where archives are extracted and decoded images cached "
+                        f"(default: $GATEKIT_CACHE or {default_cache_dir()})")
+    d.add_argument("--train-dir", default="train", help="training split folder (default: train)")
+    d.add_argument("--val-dir", default="test", help="test split folder (default: test)")
+    cli.add_training_args(p, DEFAULTS)
+    return p
+
+
+def load_data(args: argparse.Namespace, dist: Dist) -> Data:
+    if args.arch not in CIFAR_DEPTHS:
+        raise GatekitError(f"--arch {args.arch!r} is not a CIFAR ResNet; expected one of "
+                           f"{', '.join(CIFAR_DEPTHS)}")
+    cache_dir = args.cache_dir or default_cache_dir()
+    # Rank 0 extracts and decodes; the others wait and then read the cache.
+    if dist.is_main:
+        arrays = load_cifar(args.data, dataset=args.dataset, cache_dir=cache_dir,
+                            download=args.download, workers=args.workers,
+                            train_dir=args.train_dir, val_dir=args.val_dir)
+    dist.barrier()
+    if not dist.is_main:
+        arrays = load_cifar(args.data, dataset=args.dataset, cache_dir=cache_dir, download=False,
+                            workers=args.workers, train_dir=args.train_dir, val_dir=args.val_dir)
+    x, y = _limit(arrays["train_x"], arrays["train_y"], args.limit)
+    xv, yv = _limit(arrays["test_x"], arrays["test_y"], args.limit_val)
+    if x.shape[1:3] != (32, 32):
+        print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
+    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=args.seed,
+              channels_last=args.channels_last_on)
+    return Data(
+        train=TensorBatches(x, y, batch_size=args.batch_size, train=True, pad=4, **kw),
+        val=TensorBatches(xv, yv, batch_size=1000, train=False, **kw),
+        classes=list(arrays["classes"]), image_size=int(x.shape[1]), source=arrays["source"],
+        extra={"dataset": args.dataset},
+    )
+
+
+def _limit(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if not n or n >= len(x):
+        return x, y
+    # A fixed random subset, so a limited run still sees every class.
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    return x[keep], y[keep]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """Run the script with ``argv`` (default: the command line); returns the exit status."""
+    return main(parser(), lambda a: DEFAULTS, load_data, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

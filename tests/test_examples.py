@@ -1,0 +1,370 @@
+"""The example training scripts end to end, with tiny settings.
+
+Runs go through subprocesses (as a user starts them) where the process boundary matters
+(SIGKILL, torchrun, the command line itself), and in-process through the scripts' ``main``
+for the bad-input cases, which only need the message and the untouched checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+IMAGENET = EXAMPLES / "imagenet_gaternet.py"
+CIFAR = EXAMPLES / "cifar_gaternet.py"
+SHARED_CIFAR = next((p for p in (Path("/work/shared/data/cifar10-jpeg.tar.gz"),
+                                 ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+                     if p.is_file()), None)
+
+# Small enough for a few seconds per run on one CPU core.
+TINY_STANDIN = ["--image-size", "16", "--standin-train", "64", "--standin-val", "32",
+                "--batch-size", "16", "--epochs", "1", "--log-every", "2"]
+TINY_CIFAR = ["--batch-size", "8", "--epochs", "1", "--workers", "0", "--log-every", "2"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, GATEKIT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _run(script: Path, args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _write_tree(root: Path, splits: dict[str, int], classes: int = 3, size: int = 32) -> Path:
+    """An ImageFolder tree of PNGs whose class sets the mean colour (so it is learnable)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, per_class in splits.items():
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                base = torch.zeros(size, size, 3)
+                base[..., c % 3] = 0.7
+                img = (base + 0.3 * torch.rand(size, size, 3, generator=g)) * 255
+                Image.fromarray(img.to(torch.uint8).numpy()).save(d / f"{i:03d}.png")
+    return root
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _main(path: Path, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a script's main in this process; returns the exit status and stderr."""
+    status = _load_script(path).cli_main(argv)
+    return status, capsys.readouterr().err
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# end to end
+# --------------------------------------------------------------------------------------
+
+
+def test_standin_default_path_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _run(IMAGENET, [*TINY_STANDIN, "--output-dir", str(out)], tmp_path)
+    assert proc.stdout.splitlines()[0].startswith("no --data given: training on the built-in stand-in")
+    assert "gate statistics on the evaluation set" in proc.stdout
+    assert "distinct gate patterns:" in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"checkpoint.pt", "metrics.jsonl", "results.json", "args.json",
+            "gates_layer_open_fraction.png", "gates_open_per_sample.png",
+            "gates_class_heatmap.png"} <= names
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["epoch", "final"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["arch"] == "resnet18" and results["gated"]
+    stats = results["gate_stats"]
+    assert stats["num_samples"] == 32
+    assert stats["always_on"] + stats["always_off"] + stats["input_dependent"] == stats["num_gates"]
+    assert len(stats["class_open_fraction"]) == 10
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == "resnet18"
+
+
+def test_imagenet_script_on_image_folder(tmp_path: Path) -> None:
+    data = _write_tree(tmp_path / "data", {"train": 8, "val": 4}, size=40)
+    out = tmp_path / "run"
+    _run(IMAGENET, ["--data", str(data), "--arch", "resnet18", "--gater", "resnet18",
+                    "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--workers", "2",
+                    "--output-dir", str(out)], tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"] == ["class0", "class1", "class2"]
+    assert results["gate_stats"]["num_samples"] == 12
+    assert results["flops"]["dense"] > results["flops"]["gater"] > 0
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
+def test_cifar_script_on_image_folder(tmp_path: Path, gated: bool) -> None:
+    tree = _write_tree(tmp_path / "data" / "cifar", {"train": 16, "test": 8})
+    if gated:  # the .tar.gz path: extracted into the cache directory, not beside the archive
+        archive = tmp_path / "cifar-tiny.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tree, arcname="cifar")
+        shutil.rmtree(tmp_path / "data")
+        data = archive
+    else:
+        data = tree
+    out = tmp_path / "run"
+    args = ["--data", str(data), *TINY_CIFAR, "--output-dir", str(out)]
+    _run(CIFAR, args + ([] if gated else ["--no-gate"]), tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    assert results["gated"] is gated
+    assert 0.0 <= results["val_error"] <= 1.0
+    assert results["params"]["total"] > 0
+    if gated:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cifar-tiny.tar.gz", "run"]
+        assert results["gate_stats"]["num_gates"] == 336  # ResNet-20: 3*16 + 3*32 + 3*64
+        flops = results["flops"]
+        assert flops["at_open_fraction"] <= flops["dense"]
+        assert results["params"]["backbone"] < results["params"]["total"]
+        assert (out / "gates_class_heatmap.png").is_file()
+    else:
+        assert "gate_stats" not in results
+        from gatekit.models import resnet20
+
+        assert results["params"]["total"] == sum(p.numel() for p in resnet20(3).parameters())
+
+
+@pytest.mark.skipif(SHARED_CIFAR is None, reason="the shared CIFAR-10 archive is not on this machine")
+def test_cifar_script_on_shared_cifar10(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env_cache = Path(os.environ.get("GATEKIT_TEST_CACHE", Path.home() / ".cache" / "gatekit"))
+    _run(CIFAR, ["--data", str(SHARED_CIFAR), "--cache-dir", str(env_cache), "--limit", "256",
+                 "--limit-val", "200", "--batch-size", "32", "--epochs", "1", "--workers", "2",
+                 "--output-dir", str(out)], tmp_path, timeout=600)
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"][:3] == ["airplane", "automobile", "bird"]
+    assert results["gate_stats"]["num_samples"] == 200
+
+
+# --------------------------------------------------------------------------------------
+# resume after SIGKILL
+# --------------------------------------------------------------------------------------
+
+
+def _kill_mid_epoch(cmd: list[str], env: dict[str, str], marker: str) -> str:
+    """Start ``cmd``, SIGKILL it as soon as ``marker`` appears in its output."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+RESUME_CASES = [
+    pytest.param("cifar", id="cifar-in-memory"),
+    pytest.param("imagefolder", id="imagefolder-dataloader", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, case: str) -> None:
+    """Tolerance: none.  Same seed, same ops on the same CPU, RNG and data-order state
+    restored at the epoch boundary: the weights must be bitwise equal."""
+    if case == "cifar":
+        data = _write_tree(tmp_path / "data", {"train": 24, "test": 4})
+        script, base = CIFAR, ["--data", str(data), *TINY_CIFAR]
+    else:
+        data = _write_tree(tmp_path / "data", {"train": 24, "val": 4})
+        script, base = IMAGENET, ["--data", str(data), "--arch", "resnet18", "--gater",
+                                  "resnet18", "--image-size", "32", "--batch-size", "8",
+                                  "--workers", "2"]
+    base = [*base, "--epochs", "3", "--log-every", "1", "--seed", "3"]
+    env = _env(tmp_path)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    _run(script, [*base, "--output-dir", str(whole)], tmp_path)
+    _kill_mid_epoch([sys.executable, str(script), *base, "--output-dir", str(broken)], env,
+                    marker="epoch 2/3 train step 2/")
+    killed = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert killed["epoch"] == 1  # it died inside epoch 2, after epoch 1's checkpoint
+    proc = _run(script, [*base, "--output-dir", str(broken), "--resume"], tmp_path)
+    assert "resumed from" in proc.stdout
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key in ("train_loss", "val_acc"):
+        epochs_a = [json.loads(line)[key] for line in (whole / "metrics.jsonl").read_text().splitlines()
+                    if '"epoch"' in line and '"event": "epoch"' in line]
+        epochs_b = [json.loads(line)[key] for line in (broken / "metrics.jsonl").read_text().splitlines()
+                    if '"epoch"' in line and '"event": "epoch"' in line]
+        assert epochs_a == epochs_b
+
+
+# --------------------------------------------------------------------------------------
+# torchrun with two CPU processes
+# --------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_keep_parameters_identical(tmp_path: Path) -> None:
+    data = _write_tree(tmp_path / "data", {"train": 16, "test": 5})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(CIFAR), "--data", str(data), *TINY_CIFAR, "--epochs", "2", "--device", "cpu",
+           "--output-dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    digests = results["rank_parameter_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    # The digest is that of the weights in the checkpoint (so it is not a constant).
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    h = hashlib.sha256()
+    for name, p in ckpt["model"].items():
+        if name in results["parameter_names"]:
+            h.update(p.contiguous().numpy().tobytes())
+    assert h.hexdigest() == digests[0]
+    # Every evaluation image counted once over both ranks (6 per rank would mean padding).
+    assert results["gate_stats"]["num_samples"] == 15
+
+
+# --------------------------------------------------------------------------------------
+# bad input: a clear message, and no checkpoint ever overwritten
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_cifar_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished one-epoch ResNet-20 run and its data tree."""
+    tmp = tmp_path_factory.mktemp("good")
+    data = _write_tree(tmp / "data", {"train": 8, "test": 4})
+    out = tmp / "run"
+    _run(CIFAR, ["--data", str(data), *TINY_CIFAR, "--output-dir", str(out)], tmp)
+    return data, out
+
+
+def _copy_run(run: Path, tmp_path: Path) -> tuple[Path, str]:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out, _digest(out / "checkpoint.pt")
+
+
+def test_missing_and_empty_data_dirs(tmp_path: Path, capsys) -> None:
+    status, err = _main(IMAGENET, ["--data", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 2 and f"data directory {tmp_path / 'nope'} does not exist" in err
+    (tmp_path / "empty").mkdir()
+    status, err = _main(IMAGENET, ["--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 2 and f"{tmp_path / 'empty'} is empty" in err
+    status, err = _main(CIFAR, ["--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 2 and "neither an ImageFolder tree" in err
+
+
+def test_not_an_image_folder(tmp_path: Path, capsys) -> None:
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "x.jpg").write_bytes(b"")
+    status, err = _main(IMAGENET, ["--data", str(tmp_path / "d"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 2 and "holds no class folders" in err
+    (tmp_path / "e" / "images").mkdir(parents=True)
+    status, err = _main(IMAGENET, ["--data", str(tmp_path / "e"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 2 and "has no train/ folder (found folders: ['images'])" in err
+
+
+def test_unreadable_image_names_the_file_and_keeps_the_checkpoint(tmp_path: Path, capsys) -> None:
+    data = _write_tree(tmp_path / "data", {"train": 8, "val": 4})
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--arch", "resnet18", "--gater", "resnet18", "--image-size",
+              "32", "--batch-size", "8", "--workers", "1", "--output-dir", str(out)]
+    status, err = _main(IMAGENET, [*common, "--epochs", "1"], capsys)
+    assert status == 0, err
+    before = _digest(out / "checkpoint.pt")
+    bad = data / "train" / "class1" / "003.png"
+    bad.write_bytes(b"not a png")
+    status, err = _main(IMAGENET, [*common, "--epochs", "2", "--resume"], capsys)
+    assert status == 2
+    assert f"cannot read image {bad}" in err
+    assert _digest(out / "checkpoint.pt") == before
+
+
+def test_checkpoint_from_another_arch(good_cifar_run, tmp_path: Path, capsys) -> None:
+    data, run = good_cifar_run
+    out, before = _copy_run(run, tmp_path)
+    status, err = _main(CIFAR, ["--data", str(data), *TINY_CIFAR, "--epochs", "2", "--arch",
+                                "resnet56", "--output-dir", str(out), "--resume"], capsys)
+    assert status == 2
+    assert "was written for another model" in err and "arch: checkpoint has 'resnet20', this run has 'resnet56'" in err
+    assert _digest(out / "checkpoint.pt") == before
+
+
+def test_truncated_checkpoint(good_cifar_run, tmp_path: Path, capsys) -> None:
+    data, run = good_cifar_run
+    out, _ = _copy_run(run, tmp_path)
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    before = _digest(ckpt)
+    status, err = _main(CIFAR, ["--data", str(data), *TINY_CIFAR, "--epochs", "2",
+                                "--output-dir", str(out), "--resume"], capsys)
+    assert status == 2 and f"checkpoint {ckpt} cannot be read" in err and "truncated" in err
+    assert _digest(ckpt) == before
+
+
+def test_existing_checkpoint_needs_resume(good_cifar_run, tmp_path: Path, capsys) -> None:
+    data, run = good_cifar_run
+    out, before = _copy_run(run, tmp_path)
+    status, err = _main(CIFAR, ["--data", str(data), *TINY_CIFAR, "--output-dir", str(out)], capsys)
+    assert status == 2 and "already exists; pass --resume" in err
+    assert _digest(out / "checkpoint.pt") == before
+
+
+@pytest.mark.parametrize("flag", ["--arch", "--gater"])
+def test_unknown_model_name(tmp_path: Path, capsys, flag: str) -> None:
+    status, err = _main(IMAGENET, [*TINY_STANDIN, flag, "resnet9000", "--output-dir", str(tmp_path)], capsys)
+    what = "model" if flag == "--arch" else "gater"
+    assert status == 2 and f"unknown {what} 'resnet9000'" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_help_lists_both_defaults() -> None:
+    out = io.StringIO()
+    _load_script(IMAGENET).parser().print_help(out)
+    text = " ".join(out.getvalue().split())
+    assert "resnet50 with --data, resnet18 on the stand-in" in text
+    assert "224 with --data, 32 on the stand-in" in text
+
+
+@pytest.mark.slow
+def test_main_job_default_command(tmp_path: Path) -> None:
+    """The README's main-job command, as it is (takes about 3 minutes on 2 CPU cores)."""
+    out = tmp_path / "main"
+    _run(IMAGENET, ["--output-dir", str(out)], tmp_path, timeout=900)
+    results = json.loads((out / "results.json").read_text())
+    assert results["val_acc"] > 0.5  # chance is 0.1
