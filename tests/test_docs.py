@@ -6,6 +6,7 @@ One Sphinx build (about 15 s on 2 cores) is shared by the tests of this module.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import re
@@ -102,22 +103,26 @@ def test_every_public_name_is_documented(site: Path) -> None:
     assert not missing, f"public names missing from the API reference: {missing}"
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_flag_tables_list_every_flag(site: Path, script: str) -> None:
-    path = ROOT / script
-    if not path.exists():
-        pytest.skip(f"{script} is not in this tree")
-    # The oracle is the script's own --help, not the parser object the page is made from.
-    run = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
-    assert run.returncode == 0, run.stderr
+@functools.cache
+def _help_flags(script: str) -> frozenset[str]:
+    """The flags the script's own ``--help`` prints: the oracle, independent of the pages."""
+    run = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, f"{script} --help failed:\n{run.stderr}"
     flags = set()
     for line in run.stdout.splitlines():
         # argparse indents each option's invocation by two spaces; help text follows after two more.
         m = re.match(r"^  (-\S.*?)(?:\s{2,}|$)", line)
         if m:
             flags |= set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", m.group(1)))
-    flags -= {"-h", "--help"}
+    return frozenset(flags)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_flag_tables_list_every_flag(site: Path, script: str) -> None:
+    if not (ROOT / script).exists():
+        pytest.skip(f"{script} is not in this tree")
+    flags = _help_flags(script) - {"-h", "--help"}
     assert flags, f"no flags found in the --help of {script}"
     page = (site / "examples.html").read_text()
     missing = sorted(f for f in flags if f'<span class="pre">{f}</span>' not in page)
@@ -150,3 +155,19 @@ def test_snippets_run(snippet: str, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(DOCS / "_snippets" / snippet)], capture_output=True,
                          text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_commands_on_the_pages_exist() -> None:
+    """Every script a page tells the reader to run exists and takes the flags shown with it."""
+    wrong = []
+    for page in sorted(DOCS.glob("*.rst")):
+        for line in page.read_text().splitlines():
+            for m in re.finditer(r"((?:examples|benchmarks)/[\w/]+\.py)([^\n`]*)", line):
+                script, rest = m.group(1), m.group(2)
+                if not (ROOT / script).is_file():
+                    wrong.append(f"{page.name}: {script} does not exist")
+                    continue
+                for flag in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", rest):
+                    if flag not in _help_flags(script):
+                        wrong.append(f"{page.name}: {script} has no flag {flag}")
+    assert not wrong, "\n".join(wrong)

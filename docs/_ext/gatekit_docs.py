@@ -7,6 +7,14 @@
     line pointing there instead of a second copy (``:only-new:`` drops those lines, for
     implementation modules whose names the package root already re-exports).
 
+``.. gatekit-api-rest:: PACKAGE``
+    The same for every other non-private module under ``PACKAGE``, listing only names no
+    earlier section documented.
+
+``.. gatekit-json-table:: FILE ...`` and ``.. gatekit-measured-figure:: FILE``
+    Tables and plots of measured results, read from the JSON and PNG files that the
+    benchmarks and training runs write; a file not there yet reads "not yet measured".
+
 ``.. gatekit-argparse:: PATH``
     A table of every flag of the command-line script at ``PATH`` (relative to the
     repository root), read from its :mod:`argparse` parser, so the page cannot drift from
@@ -22,6 +30,8 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import json
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -159,6 +169,156 @@ def _section(modname: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
+# Measured results
+# --------------------------------------------------------------------------------------
+
+NOT_MEASURED = "not yet measured"
+
+
+def _lookup(record: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if isinstance(record, dict) and key in record:
+            record = record[key]
+        elif isinstance(record, list) and key.isdigit() and int(key) < len(record):
+            record = record[int(key)]
+        else:
+            return None
+    return record
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None:
+        return "\u2014"
+    if spec:
+        with contextlib.suppress(TypeError, ValueError):
+            return format(value, spec)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _columns(text: str) -> list[tuple[str, str, str]]:
+    """``key[:spec][ = header]; ...`` -> [(key, spec, header)]."""
+    out = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        field, _, header = (x.strip() for x in part.partition(" = "))
+        key, _, spec = field.partition(":")
+        out.append((key, spec, header or key))
+    return out
+
+
+class JsonTableDirective(SphinxDirective):
+    """``.. gatekit-json-table:: FILE [FILE ...]``: a table of measured numbers from JSON.
+
+    With ``:rows:`` (one file), the rows are the list of records at that dotted key (a dict
+    gives ``key``/``value`` rows; ``:where: key=value`` filters them).  Without it each file
+    is one row, labelled by the dotted key ``:label:`` or by the file's name.  Files that
+    are not there yet leave the table, or their row, saying "not yet measured" with the
+    ``:command:`` that makes them, so a page never shows a number nobody measured.
+    ``:context:`` lists dotted keys of the first file shown above the table (machine,
+    versions, command).  Paths are relative to the repository root.
+    """
+
+    required_arguments = 1
+    optional_arguments = 20
+    option_spec: ClassVar[dict[str, Any]] = {
+        "rows": directives.unchanged,
+        "columns": directives.unchanged_required,
+        "context": directives.unchanged,
+        "command": directives.unchanged,
+        "label": directives.unchanged,
+        "where": directives.unchanged,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        paths = [ROOT / a for a in self.arguments]
+        for path in paths:
+            self.env.note_dependency(str(path))
+        loaded = {p: json.loads(p.read_text()) if p.exists() else None for p in paths}
+        columns = _columns(self.options["columns"])
+        command = self.options.get("command", "")
+        lines: list[str] = []
+        present = [d for d in loaded.values() if d is not None]
+        if not present:
+            made_by = f" Run ``{command}``; " if command else " "
+            names = ", ".join(f"``{a}``" for a in self.arguments)
+            lines += [f"*{NOT_MEASURED.capitalize()}.*{made_by}the table appears here once {names} "
+                      "is in the repository.", ""]
+            return self._parse(lines)
+        first = present[0]
+        context = [k for k in self.options.get("context", "").split(";") if k.strip()]
+        facts = [(k.strip(), _lookup(first, k.strip())) for k in context]
+        facts = [f"{k.rsplit('.', 1)[-1]}: ``{v}``" for k, v in facts if v is not None]
+        if facts:
+            lines += ["Measured with " + "; ".join(facts) + ".", ""]
+        if len(paths) == 1 and "rows" in self.options:
+            records = _lookup(first, self.options["rows"])
+            if isinstance(records, dict):  # {name: value} reads as rows of (key, value)
+                records = [{"key": k, "value": v} for k, v in records.items()]
+            if not isinstance(records, list):
+                raise self.error(f"{self.arguments[0]}: {self.options['rows']!r} is not a list")
+            where = self.options.get("where", "")
+            if where:
+                key, _, want = where.partition("=")
+                records = [r for r in records if str(_lookup(r, key.strip())) == want.strip()]
+            rows = [[_cell(_lookup(r, k), spec) for k, spec, _ in columns] for r in records]
+        else:  # each file is one row
+            label = self.options.get("label", "")
+            rows = []
+            for arg, path in zip(self.arguments, paths):
+                data = loaded[path]
+                name = _cell(_lookup(data, label), "") if (data is not None and label) else Path(arg).stem
+                if data is None:
+                    rows.append([name, NOT_MEASURED] + [""] * (len(columns) - 1))
+                else:
+                    rows.append([name] + [_cell(_lookup(data, k), spec) for k, spec, _ in columns])
+            if len(paths) > 1 or label:
+                columns = [("", "", "run"), *columns]
+            else:
+                rows = [row[1:] if loaded[paths[0]] is not None else row for row in rows]
+        lines += [".. list-table::", "   :header-rows: 1", ""]
+        lines += ["   * - " + columns[0][2]] + [f"     - {h}" for _, _, h in columns[1:]]
+        for row in rows:
+            lines += [f"   * - {row[0] or ' '}"] + [f"     - {c or ' '}" for c in row[1:]]
+        lines.append("")
+        return self._parse(lines)
+
+    def _parse(self, lines: list[str]) -> list[nodes.Node]:
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=f"<json {self.arguments[0]}>"), 0, container)
+        return container.children
+
+
+class MeasuredFigureDirective(SphinxDirective):
+    """``.. gatekit-measured-figure:: FILE``: the plot at FILE (from the repository root) if
+    it has been made, else a line saying it is not yet measured.  Content is the caption."""
+
+    required_arguments = 1
+    has_content = True
+    option_spec: ClassVar[dict[str, Any]] = {"command": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        path = ROOT / self.arguments[0]
+        self.env.note_dependency(str(path))
+        if path.exists():
+            docdir = (Path(self.env.srcdir) / self.env.docname).parent
+            rel = os.path.relpath(path, docdir)
+            lines = [f".. figure:: {rel}", "   :width: 100%", ""]
+            lines += [f"   {line}" for line in self.content]
+        else:
+            command = self.options.get("command", "")
+            made_by = f" (``{command}``)" if command else ""
+            lines = [f"*Plot {NOT_MEASURED}:* ``{self.arguments[0]}``{made_by}."]
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=f"<figure {self.arguments[0]}>"), 0, container)
+        return container.children
+
+
+# --------------------------------------------------------------------------------------
 # Command-line flags
 # --------------------------------------------------------------------------------------
 
@@ -275,4 +435,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("gatekit-api", ApiDirective)
     app.add_directive("gatekit-api-rest", ApiRestDirective)
     app.add_directive("gatekit-argparse", ArgparseDirective)
+    app.add_directive("gatekit-json-table", JsonTableDirective)
+    app.add_directive("gatekit-measured-figure", MeasuredFigureDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
