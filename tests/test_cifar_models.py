@@ -1,0 +1,107 @@
+"""The CIFAR ResNets in gatekit.models against the paper's definitions and the hand-written
+reference (which follows the released GaterNet code)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gatekit import GatekitError
+from gatekit.models import (
+    BasicBlock,
+    Bottleneck,
+    CifarResNet,
+    resnet20,
+    resnet20_gater,
+    resnet56,
+    resnet110,
+    resnet164,
+)
+from gatekit.models.reference_gaternet import ReferenceGaterNet
+
+
+def _main_path_convs(model: nn.Module) -> int:
+    return sum(
+        1 for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "shortcut" not in n
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "depth", "block"),
+    [
+        (resnet20, 20, BasicBlock),
+        (resnet56, 56, BasicBlock),
+        (resnet110, 110, BasicBlock),
+        (resnet164, 164, Bottleneck),
+    ],
+)
+def test_depth_counts_weighted_layers(build, depth, block) -> None:
+    # He et al.: depth = convs on the main path + the classifier; shortcuts do not count.
+    model = build()
+    assert _main_path_convs(model) + 1 == depth
+    assert {type(m) for m in model.modules() if isinstance(m, BasicBlock | Bottleneck)} == {block}
+    # Three stages; projections only where the shape changes (two of them for basic blocks,
+    # three for bottlenecks whose first block widens 16 -> 64).
+    projections = sum(1 for n, m in model.named_modules() if n.endswith("shortcut.conv"))
+    assert projections == (2 if block is BasicBlock else 3)
+
+
+def test_shapes_and_trunk() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    assert resnet20(num_classes=100)(x).shape == (2, 100)
+    trunk = resnet20_gater()
+    assert trunk(x).shape == (2, 64) and trunk.num_features == 64 and trunk.fc is None
+    assert resnet164(num_classes=0)(x).shape == (2, 256)
+
+
+def test_resnet20_equals_reference_backbone() -> None:
+    # The reference is written like the released code; with the same weights and no gate it
+    # must compute the same function as gatekit's ResNet-20.
+    torch.manual_seed(0)
+    reference = ReferenceGaterNet().backbone
+    model = resnet20()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(4, 3, 32, 32)
+    for train in (True, False):
+        reference.train(train)
+        model.train(train)
+        assert torch.equal(model(x), reference(x, None))
+
+
+def test_initialisation_follows_released_code() -> None:
+    torch.manual_seed(0)
+    model = resnet56()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0), name
+        if isinstance(m, nn.Linear):
+            assert torch.all(m.bias == 0)
+    # Kaiming normal, fan_out: std = sqrt(2 / (out_channels * k * k)).  Pool the 3x3 convs
+    # of the last stage (about 600k weights) so the sample std is within 1%.
+    weights = torch.cat(
+        [
+            m.weight.flatten()
+            for n, m in model.named_modules()
+            if n.startswith("stage3") and isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+        ]
+    )
+    expected = math.sqrt(2.0 / (64 * 9))
+    assert abs(weights.std().item() / expected - 1) < 0.01
+    assert abs(weights.mean().item()) < 0.01 * expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"depth": 21}, "6n \\+ 2"),
+        ({"depth": 30, "block": "bottleneck"}, "9n \\+ 2"),
+        ({"depth": 20, "block": "wide"}, "'basic' or 'bottleneck'"),
+        ({"depth": 20, "num_classes": -1}, "num_classes"),
+    ],
+)
+def test_bad_arguments(kwargs, match) -> None:
+    with pytest.raises(GatekitError, match=match):
+        CifarResNet(**kwargs)
