@@ -14,8 +14,10 @@ the BatchNorm folded into ``scale``/``shift`` and the gate grouped by 32 channel
   as ``in_gate`` so the kernel also skips the gated-off input channel blocks (the baseline does
   the same work as in ``half``).
 
-Each time is the median of ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs),
-both sides measured in this process one after the other; the ratio is baseline / fused.  Before
+Each time is the median of ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs;
+host overhead counts where it exceeds the flush) and of ``do_bench_cudagraph`` (the same calls
+replayed from a CUDA graph: GPU time alone), both sides measured in this process one after the
+other; the ratio is baseline / fused.  Before
 timing, the fused output is checked against the baseline's.  Run::
 
     python benchmarks/gated_conv_gpu.py --out benchmarks/results/gated_conv_gpu.json
@@ -59,9 +61,20 @@ def half_off_gate(n: int, groups: int, gen: torch.Generator) -> torch.Tensor:
     return gate
 
 
+def host_time(fn, calls: int = 50) -> float:
+    """Milliseconds per call of ``fn`` called back to back: the larger of host and GPU time."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
 def bench_shape(shape: tuple, args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
     """Time every gate pattern of one layer shape; return one record per pattern."""
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
     name, c_in, c_out, k, stride, size = shape
     dtype, dev, gs = getattr(torch, args.dtype), "cuda", args.group_size
@@ -112,6 +125,10 @@ def bench_shape(shape: tuple, args: argparse.Namespace, gen: torch.Generator) ->
                                  f" gated-off zero: {off_zero})")
             t_base = do_bench(baseline, warmup=args.warmup, rep=args.rep, return_mode="median")
             t_fused = do_bench(fused, warmup=args.warmup, rep=args.rep, return_mode="median")
+            # The same calls replayed from a CUDA graph: GPU time alone, no host overhead.
+            g_base = do_bench_cudagraph(baseline, rep=args.rep, return_mode="median")
+            g_fused = do_bench_cudagraph(fused, rep=args.rep, return_mode="median")
+            host_fused = host_time(fused)
         from gatekit.ops import triton_conv
 
         config = str(getattr(triton_conv._conv, "best_config", "fixed"))
@@ -119,12 +136,15 @@ def bench_shape(shape: tuple, args: argparse.Namespace, gen: torch.Generator) ->
         records.append({
             "shape": name, "mode": mode, "baseline_ms": t_base, "fused_ms": t_fused,
             "speedup": t_base / t_fused, "rel_err": err, "triton_config": config,
+            "graph_baseline_ms": g_base, "graph_fused_ms": g_fused,
+            "graph_speedup": g_base / g_fused, "fused_call_loop_ms": host_fused,
             "fused_tflops_dense_equiv": flops / t_fused / 1e9,
             "baseline_tflops": flops / t_base / 1e9,
         })
-        print(f"  {name:20s} {mode:8s} baseline {t_base * 1e3:8.1f} us  fused"
-              f" {t_fused * 1e3:8.1f} us  x{t_base / t_fused:5.2f}  (err {err:.1e}; {config})",
-              flush=True)
+        print(f"  {name:20s} {mode:8s} baseline {t_base * 1e3:7.1f} us  fused"
+              f" {t_fused * 1e3:7.1f} us  x{t_base / t_fused:5.2f} | graphs {g_base * 1e3:7.1f}"
+              f" / {g_fused * 1e3:7.1f} us  x{g_base / g_fused:5.2f} | fused call loop"
+              f" {host_fused * 1e3:6.1f} us  (err {err:.1e}; {config})", flush=True)
     return records
 
 
@@ -162,15 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({**header, "seconds": time.time() - start,
                                         "records": records}, indent=2))
 
-    print(f"\n| layer | {' | '.join(MODES)} |   (speed-up: baseline time / fused time)")
-    print(f"| --- | {' | '.join('---' for _ in MODES)} |")
-    for name, *_ in SHAPES:
-        cells = [f"{r['speedup']:.2f}x" for m in MODES for r in records
-                 if r["shape"] == name and r["mode"] == m]
-        print(f"| {name} | {' | '.join(cells)} |")
-    geo = {m: math.exp(sum(math.log(r["speedup"]) for r in records if r["mode"] == m)
-                       / len(SHAPES)) for m in MODES}
-    print(f"| geometric mean | {' | '.join(f'{geo[m]:.2f}x' for m in MODES)} |")
+    geo = {}
+    for key, what in (("speedup", "eager calls"), ("graph_speedup", "CUDA graph replays")):
+        print(f"\n| layer ({what}) | {' | '.join(MODES)} |   (baseline time / fused time)")
+        print(f"| --- | {' | '.join('---' for _ in MODES)} |")
+        for name, *_ in SHAPES:
+            cells = [f"{r[key]:.2f}x" for m in MODES for r in records
+                     if r["shape"] == name and r["mode"] == m]
+            print(f"| {name} | {' | '.join(cells)} |")
+        geo[key] = {m: math.exp(sum(math.log(r[key]) for r in records if r["mode"] == m)
+                                / len(SHAPES)) for m in MODES}
+        print(f"| geometric mean | {' | '.join(f'{geo[key][m]:.2f}x' for m in MODES)} |")
 
     args.out.write_text(json.dumps({**header, "seconds": time.time() - start,
                                     "geomean_speedup": geo, "records": records}, indent=2))

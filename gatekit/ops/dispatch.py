@@ -10,6 +10,7 @@ fallback to a slower kernel.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class Implementation:
     devices: tuple[str, ...]
     auto_devices: tuple[str, ...]
     load_op: Callable[[], Callable[..., torch.Tensor]]
+    load_eager: Callable[[], Callable[..., torch.Tensor]] | None = None
     interpreter_devices: tuple[str, ...] = ()
     extra_reasons: Callable[[GatedConvInputs], list[str]] = lambda inputs: []
 
@@ -67,17 +69,35 @@ class Implementation:
         return reasons + self.extra_reasons(inputs)
 
     def __call__(self, inputs: GatedConvInputs) -> torch.Tensor:
-        """Run the implementation's custom op on validated inputs."""
-        return self.load_op()(
+        """Run the implementation on validated inputs.
+
+        Through its custom op when autograd, ``torch.compile`` or a tensor subclass (fake
+        tensors, say) needs the dispatcher; else straight through ``load_eager``, which skips
+        the dispatcher's per-call cost.
+        """
+        if self.load_eager is not None and not (
+            torch.compiler.is_compiling()
+            or (inputs.requires_grad and torch.is_grad_enabled())
+            or any(type(t) is not torch.Tensor for t in inputs.tensors().values() if t is not None)
+        ):
+            op = self.load_eager()
+        else:
+            op = self.load_op()
+        return op(
             inputs.x, inputs.weight, inputs.gate, inputs.bias, inputs.scale, inputs.shift,
             inputs.in_gate, inputs.activation or "none", list(inputs.stride),
             list(inputs.padding), list(inputs.dilation), inputs.groups,
         )
 
 
+# Looked up once: find_spec costs more than a small layer's kernel, and torch.compile cannot
+# trace it.  It does not import triton.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _triton_reasons(inputs: GatedConvInputs) -> list[str]:
     reasons = []
-    if importlib.util.find_spec("triton") is None:
+    if not _HAS_TRITON:
         reasons.append("triton is not installed (pip install 'gatekit[cuda]')")
     if inputs.in_gate is not None and inputs.groups != 1:
         reasons.append(f"in_gate needs groups=1 (got groups={inputs.groups})")
@@ -86,16 +106,32 @@ def _triton_reasons(inputs: GatedConvInputs) -> list[str]:
     return reasons
 
 
+@functools.cache
 def _load_reference() -> Callable[..., torch.Tensor]:
     from . import reference  # noqa: F401  (registers the op)
 
     return torch.ops.gatekit.gated_conv2d_reference
 
 
+@functools.cache
 def _load_triton() -> Callable[..., torch.Tensor]:
     from . import triton_conv  # noqa: F401  (imports triton and registers the op)
 
     return torch.ops.gatekit.gated_conv2d_triton
+
+
+@functools.cache
+def _load_triton_eager() -> Callable[..., torch.Tensor]:
+    from .triton_conv import gated_conv2d_triton_eager
+
+    return gated_conv2d_triton_eager
+
+
+@functools.cache
+def _reference_eager() -> Callable[..., torch.Tensor]:
+    from .reference import _reference_body
+
+    return _reference_body
 
 
 #: The implementations in order of preference for ``op=None``.
@@ -107,6 +143,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         devices=("cuda",),
         auto_devices=("cuda",),
         load_op=_load_triton,
+        load_eager=_load_triton_eager,
         interpreter_devices=("cpu",),
         extra_reasons=_triton_reasons,
     ),
@@ -117,6 +154,7 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         devices=("cpu", "cuda", "mps", "xpu", "meta"),
         auto_devices=("cpu", "cuda", "mps", "xpu", "meta"),
         load_op=_load_reference,
+        load_eager=_reference_eager,
     ),
 )
 

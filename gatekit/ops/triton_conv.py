@@ -29,6 +29,7 @@ Tile shapes are autotuned per layer shape on CUDA (configurations for Hopper); w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -37,7 +38,7 @@ from torch.library import triton_op, wrap_triton
 
 from .autograd import register_gated_conv_autograd
 
-__all__ = ["gated_conv2d_triton", "select_block_k"]
+__all__ = ["gated_conv2d_triton", "gated_conv2d_triton_eager", "select_block_k"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -226,6 +227,40 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _no_wrap(kernel: object) -> object:
+    return kernel
+
+
+# wrap_triton makes compiled kernels traceable; interpreted ones are plain Python functions,
+# which some torch versions refuse to wrap.
+_WRAP = _no_wrap if _INTERPRET else wrap_triton
+
+
+def gated_conv2d_triton_eager(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gate: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    in_gate: torch.Tensor | None,
+    activation: str,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """Launch the kernels directly, without the custom op's dispatch (no autograd, no tracing).
+
+    What the dispatcher calls in eager mode when no gradient is needed: it saves the custom
+    op's per-call overhead, which is large next to the kernels of small layers.
+    """
+    return _gated_conv2d(
+        x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
+        groups, _no_wrap,
+    )
+
+
 def _gated_conv2d_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -245,6 +280,27 @@ def _gated_conv2d_triton(
     Inputs are used in channels-last layout (converted if they are not) and the output is
     channels-last.  Call it through :func:`gatekit.ops.gated_conv2d`, which validates.
     """
+    return _gated_conv2d(
+        x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
+        groups, _WRAP,
+    )
+
+
+def _gated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gate: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    in_gate: torch.Tensor | None,
+    activation: str,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    wrap: Callable,
+) -> torch.Tensor:
     # Sizes become kernel constants and launch sizes: plain ints (symbolic sizes specialise).
     n, c_in, h, w = (int(v) for v in x.shape)
     c_out, c_in_pg, kh, kw = (int(v) for v in weight.shape)
@@ -264,7 +320,7 @@ def _gated_conv2d_triton(
 
     out_order = torch.empty((n * groups, c_out_pg), device=x.device, dtype=torch.int32)
     out_count = torch.empty((n * groups,), device=x.device, dtype=torch.int32)
-    wrap_triton(_order_kernel)[(n * groups,)](
+    wrap(_order_kernel)[(n * groups,)](
         gate, int(gate.stride(0)), out_order, out_count, c_out_pg, groups, gate_gs, c_out_pg,
         ITEM=1, N_ITEMS_P2=triton.next_power_of_2(c_out_pg),
     )
@@ -272,7 +328,7 @@ def _gated_conv2d_triton(
         in_gate = in_gate.contiguous()
         in_order = torch.empty((n, n_in_blocks), device=x.device, dtype=torch.int32)
         in_count = torch.empty((n,), device=x.device, dtype=torch.int32)
-        wrap_triton(_order_kernel)[(n,)](
+        wrap(_order_kernel)[(n,)](
             in_gate, int(in_gate.stride(0)), in_order, in_count, c_in_pg, 1, in_gs, n_in_blocks,
             ITEM=block_k, N_ITEMS_P2=triton.next_power_of_2(n_in_blocks),
         )
@@ -283,7 +339,7 @@ def _gated_conv2d_triton(
         tiles_m = triton.cdiv(h_out * w_out, meta["BLOCK_M"])
         return (n * tiles_m * groups * triton.cdiv(c_out_pg, meta["BLOCK_N"]),)
 
-    wrap_triton(_conv)[grid](
+    wrap(_conv)[grid](
         x, weight, out, gate,
         x if bias is None else bias, x if scale is None else scale,
         x if shift is None else shift, gate if in_gate is None else in_gate,
