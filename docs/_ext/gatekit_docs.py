@@ -431,7 +431,13 @@ class ArgparseDirective(SphinxDirective):
         return container.children
 
 
+def _public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[type]) -> None:
+    """Show ``Bases: Gate``, not the private mixins a class is built from."""
+    bases[:] = [b for b in bases if not b.__name__.startswith("_")] or bases
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-bases", _public_bases)
     app.add_directive("gatekit-api", ApiDirective)
     app.add_directive("gatekit-api-rest", ApiRestDirective)
     app.add_directive("gatekit-argparse", ArgparseDirective)
