@@ -26,7 +26,7 @@ from .estimators import (
     get_gate,
 )
 from .gater import GaterNet
-from .inference import SkipComputeNet, skip_compute
+from .inference import SkipComputeNet, fuse_gated_convs, skip_compute
 from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
 from .sites import GateSite, get_gate_sites
 from .stats import GateStats, LayerStats
@@ -48,6 +48,7 @@ __all__ = [
     "StraightThroughSigmoid",
     "expected_l0_loss",
     "functional",
+    "fuse_gated_convs",
     "gate_l1_loss",
     "gate_model",
     "get_gate",

@@ -94,6 +94,9 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    # Unpickling re-traces the generated code with the tracer class that made the graph;
+    # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
+    gm._tracer_cls = None
 
 
 class SkipComputeNet(nn.Module):

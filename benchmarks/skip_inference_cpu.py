@@ -1,0 +1,201 @@
+"""How much faster is gatekit.skip_compute than the dense gated model, on the CPU?
+
+ResNet-50 (torchvision, random weights, BatchNorm statistics randomised so that folding is
+not trivial) gated with the ``"inner"`` policy (conv1 and conv2 of every bottleneck), gates
+given with ``forward(x, gates=g)``: in every sample and site a random ``open`` fraction of
+the gates is 1 (exactly ``round(open * channels)``).  Variants, timed side by side in one
+process, interleaved round by round, medians over all calls:
+
+- ``dense``: the GaterNet in eval mode, computing everything and multiplying by the gates
+  (the baseline of the target);
+- ``dense_folded``: the same with every BatchNorm folded into its conv
+  (``torch.fx.experimental.optimization.fuse``), still computing everything;
+- ``skip``: ``gatekit.skip_compute(net)``.
+
+Batch 8 has a different pattern per sample; skip_compute groups samples by pattern, so it
+runs 8 batch-1 passes.  Writes JSON (``--out``) and a PNG of the speed-up curve, prints a
+table.  Example::
+
+    python benchmarks/skip_inference_cpu.py --threads 2 --rounds 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch.fx.experimental.optimization import fuse
+
+import gatekit
+from gatekit.models import resnet20_gater
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def random_gates(
+    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Per sample and site, exactly round(fraction * num_gates) random gates open."""
+    gates = torch.zeros(batch, net.num_gates)
+    for site in net.sites:
+        k = round(fraction * site.num_gates)
+        for i in range(batch):
+            pick = torch.randperm(site.num_gates, generator=gen)[:k]
+            gates[i, site.offset + pick] = 1.0
+    return gates
+
+
+def build(seed: int) -> gatekit.GaterNet:
+    torch.manual_seed(seed)
+    net = gatekit.gate_model(
+        torchvision.models.resnet50(weights=None), resnet20_gater(), sites="inner"
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return net.eval()
+
+
+def time_interleaved(fns: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--open", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per point")
+    parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "skip_inference_cpu.json"
+    )
+    parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    net = build(args.seed)
+    folded = fuse(net.backbone)
+    skip = gatekit.skip_compute(net)
+    gen = torch.Generator().manual_seed(args.seed)
+    machine = {
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    print(f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}")
+    results = []
+    header = f"{'batch':>5} {'open':>5} {'dense ms':>9} {'folded ms':>9} {'skip ms':>8} {'x dense':>8} {'x folded':>8} {'max |diff|':>10}"
+    print(header)
+    with torch.no_grad():
+        for batch in args.batches:
+            x = torch.randn(batch, 3, args.size, args.size, generator=gen)
+            for fraction in args.open:
+                gates = random_gates(net, batch, fraction, gen)
+                ref = net(x, gates=gates)
+                diff = (skip(x, gates=gates) - ref).abs().max().item()
+                fns = {
+                    "dense": lambda x=x, g=gates: net(x, gates=g),
+                    "dense_folded": lambda x=x, g=gates: folded(x, gates=g),
+                    "skip": lambda x=x, g=gates: skip(x, gates=g),
+                }
+                for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
+                    fn()
+                times = time_interleaved(fns, args.rounds, args.calls)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                row = {
+                    "batch": batch,
+                    "open": fraction,
+                    "median_ms": med,
+                    "times_ms": times,
+                    "speedup_vs_dense": med["dense"] / med["skip"],
+                    "speedup_vs_dense_folded": med["dense_folded"] / med["skip"],
+                    "max_abs_diff": diff,
+                    "max_abs_output": ref.abs().max().item(),
+                }
+                results.append(row)
+                print(
+                    f"{batch:>5} {fraction:>5.2f} {med['dense']:>9.1f} {med['dense_folded']:>9.1f} "
+                    f"{med['skip']:>8.1f} {row['speedup_vs_dense']:>8.2f} {row['speedup_vs_dense_folded']:>8.2f} {diff:>10.2e}"
+                )
+    report = {
+        "question": "speed-up of gatekit.skip_compute over the dense gated ResNet-50 (inner policy) on the CPU",
+        "machine": machine,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "routes": [list(r[:3]) for r in skip.routes],
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    png = args.png or args.out.with_suffix(".png")
+    plot(results, machine, png)
+    print(f"wrote {args.out} and {png}")
+
+
+def plot(results: list[dict], machine: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batch in sorted({r["batch"] for r in results}):
+        rows = [r for r in results if r["batch"] == batch]
+        opens = [100 * r["open"] for r in rows]
+        ax.plot(
+            opens,
+            [r["speedup_vs_dense"] for r in rows],
+            "o-",
+            label=f"batch {batch}, vs dense gated",
+        )
+        ax.plot(
+            opens,
+            [r["speedup_vs_dense_folded"] for r in rows],
+            "s--",
+            label=f"batch {batch}, vs dense BN-folded",
+        )
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("gates open (%)")
+    ax.set_ylabel("speed-up of skip_compute")
+    ax.set_title(
+        f"ResNet-50 inner gates, {machine['threads']} threads\n{machine['cpu']}", fontsize=9
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""fuse_gated_convs: run each gated conv + BatchNorm + ReLU + gate as one gated_conv2d call.
+
+In the gated backbone's graph a site reads ``relu(bn(conv(x)) * g)``.  For binary (or any
+non-negative) gates that equals ``relu(conv(x) * scale + shift) * g``, BatchNorm written as
+its eval-mode per-channel ``scale``/``shift``: exactly what :func:`gatekit.ops.gated_conv2d`
+computes in one call.  On CUDA the op's Triton kernel skips the work of closed output tiles
+and of closed input channels of the previous gated layer (passed as ``in_gate``); on the
+CPU it dispatches to the plain PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .._errors import GatekitError
+from ..gater import GaterNet
+from ..sites import GateSite
+from .folding import batchnorm_scale_shift
+from .plan import SiteRoute, plan_routes
+
+__all__ = ["FusedGatedConv2d", "fuse_gated_convs"]
+
+
+class FusedGatedConv2d(nn.Module):
+    """One gate site as a single :func:`gatekit.ops.gated_conv2d` call (eval mode only).
+
+    ``forward(x, gates, in_gates=None)`` takes the whole gate vector ``(N, num_gates)``
+    and uses this site's chunk; ``in_gates`` (the producer site's chunk is taken from the
+    same vector) tells the op which input channels are already zero.
+
+    >>> import torch
+    >>> conv, bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4).eval()
+    >>> site = GateSite("conv", "bn", channels=4, offset=1, norm="bn")
+    >>> fused = FusedGatedConv2d(conv, bn, site, relu=True).eval()
+    >>> x, gates = torch.randn(2, 3, 6, 6), torch.tensor([[1.0, 0, 1, 1, 0], [0, 1, 1, 0, 1]])
+    >>> expected = torch.relu(bn(conv(x)) * gates[:, 1:5, None, None])
+    >>> torch.allclose(fused(x, gates), expected, atol=1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bn: nn.Module | None,
+        site: GateSite,
+        *,
+        relu: bool,
+        in_site: GateSite | None = None,
+        op: str | None = None,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        scale, shift = (None, None) if bn is None else batchnorm_scale_shift(bn)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.start, self.stop = site.offset, site.stop
+        self.in_range = None if in_site is None else (in_site.offset, in_site.stop)
+        self.activation = "relu" if relu else None
+        self.stride, self.padding = tuple(conv.stride), tuple(conv.padding)
+        self.dilation, self.groups = tuple(conv.dilation), conv.groups
+        self.op = op
+
+    def forward(self, x: Tensor, gates: Tensor) -> Tensor:
+        if self.training:
+            raise GatekitError(
+                "a fused gated conv runs in eval mode only (its BatchNorm is folded into "
+                "fixed scale/shift); call .eval(), or train the unfused GaterNet"
+            )
+        from ..ops import gated_conv2d  # the ops package loads Triton lazily, on CUDA only
+
+        gate = gates[:, self.start : self.stop].to(x.dtype).contiguous()
+        in_gate = None
+        if self.in_range is not None:
+            in_gate = gates[:, self.in_range[0] : self.in_range[1]].to(x.dtype).contiguous()
+        return gated_conv2d(
+            x, self.weight, gate, bias=self.bias, scale=self.scale, shift=self.shift,
+            activation=self.activation, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, in_gate=in_gate, op=self.op,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        c_out, c_in = self.weight.shape[:2]
+        return (
+            f"{c_in * self.groups}, {c_out}, kernel_size={tuple(self.weight.shape[2:])}, "
+            f"stride={self.stride}, gates=[{self.start}:{self.stop}], activation={self.activation}, "
+            f"in_gates={self.in_range}, op={self.op}"
+        )
+
+
+def _relu_user(gm: fx.GraphModule, mul: fx.Node) -> fx.Node | None:
+    """The ReLU that alone consumes the gate multiply, if any."""
+    if len(mul.users) != 1:
+        return None
+    user = next(iter(mul.users))
+    if user.args[:1] != (mul,) or any(isinstance(a, fx.Node) for a in user.args[1:]):
+        return None
+    if user.op == "call_module":
+        is_relu = type(gm.get_submodule(user.target)) is nn.ReLU
+    elif user.op == "call_function":
+        is_relu = user.target in (torch.relu, torch.relu_, F.relu, F.relu_)
+    else:
+        is_relu = user.op == "call_method" and user.target in ("relu", "relu_")
+    return user if is_relu else None
+
+
+def _fuse(gm: fx.GraphModule, routes: list[SiteRoute], op: str | None) -> list[str]:
+    graph = gm.graph
+    gates = next(n for n in graph.nodes if n.op == "placeholder" and n.target == "gates")
+    fused_output: dict[fx.Node, SiteRoute] = {}
+    fused = []
+    for route in routes:
+        conv = gm.get_submodule(route.conv.target) if route.conv is not None else None
+        if route.mode == "dense" or type(conv) is not nn.Conv2d:
+            continue
+        relu = _relu_user(gm, route.mul)
+        source = route.conv.args[0]
+        in_site = fused_output[source].site if source in fused_output else None
+        bn = None if route.norm is None else gm.get_submodule(route.norm.target)
+        module = FusedGatedConv2d(
+            conv, bn, route.site, relu=relu is not None, in_site=in_site, op=op
+        )
+        name = "fused_" + route.site.name.replace(".", "_")
+        gm.add_submodule(name, module.eval())
+        with graph.inserting_before(route.conv):
+            new = graph.call_module(name, (source, gates))
+        end = relu if relu is not None else route.mul
+        end.replace_all_uses_with(new)
+        if relu is not None:
+            fused_output[new] = route
+        fused.append(route.site.name)
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    # Unpickling re-traces the generated code with the tracer class that made the graph;
+    # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
+    gm._tracer_cls = None
+    return fused
+
+
+def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> GaterNet:
+    """Return a copy of an eval-mode ``net`` running each gate site through the fused op.
+
+    Each gated ``Conv2d`` with its eval-mode BatchNorm (or none), the gate multiply and a
+    ReLU right after it become one :func:`gatekit.ops.gated_conv2d` call; when the conv's
+    input is the output of another fused site, that site's gates go in as ``in_gate``.
+    Sites that do not read ``conv -> [BatchNorm] -> gate`` (other norms, grouped or shared
+    convs) stay as they are.  ``op`` picks the implementation (``None``: the best that
+    fits, Triton on CUDA).  ``result.fused_sites`` names the fused sites.  The copy runs
+    in eval mode only (the BatchNorm statistics are frozen into it); ``net`` is not modified.
+
+    Outputs equal the unfused model's for gates >= 0 (in eval mode they are 0 or 1), up to
+    the rounding of the BatchNorm written as scale and shift (float32: ~1e-6 relative).
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
+    >>> fused = gatekit.fuse_gated_convs(net, op="reference")
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> torch.allclose(fused(x), net(x), atol=1e-5), len(fused.fused_sites)
+    (True, 9)
+    """
+    if not isinstance(net, GaterNet):
+        raise GatekitError(
+            f"fuse_gated_convs expects a GaterNet (from gatekit.gate_model), got {type(net).__name__}"
+        )
+    training = [name or "the model" for name, m in net.named_modules() if m.training]
+    if training:
+        raise GatekitError(
+            f"fuse_gated_convs needs a model in eval mode (BatchNorm is folded with its "
+            f"running statistics), but {training[0]} is in training mode; call net.eval() first"
+        )
+    result = copy.deepcopy(net)
+    routes = plan_routes(result.backbone, result.sites)
+    result.fused_sites = tuple(_fuse(result.backbone, routes, op))
+    return result

@@ -1,0 +1,288 @@
+"""skip_compute and fuse_gated_convs against the dense gated model and a hook oracle.
+
+Oracles: the dense GaterNet (every filter computed, then multiplied by its gate), and,
+independently of gatekit's transform, the original backbone with forward hooks that zero
+the gated channels of each site's ``after`` module.
+
+Tolerances: comparisons run in float64, where the only differences are rounding of the
+BatchNorm fold (one rounding per weight) and the order of summation over fewer channels;
+relative errors are ~1e-15 per op, so ``rtol=1e-9, atol=1e-9 * max|output|`` is tight.
+One float32 check uses ``1e-4`` of the output scale (ResNet-50's depth accumulates ~1e-6
+relative error per layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import gatekit
+from gatekit.models import resnet20, resnet20_gater
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters, so that folding is exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
+
+
+def random_gates(num: int, width: int, p: float = 0.5, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(num, width, generator=gen) < p).double()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-9) -> None:
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1.0))
+
+
+BACKBONES = {
+    "resnet20": (lambda: resnet20(), 32),
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None), 64),
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None), 32),
+}
+
+
+@pytest.fixture(scope="module")
+def gated_nets():
+    cache: dict[tuple, tuple[gatekit.GaterNet, int]] = {}
+
+    def get(name: str, policy: str, group_size: int) -> tuple[gatekit.GaterNet, int]:
+        key = (name, policy, group_size)
+        if key not in cache:
+            torch.manual_seed(0)
+            make, size = BACKBONES[name]
+            net = gatekit.gate_model(make(), resnet20_gater(), sites=policy, group_size=group_size)
+            randomise_batchnorm(net)
+            cache[key] = (net.double().eval(), size)
+        return cache[key]
+
+    return get
+
+
+CASES = [
+    ("resnet20", "inner", 1),
+    ("resnet20", "residual", 1),
+    ("resnet20", "all", 4),
+    ("resnet18", "inner", 1),
+    ("resnet18", "all", 1),
+    ("resnet50", "residual", 1),
+    ("resnet50", "inner", 8),
+    ("resnet50", "all", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "policy", "group_size"), CASES)
+def test_skip_matches_dense_with_mixed_patterns(gated_nets, name, policy, group_size):
+    net, size = gated_nets(name, policy, group_size)
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, seed=1)
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+    modes = {mode for _, mode, _, _ in fast.routes}
+    # Inner sites feed the next conv of their block; residual sites feed the addition.
+    expected = {"inner": {"sliced"}, "residual": {"scatter"}, "all": {"sliced", "scatter"}}[policy]
+    assert modes == expected
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_all_gates_on_and_off(gated_nets, name, fill):
+    net, size = gated_nets(name, "all", 1)
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    gates = torch.full((2, net.num_gates), fill, dtype=torch.float64)
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+
+
+def test_matches_hook_oracle_on_the_original_backbone():
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18(weights=None)
+    randomise_batchnorm(backbone)
+    backbone = backbone.double().eval()
+    net = gatekit.gate_model(backbone, resnet20_gater().double(), sites="all").eval()
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, seed=3)
+    modules = dict(backbone.named_modules())
+    handles = []
+    for site in net.sites:
+        chunk = gates[:, site.offset : site.stop].repeat_interleave(site.group_size, 1)
+        hook = lambda m, i, out, c=chunk: out * c[:, :, None, None]  # noqa: E731
+        handles.append(modules[site.after].register_forward_hook(hook))
+    try:
+        expected = backbone(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert_close(fast(x, gates=gates), expected)
+
+
+def test_samples_are_grouped_by_pattern(gated_nets):
+    net, size = gated_nets("resnet20", "inner", 1)
+    fast = gatekit.skip_compute(net)
+    a, b, c = random_gates(3, net.num_gates, seed=4)
+    gates = torch.stack([a, b, a, c, b])
+    x = torch.randn(5, 3, size, size, dtype=torch.float64)
+    batch_sizes = []
+    handle = fast.backbone.register_forward_pre_hook(
+        lambda m, args, kw: batch_sizes.append(args[0].shape[0]), with_kwargs=True
+    )
+    out = fast(x, gates=gates)
+    handle.remove()
+    assert sorted(batch_sizes) == [1, 2, 2]
+    assert_close(out, net(x, gates=gates))
+
+
+def test_float32_close_to_dense():
+    torch.manual_seed(0)
+    net = gatekit.gate_model(
+        torchvision.models.resnet50(weights=None), resnet20_gater(), sites="inner"
+    )
+    randomise_batchnorm(net)
+    net.eval()
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, 64, 64)
+    gates = random_gates(2, net.num_gates, seed=5).float()
+    assert_close(fast(x, gates=gates), net(x, gates=gates), rel=1e-4)
+
+
+def test_default_gates_come_from_the_gater(gated_nets):
+    net, size = gated_nets("resnet20", "inner", 1)
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    assert_close(fast(x), net(x))
+    torch.testing.assert_close(fast.last_gates, net.last_gates)
+
+
+def test_input_net_and_x_unchanged(gated_nets):
+    net, size = gated_nets("resnet20", "all", 4)
+    before = copy.deepcopy(net.state_dict())
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    x_copy = x.clone()
+    fast(x, gates=random_gates(2, net.num_gates))
+    assert torch.equal(x, x_copy)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not net.training
+
+
+class TinyNet(nn.Module):
+    """Convs that cannot be sliced (depthwise, GroupNorm), a pooled path and a Conv1d head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn_dw = nn.BatchNorm2d(8)
+        self.conv_gn = nn.Conv2d(8, 12, 1)
+        self.gn = nn.GroupNorm(4, 12)
+        self.conv_pool = nn.Conv2d(12, 10, 3, padding=1, bias=False)
+        self.bn_pool = nn.BatchNorm2d(10)
+        self.pool = nn.MaxPool2d(2)
+        self.last = nn.Conv2d(10, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn_dw(self.dw(x)))
+        x = torch.relu(self.gn(self.conv_gn(x)))
+        x = self.pool(torch.relu(self.bn_pool(self.conv_pool(x))))
+        x = torch.relu(self.last(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_unsliceable_sites_run_dense_and_pooling_passes_through():
+    torch.manual_seed(0)
+    backbone = TinyNet()
+    randomise_batchnorm(backbone)
+    net = gatekit.gate_model(
+        backbone.double(), resnet20_gater().double(), sites="all", gater_features=64
+    ).eval()
+    fast = gatekit.skip_compute(net)
+    routes = {name: (mode, consumer) for name, mode, consumer, _ in fast.routes}
+    assert routes["dw"][0] == "dense" and routes["conv_gn"][0] == "dense"
+    assert routes["conv_pool"] == ("sliced", "last")  # through ReLU and MaxPool
+    x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    for seed in range(3):
+        gates = random_gates(3, net.num_gates, seed=seed)
+        assert_close(fast(x, gates=gates), net(x, gates=gates))
+
+
+def test_copies_and_pickling_keep_outputs(gated_nets):
+    net, size = gated_nets("resnet20", "inner", 1)
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, seed=6)
+    expected = fast(x, gates=gates)
+    for clone in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert_close(clone(x, gates=gates), expected, rel=1e-12)
+
+
+def test_errors(gated_nets):
+    net, size = gated_nets("resnet20", "inner", 1)
+    with pytest.raises(gatekit.GatekitError, match="eval"):
+        gatekit.skip_compute(copy.deepcopy(net).train())
+    with pytest.raises(gatekit.GatekitError, match="GaterNet"):
+        gatekit.skip_compute(resnet20())
+    fast = gatekit.skip_compute(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    soft = torch.full((2, net.num_gates), 0.5, dtype=torch.float64)
+    with pytest.raises(gatekit.GatekitError, match="binary"):
+        fast(x, gates=soft)
+    with pytest.raises(gatekit.GatekitError, match="shape"):
+        fast(x, gates=soft[:, :10])
+    with pytest.raises(gatekit.GatekitError, match=r"\.eval\(\)"):
+        copy.deepcopy(fast).train()(x, gates=soft.round())
+    with pytest.raises(gatekit.GatekitError, match="eval"):
+        gatekit.fuse_gated_convs(copy.deepcopy(net).train())
+
+
+# ---- fuse_gated_convs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "group_size"), [("inner", 1), ("residual", 2), ("all", 4)])
+def test_fused_matches_unfused(gated_nets, policy, group_size):
+    net, size = gated_nets("resnet20", policy, group_size)
+    fused = gatekit.fuse_gated_convs(net, op="reference")
+    assert set(fused.fused_sites) == {s.name for s in net.sites}
+    calls = [
+        n
+        for n in fused.backbone.graph.nodes
+        if n.op == "call_module" and n.target.startswith("fused_")
+    ]
+    assert len(calls) == len(net.sites)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    for seed in range(2):
+        gates = random_gates(3, net.num_gates, seed=seed)
+        assert_close(fused(x, gates=gates), net(x, gates=gates))
+
+
+def test_fused_passes_producer_gates_as_in_gate(gated_nets):
+    net, _ = gated_nets("resnet50", "inner", 1)
+    fused = gatekit.fuse_gated_convs(net, op="reference")
+    conv2 = fused.backbone.get_submodule("fused_layer1_0_conv2")
+    conv1_site = next(s for s in net.sites if s.name == "layer1.0.conv1")
+    assert conv2.in_range == (conv1_site.offset, conv1_site.stop)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, seed=7)
+    assert_close(fused(x, gates=gates), net(x, gates=gates))
+    with pytest.raises(gatekit.GatekitError, match="eval"):
+        fused.train()(x, gates=gates)
