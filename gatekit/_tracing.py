@@ -90,14 +90,15 @@ class _GateTracer(fx.Tracer):
         return node
 
 
-def _user_frame(exc: BaseException) -> str:
-    """The innermost traceback frame outside torch and gatekit: the user's failing code."""
-    found = ""
+def _user_frame(exc: BaseException) -> tuple[str, str]:
+    """The innermost traceback frame outside torch and gatekit (the user's failing code):
+    its function name and ``file:line``."""
+    found = ("", "")
     for frame in traceback.extract_tb(exc.__traceback__):
         path = frame.filename.replace("\\", "/")
         if "/torch/" in path or "/gatekit/" in path:
             continue
-        found = f"function {frame.name!r} ({path.rsplit('/', 1)[-1]}:{frame.lineno})"
+        found = (frame.name, f"{path.rsplit('/', 1)[-1]}:{frame.lineno}")
     return found
 
 
@@ -107,18 +108,21 @@ def _trace_once(root: nn.Module, tracer: _GateTracer) -> fx.Graph:
     except Exception as e:
         name, cls = tracer.failed_in or ("", type(root).__name__)
         where = f"module {name!r} ({cls})" if name else f"the forward of {cls}"
-        frame = _user_frame(e)
+        function, line = _user_frame(e)
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        leaf = f"leaf_modules=[{cls}] (or ['{name}'])" if name else "leaf_modules=[...] for the failing submodule"
+        fixes = []
+        if function and function != "forward":
+            fixes.append(f"pass autowrap_functions=[{function}] to record that function as one call")
+        if name:
+            fixes.append(f"pass leaf_modules=[{cls}] (or ['{name}']) to keep that module whole (its convs are then not gated)")
+        fixes.append("make the code traceable (no Python control flow on tensor values)")
         raise GatekitError(
             f"torch.fx could not trace {type(root).__name__}: it failed in {where}"
-            + (f", in {frame}" if frame else "")
+            + (f", in function {function!r} ({line})" if function else "")
             + f": {type(e).__name__}: {first}\n"
-            f"expected a backbone that torch.fx can trace symbolically. Fixes: pass {leaf} to "
-            f"keep that module whole (its convs are then not gated); pass autowrap_functions="
-            f"[fn] to record a failing free function as one call; or make the code traceable. "
+            f"expected a backbone that torch.fx can trace symbolically. Fixes: {'; '.join(fixes)}. "
             f"gatekit.get_gate_sites(backbone, ..., leaf_modules=..., autowrap_functions=...) "
-            f"shows what would then be gated, and an explicit site list restricts gating."
+            f"shows what would then be gated; an explicit site list restricts gating."
         ) from None
 
 
