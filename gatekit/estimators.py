@@ -262,7 +262,7 @@ def hard_concrete(
     ``(low, high) = stretch`` and clipped to ``[0, 1]``, so gates are exactly 0 or 1 with
     non-zero probability and smooth in between.  Eval: ``1(logits > 0)``, the median gate
     rounded (the paper's deterministic gate is not binary; gatekit's eval gates are).
-    Its expected-L0 penalty is :func:`gatekit.losses.expected_l0_loss`.
+    Its expected-L0 penalty is :func:`gatekit.expected_l0_loss`.
 
     >>> import torch
     >>> hard_concrete(torch.tensor([-1.0, 1.0]), training=False)
@@ -327,7 +327,7 @@ def tau_schedule(
 class Gate(nn.Module):
     """Base class of gate estimators: ``forward(logits) -> gates`` of the same shape and dtype.
 
-    Subclasses implement :meth:`forward` for training mode and inherit the eval
+    Subclasses implement ``forward`` for training mode and inherit the eval
     behaviour ``1(logits > 0)`` from :meth:`binarize`.  ``name`` is the registry key.
 
     >>> import torch, gatekit
@@ -377,7 +377,7 @@ def _positive(value: Any, what: str) -> float:
 
 
 class ImprovedSemHash(Gate):
-    """GaterNet's estimator: improved SemHash (see :func:`semhash`).
+    """GaterNet's estimator: improved SemHash (see :func:`~gatekit.functional.semhash`).
 
     >>> import torch
     >>> gate = ImprovedSemHash(noise_std=1.0, discrete_prob=0.5)
@@ -417,7 +417,7 @@ class ImprovedSemHash(Gate):
 
 
 class StraightThroughSigmoid(Gate):
-    """Straight-through sigmoid (see :func:`st_sigmoid`).
+    """Straight-through sigmoid (see :func:`~gatekit.functional.st_sigmoid`).
 
     >>> StraightThroughSigmoid(backward="identity")
     StraightThroughSigmoid(backward='identity', stochastic=False)
@@ -442,9 +442,9 @@ class StraightThroughSigmoid(Gate):
 
 
 class GumbelSigmoid(_TemperatureMixin, Gate):
-    """Gumbel-sigmoid / binary concrete gate (see :func:`gumbel_sigmoid`).
+    """Gumbel-sigmoid / binary concrete gate (see :func:`~gatekit.functional.gumbel_sigmoid`).
 
-    The temperature can be changed during training, e.g. with :func:`tau_schedule`:
+    The temperature can be changed during training, e.g. with :func:`~gatekit.estimators.tau_schedule`:
 
     >>> gate = GumbelSigmoid(tau=1.0)
     >>> gate.tau = tau_schedule(50, 100, start=1.0, end=0.25)
@@ -469,7 +469,7 @@ class GumbelSigmoid(_TemperatureMixin, Gate):
 
 
 class HardConcrete(_TemperatureMixin, Gate):
-    """Hard concrete gate with its expected-L0 penalty (see :func:`hard_concrete`).
+    """Hard concrete gate with its expected-L0 penalty (see :func:`~gatekit.functional.hard_concrete`).
 
     >>> import torch
     >>> gate = HardConcrete()
