@@ -4,9 +4,11 @@ One module covers every case a conv is in after planning: its output filters com
 full, only the open ones (*sliced*), or only the open ones placed back into zeros
 (*scatter*); its input either full or the compact tensor of a previous site's open
 channels.  Weights are gathered per call with ``index_select`` into contiguous buffers
-(cheap next to the convolution itself).  A 1x1, stride-1 conv on a 4-d input runs as one
-``addmm`` on the channels-last view of the activation (the gathered rows are already the
-GEMM's operand), everything else through ``torch.nn.functional.conv{1,2,3}d``.
+(cheap next to the convolution itself).  A 1x1 conv on a 4-d input runs as one ``addmm``
+on the channels-last view of the activation (the gathered rows are already the GEMM's
+operand; a stride first subsamples the input), everything else through
+``torch.nn.functional.conv{1,2,3}d``.  Where the output is added to a residual that
+nothing reads later, the GEMM accumulates into the residual in place.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ class SkipConv(nn.Module):
             weight.ndim == 4
             and self.groups == 1
             and self.kernel_size == (1, 1)
-            and self.stride == (1, 1)
             and self.padding == (0, 0)
         )
         # Store each weight in the layout whose *rows* the per-call gather selects, so
@@ -104,8 +105,17 @@ class SkipConv(nn.Module):
         ]
 
     def forward(
-        self, x: Tensor, out_idx: Tensor | None = None, in_idx: Tensor | None = None
+        self,
+        x: Tensor,
+        out_idx: Tensor | None = None,
+        in_idx: Tensor | None = None,
+        residual: Tensor | None = None,
     ) -> Tensor:
+        """The conv's output; with ``residual``, ``residual + output`` written into ``residual``.
+
+        ``residual`` must be a tensor nothing else reads afterwards (the rewrite checks the
+        graph); a shape or layout that does not fit falls back to an out-of-place sum.
+        """
         w, b = self._weights(out_idx, in_idx)
         k_out = w.shape[1] if self.transposed else w.shape[0]
         k_in = x.shape[1]
@@ -119,9 +129,23 @@ class SkipConv(nn.Module):
             )
             y = y.contiguous(memory_format=_memory_format(y))
         elif self.use_mm:
+            if self.stride != (1, 1):
+                x = x[:, :, :: self.stride[0], :: self.stride[1]]
             n, c, h, width = x.shape
             rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels-last input
             wt = w if self.transposed else w.t()
+            if (
+                residual is not None
+                and self.out_mode != "scatter"
+                and residual.shape == (n, k_out, h, width)
+                and residual.is_contiguous(memory_format=torch.channels_last)
+            ):
+                # GEMM with beta=1 straight into the residual: no output tensor, no extra add.
+                acc = residual.permute(0, 2, 3, 1).view(-1, k_out)
+                acc.addmm_(rows, wt)
+                if b is not None:
+                    acc.add_(b)
+                return residual
             y = torch.mm(rows, wt) if b is None else torch.addmm(b, rows, wt)
             y = y.view(n, h, width, k_out).permute(0, 3, 1, 2)
         else:
@@ -131,7 +155,9 @@ class SkipConv(nn.Module):
             full = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
             full = full.contiguous(memory_format=_memory_format(full))
             y = full.index_copy_(1, out_idx, y)
-        return y
+        if residual is None:
+            return y
+        return residual.add_(y) if residual.shape == y.shape else residual + y
 
     def extra_repr(self) -> str:
         return (

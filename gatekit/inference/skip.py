@@ -91,12 +91,78 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
         replaced = out_route.mul if out_route is not None else (bn_node or node)
         replaced.replace_all_uses_with(new)
     graph.eliminate_dead_code()
+    _accumulate_residuals(gm)
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     # Unpickling re-traces the generated code with the tracer class that made the graph;
     # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
     gm._tracer_cls = None
+
+
+_ADDS = (operator.add, torch.add)
+
+
+def _inplace_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` returns its first argument modified in place (an in-place ReLU)."""
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_method":
+        return node.target.endswith("_")
+    if node.op == "call_function":
+        return node.kwargs.get("inplace", False) is True or node.target.__name__.endswith("_")
+    return False
+
+
+def _fresh(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s output is a new tensor owned by the graph (no user's or module's)."""
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), SkipConv):
+        return True
+    if node.op == "call_function" and node.target in (*_ADDS, operator.mul):
+        return True
+    if _inplace_alias(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+        source = node.args[0]
+        return len(source.users) == 1 and _fresh(gm, source)
+    return False
+
+
+def _accumulate_residuals(gm: fx.GraphModule) -> None:
+    """``add(skip_conv(x), r)`` -> ``skip_conv(x, residual=r)``, accumulating into ``r``.
+
+    Only where ``r`` is a fresh tensor of the graph and nothing derived from it runs after
+    the addition, so overwriting it is invisible.
+    """
+    nodes = list(gm.graph.nodes)
+    position = {n: i for i, n in enumerate(nodes)}
+    for add in nodes:
+        if add.op != "call_function" or add.target not in _ADDS or add.kwargs or len(add.args) != 2:
+            continue
+        for conv, residual in (add.args, add.args[::-1]):
+            if not (
+                isinstance(conv, fx.Node)
+                and isinstance(residual, fx.Node)
+                and conv.op == "call_module"
+                and isinstance(gm.get_submodule(conv.target), SkipConv)
+                and len(conv.users) == 1
+                and "residual" not in conv.kwargs
+                and _fresh(gm, residual)
+            ):
+                continue
+            pending, seen = list(residual.users), set()
+            while pending:  # every node reading r (or anything made from it) runs before add
+                user = pending.pop()
+                if user in seen or user is add:
+                    continue
+                if position[user] > position[add]:
+                    break
+                seen.add(user)
+                pending.extend(user.users)
+            else:
+                conv.kwargs = {"residual": residual}
+                add.prepend(conv)  # the residual may be computed after the conv
+                add.replace_all_uses_with(conv)
+                gm.graph.erase_node(add)
+                break
 
 
 class SkipComputeNet(nn.Module):
