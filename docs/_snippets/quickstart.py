@@ -13,8 +13,8 @@ data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(
 train_loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
 
 # The gater: any CNN without its classifier, mapping images to (N, D) features.
-gater = torchvision.models.mobilenet_v3_small()
-gater.classifier = torch.nn.Identity()
+gater = torchvision.models.resnet18()
+gater.fc = torch.nn.Identity()
 
 model = gatekit.gate_model(backbone, gater, sites="residual", estimator="semhash")
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
