@@ -72,6 +72,32 @@ def host_time(fn, calls: int = 50) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def profile_host(args: argparse.Namespace) -> None:
+    """Print the functions where 200 back-to-back fused calls of a small layer spend host time."""
+    import cProfile
+    import pstats
+
+    dtype, dev = getattr(torch, args.dtype), "cuda"
+    x = torch.randn(args.batch, 512, 7, 7, device=dev, dtype=dtype).to(
+        memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
+    gate, s = torch.ones(args.batch, 512 // args.group_size, device=dev, dtype=dtype), w[:, 0, 0, 0]
+
+    def call():
+        return gated_conv2d(x, w, gate, scale=s, shift=s, padding=1, op="triton")
+
+    with torch.no_grad():
+        call()
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200):
+            call()
+        prof.disable()
+        torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 def bench_shape(shape: tuple, args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
     """Time every gate pattern of one layer shape; return one record per pattern."""
     from triton.testing import do_bench, do_bench_cudagraph
@@ -157,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetitions, ms")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gated_conv_gpu.json"))
+    parser.add_argument("--profile-host", action="store_true",
+                        help="also print where the host time of one fused call goes (cProfile)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -197,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({**header, "seconds": time.time() - start,
                                     "geomean_speedup": geo, "records": records}, indent=2))
     print(f"\nwrote {args.out}")
+    if args.profile_host:
+        profile_host(args)
     return 0
 
 

@@ -90,6 +90,9 @@ class Implementation:
         )
 
 
+# Loaders of the custom ops stay plain functions, which torch.compile traces; the eager ones are
+# cached and never traced.
+
 # Looked up once: find_spec costs more than a small layer's kernel, and torch.compile cannot
 # trace it.  It does not import triton.
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -106,14 +109,12 @@ def _triton_reasons(inputs: GatedConvInputs) -> list[str]:
     return reasons
 
 
-@functools.cache
 def _load_reference() -> Callable[..., torch.Tensor]:
     from . import reference  # noqa: F401  (registers the op)
 
     return torch.ops.gatekit.gated_conv2d_reference
 
 
-@functools.cache
 def _load_triton() -> Callable[..., torch.Tensor]:
     from . import triton_conv  # noqa: F401  (imports triton and registers the op)
 

@@ -7,8 +7,9 @@ the shared PyTorch one of :mod:`gatekit.ops.autograd`.
 
 How the gates save work.  The GEMM is ``M = one sample's output pixels`` by ``N = output
 channels`` by ``K = kH * kW * C_in``.  A tile never mixes samples.  Before the convolution a
-small kernel orders each sample's output channels (per conv group) with the gated-on ones
-first, keeping their order, and counts them; the tile ``j`` of a sample computes the channels in
+sample's output channels (per conv group) are ordered with the gated-on ones first, keeping
+their order (by the conv kernel itself for up to 64 gate groups, else by a small kernel
+before it); the tile ``j`` of a sample computes the channels in
 places ``[j * BLOCK_N, (j + 1) * BLOCK_N)`` of that order, so a sample with ``k`` channels on runs
 ``ceil(k / BLOCK_N)`` channel tiles and the others skip their whole K loop and only store
 zeros.  This works for any gate group size; with groups of 32 and ``BLOCK_N = 128`` a sample
@@ -45,6 +46,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _ACT = {"none": 0, "relu": 1}
 
 
+
 @triton.jit
 def _order_kernel(
     gate_ptr, stride_gn, order_ptr, count_ptr,
@@ -77,7 +79,7 @@ def _gated_conv_kernel(
     STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-    HAS_IN_GATE: tl.constexpr, PRECISION: tl.constexpr, CO_VEC: tl.constexpr,
+    HAS_IN_GATE: tl.constexpr, PRECISION: tl.constexpr, CO_VEC: tl.constexpr, G_P2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Channel tiles vary fastest so the tiles that share one input tile run together (L2 reuse).
@@ -94,12 +96,30 @@ def _gated_conv_kernel(
 
     slot = nt * BLOCK_N + tl.arange(0, BLOCK_N)
     slot_ok = slot < C_OUT_PG
-    co = grp * C_OUT_PG + tl.load(out_order_ptr + row * C_OUT_PG + slot, mask=slot_ok, other=0)
+    if G_P2 > 0:
+        # The order of this sample's gate groups, computed here (no extra launch): group j
+        # goes to place rank[j]; the slot s of the tile holds channel offset s % GATE_GS of
+        # the group placed at s // GATE_GS.
+        j = tl.arange(0, G_P2)
+        j_ok = j < C_OUT_PG // GATE_GS
+        gv = tl.load(gate_ptr + n * sgn + grp * (C_OUT_PG // GATE_GS) + j, mask=j_ok, other=0.0)
+        on = ((gv != 0) & j_ok).to(tl.int32)
+        off = j_ok.to(tl.int32) - on
+        n_on = tl.sum(on, axis=0)
+        rank = tl.where(on == 1, tl.cumsum(on, axis=0) - on, n_on + tl.cumsum(off, axis=0) - off)
+        match = (rank[None, :] == (slot // GATE_GS)[:, None]) & j_ok[None, :]
+        placed = tl.sum(tl.where(match, j[None, :], 0), axis=1)
+        co = grp * C_OUT_PG + placed * GATE_GS + slot % GATE_GS
+        n_live = n_on * GATE_GS
+    else:
+        co = grp * C_OUT_PG + tl.load(out_order_ptr + row * C_OUT_PG + slot, mask=slot_ok,
+                                      other=0)
+        n_live = tl.load(out_count_ptr + row)
     if CO_VEC > 1:
         # Gate groups stay whole and in order in the channel order, so channels come in
         # aligned runs of CO_VEC: say so, and the epilogue's stores and loads vectorise.
         co = tl.max_contiguous(tl.multiple_of(co, CO_VEC), CO_VEC)
-    live = nt * BLOCK_N < tl.load(out_count_ptr + row)
+    live = (nt * BLOCK_N < n_live).to(tl.int32)
 
     m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < H_OUT * W_OUT
@@ -112,11 +132,13 @@ def _gated_conv_kernel(
     ks = tl.arange(0, BLOCK_K)
 
     if HAS_IN_GATE:
-        n_kb = tl.load(in_count_ptr + n)
+        n_kb_on = tl.load(in_count_ptr + n)
+        n_iters = KH * KW * n_kb_on * live
+        n_kb = tl.maximum(n_kb_on, 1)
     else:
         n_kb = N_IN_BLOCKS
+        n_iters = KH * KW * n_kb * live
     # A tile whose channels are all gated off runs no K iteration at all.
-    n_iters = tl.where(live, KH * KW * n_kb, 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(0, n_iters):
         tap = t // n_kb
@@ -161,11 +183,12 @@ def _gated_conv_kernel(
 
 
 def _cuda_configs() -> list[triton.Config]:
-    # Tiles for Hopper: 128-row tiles on the big feature maps, 64-row ones for 14x14 and 7x7
-    # (a tile never crosses samples), and narrow channel tiles so small layers still split.
+    # Tiles for Hopper: 128-row tiles on the big feature maps, 64- and 32-row ones for 14x14 and
+    # 7x7 (a tile never crosses samples), and narrow channel tiles so small layers still split.
     shapes = [
         (128, 128, 8, 3), (128, 128, 4, 4), (128, 64, 4, 4), (128, 256, 8, 3),
         (64, 128, 4, 4), (64, 64, 4, 4), (128, 32, 4, 4), (64, 256, 8, 3),
+        (32, 128, 4, 3), (32, 64, 4, 3),
     ]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -180,6 +203,9 @@ def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
         c for c in configs
         if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(c_out_pg))
         and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(hw))
+        # 32-row tiles only where one sample's output is small (14x14 and below): more, smaller
+        # tiles fill the GPU there, and gated-off ones free whole waves.
+        and (c.kwargs["BLOCK_M"] >= 64 or hw <= 256)
     ]
     return kept or configs
 
@@ -318,12 +344,19 @@ def _gated_conv2d(
     block_k = select_block_k(c_in_pg, None if in_gate is None else in_gs)
     n_in_blocks = triton.cdiv(c_in_pg, block_k)
 
-    out_order = torch.empty((n * groups, c_out_pg), device=x.device, dtype=torch.int32)
-    out_count = torch.empty((n * groups,), device=x.device, dtype=torch.int32)
-    wrap(_order_kernel)[(n * groups,)](
-        gate, int(gate.stride(0)), out_order, out_count, c_out_pg, groups, gate_gs, c_out_pg,
-        ITEM=1, N_ITEMS_P2=triton.next_power_of_2(c_out_pg),
-    )
+    # Up to 64 gate groups per conv group, the conv kernel orders them itself; more (per-channel
+    # gates on wide layers, say) take a separate ordering launch.
+    gates_pg = c_out_pg // gate_gs
+    g_p2 = triton.next_power_of_2(gates_pg) if c_out_pg % gate_gs == 0 and gates_pg <= 64 else 0
+    if g_p2:
+        out_order = out_count = gate  # never read
+    else:
+        out_order = torch.empty((n * groups, c_out_pg), device=x.device, dtype=torch.int32)
+        out_count = torch.empty((n * groups,), device=x.device, dtype=torch.int32)
+        wrap(_order_kernel)[(n * groups,)](
+            gate, int(gate.stride(0)), out_order, out_count, c_out_pg, groups, gate_gs,
+            c_out_pg, ITEM=1, N_ITEMS_P2=triton.next_power_of_2(c_out_pg),
+        )
     if in_gate is not None:
         in_gate = in_gate.contiguous()
         in_order = torch.empty((n, n_in_blocks), device=x.device, dtype=torch.int32)
@@ -351,7 +384,7 @@ def _gated_conv2d(
         KH=kh, KW=kw, ACT=_ACT[activation],
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_IN_GATE=in_gate is not None, PRECISION=_precision(x.dtype), BLOCK_K=block_k,
-        CO_VEC=8 if gate_gs % 8 == 0 and c_out_pg % 8 == 0 else 1,
+        CO_VEC=8 if gate_gs % 8 == 0 and c_out_pg % 8 == 0 else 1, G_P2=g_p2,
         **_FIXED,
     )
     return out
