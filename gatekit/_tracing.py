@@ -38,7 +38,10 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 def _is_builtin_leaf(module: nn.Module) -> bool:
     if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._NormBase):
         return True
-    if isinstance(module, nn.GroupNorm | nn.LayerNorm) or type(module).__name__ == "FrozenBatchNorm2d":
+    if (
+        isinstance(module, nn.GroupNorm | nn.LayerNorm)
+        or type(module).__name__ == "FrozenBatchNorm2d"
+    ):
         return True
     defined_in = type(module).__module__
     in_torch_nn = defined_in.startswith("torch.nn") or defined_in.startswith("torch.ao.nn")
@@ -59,7 +62,13 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable[..., Any], ...]]:
 class _GateTracer(fx.Tracer):
     """fx tracer with gatekit's leaves that remembers which module was being traced."""
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], autowrap: tuple[Callable[..., Any], ...]):
+    # Defaults: unpickling a GraphModule re-creates its tracer class with no arguments.
+    def __init__(
+        self,
+        leaf_types: tuple[type, ...] = (),
+        leaf_names: frozenset[str] = frozenset(),
+        autowrap: tuple[Callable[..., Any], ...] = (),
+    ):
         super().__init__(autowrap_functions=autowrap)
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
@@ -71,7 +80,13 @@ class _GateTracer(fx.Tracer):
             return True
         return _is_builtin_leaf(m)
 
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         self.stack.append((self.path_of_module(m), type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -112,9 +127,13 @@ def _trace_once(root: nn.Module, tracer: _GateTracer) -> fx.Graph:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         fixes = []
         if function and function != "forward":
-            fixes.append(f"pass autowrap_functions=[{function}] to record that function as one call")
+            fixes.append(
+                f"pass autowrap_functions=[{function}] to record that function as one call"
+            )
         if name:
-            fixes.append(f"pass leaf_modules=[{cls}] (or ['{name}']) to keep that module whole (its convs are then not gated)")
+            fixes.append(
+                f"pass leaf_modules=[{cls}] (or ['{name}']) to keep that module whole (its convs are then not gated)"
+            )
         fixes.append("make the code traceable (no Python control flow on tensor values)")
         raise GatekitError(
             f"torch.fx could not trace {type(root).__name__}: it failed in {where}"
@@ -242,7 +261,9 @@ def trace(
     finally:
         for m, training in modes:
             m.training = training
-    graph_module = fx.GraphModule(tracers[True].root, graphs[True], class_name=type(module).__name__)
+    graph_module = fx.GraphModule(
+        tracers[True].root, graphs[True], class_name=type(module).__name__
+    )
     graph_module.training = module.training
     return graph_module
 
@@ -258,7 +279,11 @@ def _check_leafable(root: nn.Module, culprit: tuple[str, str]) -> None:
             f"the forward of {cls} runs different operations in train and eval mode, so one "
             f"gated graph cannot serve both; expected a mode-independent forward; {fix}"
         )
-    convs = [n for n, m in root.get_submodule(name).named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    convs = [
+        n
+        for n, m in root.get_submodule(name).named_modules()
+        if isinstance(m, nn.modules.conv._ConvNd)
+    ]
     if convs:
         raise GatekitError(
             f"module {name!r} ({cls}) runs different operations in train and eval mode and "

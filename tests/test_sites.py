@@ -17,6 +17,16 @@ from gatekit.models import resnet20, resnet56
 torchvision = pytest.importorskip("torchvision")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded machine, two OpenMP threads per test process wait on
+    each other and small convs run 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_resnet20_matches_released_gate_indices() -> None:
     # backbone_resnet.py in the released code: gate_idx = [0, 16, 32, 48, 48+32, 48+32*2,
     # 48+32*3, 144+64, 144+64*2], 336 gates in all; gated after bn2 of each block.
