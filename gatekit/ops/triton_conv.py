@@ -201,8 +201,8 @@ def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
     c_out_pg, hw = named_args["C_OUT_PG"], named_args["H_OUT"] * named_args["W_OUT"]
     kept = [
         c for c in configs
-        if c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(c_out_pg))
-        and c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(hw))
+        if c.kwargs["BLOCK_N"] <= max(32, _pow2(c_out_pg))
+        and c.kwargs["BLOCK_M"] <= max(64, _pow2(hw))
         # 32-row tiles only where one sample's output is small (14x14 and below): more, smaller
         # tiles fill the GPU there, and gated-off ones free whole waves.
         and (c.kwargs["BLOCK_M"] >= 64 or hw <= 256)
@@ -251,6 +251,16 @@ def _precision(dtype: torch.dtype) -> str:
     if _INTERPRET or (dtype == torch.float32 and not torch.backends.cudnn.allow_tf32):
         return "ieee"
     return "tf32"
+
+
+# Host-side arithmetic in plain Python: triton.cdiv and friends are constexpr functions whose
+# call from Python costs more than a small layer's whole launch.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(a: int) -> int:
+    return 1 << max(a - 1, 0).bit_length()
 
 
 def _no_wrap(kernel: object) -> object:
@@ -342,12 +352,12 @@ def _gated_conv2d(
     gate_gs = c_out // int(gate.shape[1])
     in_gs = 1 if in_gate is None else c_in // int(in_gate.shape[1])
     block_k = select_block_k(c_in_pg, None if in_gate is None else in_gs)
-    n_in_blocks = triton.cdiv(c_in_pg, block_k)
+    n_in_blocks = _cdiv(c_in_pg, block_k)
 
     # Up to 64 gate groups per conv group, the conv kernel orders them itself; more (per-channel
     # gates on wide layers, say) take a separate ordering launch.
     gates_pg = c_out_pg // gate_gs
-    g_p2 = triton.next_power_of_2(gates_pg) if c_out_pg % gate_gs == 0 and gates_pg <= 64 else 0
+    g_p2 = _pow2(gates_pg) if c_out_pg % gate_gs == 0 and gates_pg <= 64 else 0
     if g_p2:
         out_order = out_count = gate  # never read
     else:
@@ -355,7 +365,7 @@ def _gated_conv2d(
         out_count = torch.empty((n * groups,), device=x.device, dtype=torch.int32)
         wrap(_order_kernel)[(n * groups,)](
             gate, int(gate.stride(0)), out_order, out_count, c_out_pg, groups, gate_gs,
-            c_out_pg, ITEM=1, N_ITEMS_P2=triton.next_power_of_2(c_out_pg),
+            c_out_pg, ITEM=1, N_ITEMS_P2=_pow2(c_out_pg),
         )
     if in_gate is not None:
         in_gate = in_gate.contiguous()
@@ -363,14 +373,14 @@ def _gated_conv2d(
         in_count = torch.empty((n,), device=x.device, dtype=torch.int32)
         wrap(_order_kernel)[(n,)](
             in_gate, int(in_gate.stride(0)), in_order, in_count, c_in_pg, 1, in_gs, n_in_blocks,
-            ITEM=block_k, N_ITEMS_P2=triton.next_power_of_2(n_in_blocks),
+            ITEM=block_k, N_ITEMS_P2=_pow2(n_in_blocks),
         )
     else:
         in_order, in_count = out_order, out_count  # never read: HAS_IN_GATE is False
 
     def grid(meta: dict) -> tuple[int]:
-        tiles_m = triton.cdiv(h_out * w_out, meta["BLOCK_M"])
-        return (n * tiles_m * groups * triton.cdiv(c_out_pg, meta["BLOCK_N"]),)
+        tiles_m = _cdiv(h_out * w_out, meta["BLOCK_M"])
+        return (n * tiles_m * groups * _cdiv(c_out_pg, meta["BLOCK_N"]),)
 
     wrap(_conv)[grid](
         x, weight, out, gate,
