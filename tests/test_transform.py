@@ -450,3 +450,21 @@ def test_gate_logits(net) -> None:
     assert torch.equal(logits, net.head(net.gater(x)))
     net(x, gates=torch.ones(2, 336))
     assert net.last_logits is None and torch.equal(net.last_gates, torch.ones(2, 336))
+
+
+def test_distributed_data_parallel(tmp_path) -> None:
+    # One gloo process: DDP runs the module's forward, so last_gates lands on ddp.module
+    # and a gate loss built from it backpropagates through DDP's reducer.
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = gate_model(resnet20(), resnet20_gater())
+        ddp = nn.parallel.DistributedDataParallel(net)
+        out = ddp(torch.randn(2, 3, 32, 32))
+        loss = out.square().mean() + gatekit.gate_l1_loss(ddp.module.last_gates, 1e-2)
+        loss.backward()
+        assert net.head.fc1.weight.grad is not None and net.backbone.fc.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
