@@ -286,3 +286,37 @@ def test_fused_passes_producer_gates_as_in_gate(gated_nets):
     assert_close(fused(x, gates=gates), net(x, gates=gates))
     with pytest.raises(gatekit.GatekitError, match="eval"):
         fused.train()(x, gates=gates)
+
+
+class ResidualReuse(nn.Module):
+    """A tensor read by two residual additions: only its last reader may overwrite it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = torch.relu(self.bn0(self.conv0(x)))
+        a = self.bn1(self.conv1(y)) + y
+        b = self.bn2(self.conv2(a)) + y
+        return b.mean((2, 3))
+
+
+def test_residual_accumulates_in_place_only_into_dead_tensors():
+    torch.manual_seed(0)
+    backbone = ResidualReuse()
+    randomise_batchnorm(backbone)
+    net = gatekit.gate_model(
+        backbone.double(), resnet20_gater().double(), sites="all", gater_features=64
+    ).eval()
+    fast = gatekit.skip_compute(net)
+    adds = [
+        n for n in fast.backbone.graph.nodes if n.op == "call_function" and "add" in str(n.target)
+    ]
+    accumulating = [n for n in fast.backbone.graph.nodes if "residual" in n.kwargs]
+    assert len(adds) == 1 and len(accumulating) == 1  # the first addition must keep y intact
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, seed=8)
+    assert_close(fast(x, gates=gates), net(x, gates=gates))

@@ -135,7 +135,7 @@ class SkipConv(nn.Module):
             rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels-last input
             wt = w if self.transposed else w.t()
             if (
-                residual is not None
+                isinstance(residual, Tensor)
                 and self.out_mode != "scatter"
                 and residual.shape == (n, k_out, h, width)
                 and residual.is_contiguous(memory_format=torch.channels_last)
@@ -157,7 +157,9 @@ class SkipConv(nn.Module):
             y = full.index_copy_(1, out_idx, y)
         if residual is None:
             return y
-        return residual.add_(y) if residual.shape == y.shape else residual + y
+        if isinstance(residual, Tensor) and residual.shape == y.shape:
+            return residual.add_(y)
+        return residual + y
 
     def extra_repr(self) -> str:
         return (

@@ -15,6 +15,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .._errors import GatekitError
@@ -110,20 +111,24 @@ def _inplace_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target.endswith("_")
     if node.op == "call_function":
-        return node.kwargs.get("inplace", False) is True or node.target.__name__.endswith("_")
+        return node.kwargs.get("inplace", False) is True or getattr(
+            node.target, "__name__", ""
+        ).endswith("_")
     return False
+
+
+_FRESH_FUNCTIONS = (*_ADDS, operator.mul, torch.relu, F.relu, F.relu6, F.silu, F.gelu)
+_FRESH_MODULES = (SkipConv, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU)
 
 
 def _fresh(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node``'s output is a new tensor owned by the graph (no user's or module's)."""
-    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), SkipConv):
-        return True
-    if node.op == "call_function" and node.target in (*_ADDS, operator.mul):
-        return True
-    if _inplace_alias(gm, node) and node.args and isinstance(node.args[0], fx.Node):
-        source = node.args[0]
-        return len(source.users) == 1 and _fresh(gm, source)
-    return False
+    if _inplace_alias(gm, node):
+        source = node.args[0] if node.args else None
+        return isinstance(source, fx.Node) and len(source.users) == 1 and _fresh(gm, source)
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _FRESH_MODULES)
+    return node.op == "call_function" and node.target in _FRESH_FUNCTIONS
 
 
 def _accumulate_residuals(gm: fx.GraphModule) -> None:
