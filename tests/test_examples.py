@@ -115,7 +115,7 @@ def test_imagenet_script_on_image_folder(tmp_path: Path) -> None:
     data = _write_tree(tmp_path / "data", {"train": 8, "val": 4}, size=40)
     out = tmp_path / "run"
     _run(IMAGENET, ["--data", str(data), "--arch", "resnet18", "--gater", "resnet18",
-                    "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--workers", "2",
+                    "--image-size", "16", "--batch-size", "8", "--epochs", "1", "--workers", "2",
                     "--output-dir", str(out)], tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert results["classes"] == ["class0", "class1", "class2"]
@@ -204,7 +204,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path, case: str) ->
     else:
         data = _write_tree(tmp_path / "data", {"train": 24, "val": 4})
         script, base = IMAGENET, ["--data", str(data), "--arch", "resnet18", "--gater",
-                                  "resnet18", "--image-size", "32", "--batch-size", "8",
+                                  "resnet20", "--image-size", "16", "--batch-size", "8",
                                   "--workers", "2"]
     base = [*base, "--epochs", "3", "--log-every", "1", "--seed", "3"]
     env = _env(tmp_path)
@@ -302,8 +302,8 @@ def test_not_an_image_folder(tmp_path: Path, capsys) -> None:
 def test_unreadable_image_names_the_file_and_keeps_the_checkpoint(tmp_path: Path, capsys) -> None:
     data = _write_tree(tmp_path / "data", {"train": 8, "val": 4})
     out = tmp_path / "run"
-    common = ["--data", str(data), "--arch", "resnet18", "--gater", "resnet18", "--image-size",
-              "32", "--batch-size", "8", "--workers", "1", "--output-dir", str(out)]
+    common = ["--data", str(data), "--arch", "resnet18", "--gater", "resnet20", "--image-size",
+              "16", "--batch-size", "8", "--workers", "1", "--output-dir", str(out)]
     status, err = _main(IMAGENET, [*common, "--epochs", "1"], capsys)
     assert status == 0, err
     before = _digest(out / "checkpoint.pt")

@@ -59,6 +59,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
                    help="channels_last memory format (default: on GPU; on CPU: "
                         f"{h('channels_last_cpu')})")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or "
+                        "max-autotune-no-cudagraphs (default: default)")
     t.add_argument("--workers", type=int,
                    help=f"data-loading worker processes (default: {h('workers')})")
     t.add_argument("--seed", type=int, default=0, help="(default: 0)")

@@ -81,6 +81,10 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
     out_dir, ckpt_path, resume = _paths(args)
     ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
     cuda = dist.device.type == "cuda"
+    if cuda:
+        # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
+        # pays off; its heuristic choice can be several times slower for small CIFAR convs.
+        torch.backends.cudnn.benchmark = True
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     channels_last = args.channels_last_on
@@ -125,7 +129,7 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode)
     engine = Engine(model, inner, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                     dist=dist, amp_dtype=amp_dtype, label_smoothing=args.label_smoothing,
                     gate_loss_weight=0.0 if args.no_gate else args.gate_loss_weight,
