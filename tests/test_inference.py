@@ -79,8 +79,8 @@ CASES = [
     ("resnet20", "residual", 1),
     ("resnet20", "all", 4),
     ("resnet18", "inner", 1),
+    ("resnet18", "residual", 2),
     ("resnet18", "all", 1),
-    ("resnet50", "residual", 1),
     ("resnet50", "inner", 8),
     ("resnet50", "all", 1),
 ]
@@ -276,7 +276,7 @@ def test_fused_matches_unfused(gated_nets, policy, group_size):
 
 
 def test_fused_passes_producer_gates_as_in_gate(gated_nets):
-    net, _ = gated_nets("resnet50", "inner", 1)
+    net, _ = gated_nets("resnet50", "inner", 8)
     fused = gatekit.fuse_gated_convs(net, op="reference")
     conv2 = fused.backbone.get_submodule("fused_layer1_0_conv2")
     conv1_site = next(s for s in net.sites if s.name == "layer1.0.conv1")
