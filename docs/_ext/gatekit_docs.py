@@ -14,6 +14,7 @@
 ``.. gatekit-json-table:: FILE ...`` and ``.. gatekit-measured-figure:: FILE``
     Tables and plots of measured results, read from the JSON and PNG files that the
     benchmarks and training runs write; a file not there yet reads "not yet measured".
+    ``.. gatekit-metric-plot:: FILE.jsonl ...`` draws training curves from metrics logs.
 
 ``.. gatekit-argparse:: PATH``
     A table of every flag of the command-line script at ``PATH`` (relative to the
@@ -318,6 +319,110 @@ class MeasuredFigureDirective(SphinxDirective):
         return container.children
 
 
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+def _line_chart(series: list[tuple[str, list[tuple[float, float]]]], xlabel: str, ylabel: str,
+                percent: bool) -> str:
+    """A small inline SVG line chart (no plotting library needed at build time)."""
+    width, height, left, right, top, bottom = 640, 300, 60, 170, 15, 45
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad = (y1 - y0) * 0.05 or 0.01
+    y0, y1 = y0 - pad, y1 + pad
+    x1 = x1 if x1 > x0 else x0 + 1
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def py(y: float) -> float:
+        return top + (y1 - y) / (y1 - y0) * (height - top - bottom)
+
+    font = "font-family='sans-serif' font-size='11' fill='currentColor'"
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
+           f"style='max-width:100%;height:auto' role='img'>"]
+    out.append(f"<rect x='{left}' y='{top}' width='{width - left - right}' "
+               f"height='{height - top - bottom}' fill='none' stroke='#999'/>")
+    for i in range(6):
+        y = y0 + (y1 - y0) * i / 5
+        label = f"{100 * y:.1f}%" if percent else f"{y:.3g}"
+        out.append(f"<line x1='{left}' x2='{width - right}' y1='{py(y):.1f}' y2='{py(y):.1f}' "
+                   "stroke='#999' stroke-opacity='0.3'/>")
+        out.append(f"<text x='{left - 5}' y='{py(y) + 4:.1f}' text-anchor='end' {font}>{label}</text>")
+    step = max(1, round((x1 - x0) / 8))
+    tick = x0
+    while tick <= x1 + 1e-9:
+        out.append(f"<text x='{px(tick):.1f}' y='{height - bottom + 15}' text-anchor='middle' "
+                   f"{font}>{tick:g}</text>")
+        tick += step
+    out.append(f"<text x='{(left + width - right) / 2}' y='{height - 8}' text-anchor='middle' "
+               f"{font}>{xlabel}</text>")
+    out.append(f"<text x='14' y='{(top + height - bottom) / 2}' text-anchor='middle' {font} "
+               f"transform='rotate(-90 14 {(top + height - bottom) / 2})'>{ylabel}</text>")
+    # Runs of one configuration (names differing only in "_seedN") share a colour, one dash each.
+    groups: dict[str, int] = {}
+    seen_in_group: dict[str, int] = {}
+    for i, (name, pts) in enumerate(series):
+        group = name.split("_seed")[0]
+        color = _PALETTE[groups.setdefault(group, len(groups)) % len(_PALETTE)]
+        dash = ("", "6 3", "2 2", "8 3 2 3")[seen_in_group.get(group, 0) % 4]
+        seen_in_group[group] = seen_in_group.get(group, 0) + 1
+        dashed = f" stroke-dasharray='{dash}'" if dash else ""
+        path = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
+        out.append(f"<path d='{path}' fill='none' stroke='{color}' stroke-width='1.8'{dashed}/>")
+        ly = top + 14 + 18 * i
+        out.append(f"<line x1='{width - right + 10}' x2='{width - right + 30}' y1='{ly}' y2='{ly}' "
+                   f"stroke='{color}' stroke-width='2'{dashed}/>")
+        out.append(f"<text x='{width - right + 35}' y='{ly + 4}' {font}>{name}</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+class MetricPlotDirective(SphinxDirective):
+    """``.. gatekit-metric-plot:: FILE.jsonl ...``: one line per metrics log, drawn at build time.
+
+    ``:y:`` the key to plot (e.g. ``val_acc``), ``:x:`` the x key (``epoch``), ``:event:``
+    the records to use (``epoch``), ``:percent:`` to show fractions as percentages.  Logs
+    not there yet are left out; with none, the plot reads "not yet measured".
+    """
+
+    required_arguments = 1
+    optional_arguments = 20
+    option_spec: ClassVar[dict[str, Any]] = {
+        "y": directives.unchanged_required,
+        "x": directives.unchanged,
+        "event": directives.unchanged,
+        "ylabel": directives.unchanged,
+        "xlabel": directives.unchanged,
+        "percent": directives.flag,
+    }
+
+    def run(self) -> list[nodes.Node]:
+        xkey, ykey = self.options.get("x", "epoch"), self.options["y"]
+        event = self.options.get("event", "epoch")
+        series = []
+        for arg in self.arguments:
+            path = ROOT / arg
+            self.env.note_dependency(str(path))
+            if not path.exists():
+                continue
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            pts = [(float(r[xkey]), float(r[ykey])) for r in records
+                   if r.get("event", event) == event and xkey in r and ykey in r]
+            if pts:
+                series.append((Path(arg).name.split(".")[0], pts))
+        if not series:
+            names = ", ".join(f"``{a}``" for a in self.arguments)
+            para = nodes.paragraph()
+            self.state.nested_parse(StringList([f"*Plot {NOT_MEASURED}:* {names}."]), 0, para)
+            return para.children
+        svg = _line_chart(series, self.options.get("xlabel", xkey), self.options.get("ylabel", ykey),
+                          "percent" in self.options)
+        return [nodes.raw("", svg, format="html")]
+
+
 # --------------------------------------------------------------------------------------
 # Command-line flags
 # --------------------------------------------------------------------------------------
@@ -443,4 +548,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("gatekit-argparse", ArgparseDirective)
     app.add_directive("gatekit-json-table", JsonTableDirective)
     app.add_directive("gatekit-measured-figure", MeasuredFigureDirective)
+    app.add_directive("gatekit-metric-plot", MetricPlotDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
