@@ -13,10 +13,12 @@ process, interleaved round by round, medians over all calls:
 - ``skip``: ``gatekit.skip_compute(net)``.
 
 Batch 8 has a different pattern per sample; skip_compute groups samples by pattern, so it
-runs 8 batch-1 passes.  Writes JSON (``--out``) and a PNG of the speed-up curve, prints a
-table.  Example::
+runs 8 batch-1 passes (all-open gates are one pattern: one batch-8 pass).  Writes JSON
+(``--out``, rewritten after every point) and a PNG of the speed-up curve, prints a table.
+The machine (CPU model, threads, torch version) and the exact command go into the JSON.
+Example::
 
-    python benchmarks/skip_inference_cpu.py --threads 2 --rounds 12
+    python benchmarks/skip_inference_cpu.py --threads 2 --rounds 10 --rounds-batched 3
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +97,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--open", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per point")
+    parser.add_argument(
+        "--rounds-batched", type=int, default=3, help="rounds per point for batch > 1"
+    )
     parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -132,7 +138,8 @@ def main() -> None:
                 }
                 for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
                     fn()
-                times = time_interleaved(fns, args.rounds, args.calls)
+                rounds = args.rounds if batch == 1 else args.rounds_batched
+                times = time_interleaved(fns, rounds, args.calls)
                 med = {k: statistics.median(v) for k, v in times.items()}
                 row = {
                     "batch": batch,
@@ -145,12 +152,24 @@ def main() -> None:
                     "max_abs_output": ref.abs().max().item(),
                 }
                 results.append(row)
+                write_report(
+                    args, machine, skip, results
+                )  # after every point: a killed run keeps its rows
                 print(
                     f"{batch:>5} {fraction:>5.2f} {med['dense']:>9.1f} {med['dense_folded']:>9.1f} "
                     f"{med['skip']:>8.1f} {row['speedup_vs_dense']:>8.2f} {row['speedup_vs_dense_folded']:>8.2f} {diff:>10.2e}"
                 )
+    png = args.png or args.out.with_suffix(".png")
+    plot(results, machine, png)
+    print(f"wrote {args.out} and {png}")
+
+
+def write_report(
+    args: argparse.Namespace, machine: dict, skip: torch.nn.Module, results: list[dict]
+) -> None:
     report = {
         "question": "speed-up of gatekit.skip_compute over the dense gated ResNet-50 (inner policy) on the CPU",
+        "command": "python benchmarks/skip_inference_cpu.py " + " ".join(sys.argv[1:]),
         "machine": machine,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "routes": [list(r[:3]) for r in skip.routes],
@@ -158,9 +177,6 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    png = args.png or args.out.with_suffix(".png")
-    plot(results, machine, png)
-    print(f"wrote {args.out} and {png}")
 
 
 def plot(results: list[dict], machine: dict, path: Path) -> None:

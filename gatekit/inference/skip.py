@@ -182,6 +182,17 @@ class SkipComputeNet(nn.Module):
 
     Samples are grouped by gate pattern and each group runs at its own batch size; with
     random patterns every sample is its own group.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
+    >>> fast = gatekit.skip_compute(net)
+    >>> fast
+    SkipComputeNet(
+      num_gates=336, sites=9, sliced=0, scatter=9, dense=0
+      ...
+    >>> fast(torch.randn(2, 3, 32, 32)).shape, fast.last_gates.shape
+    (torch.Size([2, 10]), torch.Size([2, 336]))
     """
 
     last_gates: Tensor | None
