@@ -41,7 +41,7 @@ STANDIN = dict(
     arch="resnet18", gater="mobilenet_v3_small", epochs=4, batch_size=64, lr=0.1,
     weight_decay=5e-4, warmup_epochs=0.5, label_smoothing=0.1, gate_loss_weight=0.0,
     image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
-    channels_last_cpu=False, standin_train=3000, standin_val=1000,
+    channels_last_cpu=False, standin_train=2560, standin_val=1000,
 )
 
 

@@ -98,6 +98,11 @@ class Engine:
         # The unwrapped model: DDP would sync buffers per call, and ranks may see a different
         # number of evaluation batches.
         model = self.inner
+        if self.dist.enabled:
+            # BatchNorm statistics drift apart over the last training step of each rank;
+            # evaluate every rank with rank 0's, which are the ones checkpointed.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         model.eval()
         sums = torch.zeros(4, device=self.dist.device, dtype=torch.float64)
         one = torch.ones((), device=self.dist.device, dtype=torch.float64)  # no host copy per step
