@@ -214,7 +214,8 @@ class JsonTableDirective(SphinxDirective):
     """``.. gatekit-json-table:: FILE [FILE ...]``: a table of measured numbers from JSON.
 
     With ``:rows:`` (one file), the rows are the list of records at that dotted key (a dict
-    gives ``key``/``value`` rows; ``:where: key=value`` filters them).  Without it each file
+    of values gives ``key``/``value`` rows, a dict of dicts one row per key with the inner
+    keys as columns; ``:where: key=value`` filters them).  Without it each file
     is one row, labelled by the dotted key ``:label:`` or by the file's name.  Files that
     are not there yet leave the table, or their row, saying "not yet measured" with the
     ``:command:`` that makes them, so a page never shows a number nobody measured.
@@ -256,7 +257,9 @@ class JsonTableDirective(SphinxDirective):
             lines += ["Measured with " + "; ".join(facts) + ".", ""]
         if len(paths) == 1 and "rows" in self.options:
             records = _lookup(first, self.options["rows"])
-            if isinstance(records, dict):  # {name: value} reads as rows of (key, value)
+            if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
+                records = [{"key": k, **v} for k, v in records.items()]  # {row: {column: value}}
+            elif isinstance(records, dict):  # {name: value} reads as rows of (key, value)
                 records = [{"key": k, "value": v} for k, v in records.items()]
             if not isinstance(records, list):
                 raise self.error(f"{self.arguments[0]}: {self.options['rows']!r} is not a list")
