@@ -42,13 +42,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _steps(model: nn.Module, opt: torch.optim.Optimizer, x, y, n: int, amp: bool) -> float:
+def _steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x, y, n: int, amp: bool
+) -> tuple[float, float]:
+    """Seconds per step: wall clock, and this process's CPU time (on a shared CPU machine the
+    latter does not count the time other processes hold the cores)."""
     device = x.device
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     )
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         opt.zero_grad(set_to_none=True)
         with autocast:
@@ -56,7 +60,7 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, x, y, n: int, amp: bool
         loss.backward()
         opt.step()
     _sync(device)
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
 
 def run_step_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
@@ -76,13 +80,26 @@ def run_step_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         m.train()
         _steps(m, opts[k], x, y, args.warmup, args.amp)
     times: dict[str, list[float]] = {k: [] for k in models}
-    ratios = []
+    cpu_times: dict[str, list[float]] = {k: [] for k in models}
+    ratios, cpu_ratios = [], []
     for r in range(args.rounds):
         order = list(models) if r % 2 == 0 else list(reversed(models))
         got = {k: _steps(models[k], opts[k], x, y, args.steps, args.amp) for k in order}
-        for k, t in got.items():
-            times[k].append(t)
-        ratios.append(got["gate_model"] / got["reference"])
+        for k, (wall, cpu) in got.items():
+            times[k].append(wall)
+            cpu_times[k].append(cpu)
+        ratios.append(got["gate_model"][0] / got["reference"][0])
+        cpu_ratios.append(got["gate_model"][1] / got["reference"][1])
+    cpu = (
+        {}
+        if device.type == "cuda"
+        else {
+            "median_step_cpu_ms": {k: 1e3 * statistics.median(v) for k, v in cpu_times.items()},
+            "cpu_ratio_median": statistics.median(cpu_ratios),
+            "cpu_ratio_min": min(cpu_ratios),
+            "cpu_ratio_max": max(cpu_ratios),
+        }
+    )
     return {
         "batch_size": args.batch_size,
         "steps_per_round": args.steps,
@@ -93,6 +110,7 @@ def run_step_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        **cpu,
     }
 
 
