@@ -3,6 +3,8 @@
 A global gater network looks at the image and switches the backbone's filters on or off
 per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
 
+- the transform: :func:`gate_model` turns a CNN and a gater trunk into a :class:`GaterNet`;
+  :func:`get_gate_sites` lists the :class:`GateSite` s it would gate;
 - gate estimators: :class:`Gate`, :class:`ImprovedSemHash`, :class:`StraightThroughSigmoid`,
   :class:`GumbelSigmoid`, :class:`HardConcrete`, :func:`get_gate`;
 - gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`;
