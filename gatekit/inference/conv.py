@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._errors import GatekitError
 from .folding import fold_batchnorm
 
 __all__ = ["SkipConv"]
@@ -47,7 +48,7 @@ class SkipConv(nn.Module):
     def __init__(self, conv: nn.Module, bn: nn.Module | None, *, out_mode: str, in_sliced: bool):
         super().__init__()
         if out_mode not in _OUT_MODES:
-            raise ValueError(f"out_mode must be one of {_OUT_MODES}, got {out_mode!r}")
+            raise GatekitError(f"out_mode must be one of {_OUT_MODES}, got {out_mode!r}")
         weight, bias = fold_batchnorm(conv, bn)
         self.out_mode = out_mode
         self.in_sliced = bool(in_sliced)
