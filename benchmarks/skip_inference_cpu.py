@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -119,6 +120,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpus": os.cpu_count(),
     }
     print(f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}")
     results = []
@@ -150,6 +152,8 @@ def main() -> None:
                     "speedup_vs_dense_folded": med["dense_folded"] / med["skip"],
                     "max_abs_diff": diff,
                     "max_abs_output": ref.abs().max().item(),
+                    # Other processes competing for the cores inflate every timing.
+                    "loadavg_1min": os.getloadavg()[0],
                 }
                 results.append(row)
                 write_report(
