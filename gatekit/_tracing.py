@@ -9,9 +9,9 @@ already imported, and what the caller adds.
 Tracing bakes the mode into the graph wherever code reads ``self.training``.  So the
 backbone is traced in both modes.  Where the two graphs differ only by a bool argument that
 is True in one mode and False in the other (``F.dropout(x, training=self.training)``,
-torchvision's ``stochastic_depth(..., self.training)``), the graph reads the GraphModule's
-own ``training`` flag at run time instead, so it follows ``.train()``/``.eval()`` of the
-gated model.  Where they differ in the operations run (a Python ``if self.training:``),
+torchvision's ``stochastic_depth(..., self.training)``), the graph asks a
+:class:`ModeFlag` submodule (``gatekit_mode``) at run time instead, so it follows
+``.train()``/``.eval()`` of the gated model.  Where they differ in the operations run (a Python ``if self.training:``),
 each module whose own code differs becomes a leaf and tracing repeats, until one graph
 serves both modes.  A mode-dependent module that holds convs, or a mode-dependent root
 ``forward``, is an error, because leafing it would silently hide convs from gating.
@@ -19,7 +19,6 @@ serves both modes.  A mode-dependent module that holds convs, or a mode-dependen
 
 from __future__ import annotations
 
-import operator
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from torch import fx, nn
 
 from ._errors import GatekitError
 
-__all__ = ["trace"]
+__all__ = ["ModeFlag", "trace"]
 
 _MAX_RETRACES = 16
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -175,19 +174,38 @@ def _differing_modules(a: fx.Graph, b: fx.Graph) -> list[tuple[str, str]]:
     return sorted(k for k in owned_a.keys() | owned_b.keys() if owned_a.get(k) != owned_b.get(k))
 
 
-def _follow_mode(train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
+class ModeFlag(nn.Module):
+    """The gated graph's view of its own train/eval mode: ``forward()`` is ``self.training``
+    (``negate=True``: its negation).  A submodule rather than ``self.training`` read in the
+    generated code, because unpickling a GraphModule re-traces that code and would freeze
+    the attribute into a constant, while a module call survives as a module call.
+
+    >>> flag = ModeFlag()
+    >>> flag(), flag.eval()(), flag(negate=True)
+    (True, False, True)
+    """
+
+    def forward(self, negate: bool = False) -> bool:
+        return self.training != negate
+
+
+_MODE_FLAG = "gatekit_mode"
+
+
+def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:
     """Where the graphs differ only by a bool that is True in train and False in eval (or
-    the reverse), as in ``F.dropout(x, training=self.training)``, read the mode at run time
-    from the GraphModule's ``training`` flag instead."""
-    placeholders = [n for n in train_graph.nodes if n.op == "placeholder"]
+    the reverse), as in ``F.dropout(x, training=self.training)``, ask a :class:`ModeFlag`
+    submodule at run time instead, so the graph follows ``.train()`` / ``.eval()``."""
+    graph = graph_module.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     cache: dict[bool, fx.Node] = {}
 
     def mode_node(negate: bool) -> fx.Node:
-        if not cache:
-            with train_graph.inserting_after(placeholders[-1] if placeholders else None):
-                cache[False] = train_graph.get_attr("training")
-            with train_graph.inserting_after(cache[False]):
-                cache[True] = train_graph.call_function(operator.not_, (cache[False],))
+        if negate not in cache:
+            if not hasattr(graph_module, _MODE_FLAG):
+                graph_module.add_submodule(_MODE_FLAG, ModeFlag())
+            with graph.inserting_after(placeholders[-1] if placeholders else None):
+                cache[negate] = graph.call_module(_MODE_FLAG, (), {"negate": True} if negate else {})
         return cache[negate]
 
     def merge(t: Any, e: Any) -> Any:
@@ -200,15 +218,14 @@ def _follow_mode(train_graph: fx.Graph, eval_graph: fx.Graph) -> None:
         return t
 
     # Eval-graph args with nodes swapped for their train-graph twins (same names).
-    twin = {n.name: n for n in train_graph.nodes}
-    for t, e in zip(list(train_graph.nodes), list(eval_graph.nodes)):
+    twin = {n.name: n for n in graph.nodes}
+    for t, e in zip(list(graph.nodes), list(eval_graph.nodes)):
         e_args = fx.node.map_arg(e.args, lambda n: twin[n.name])
         e_kwargs = fx.node.map_arg(e.kwargs, lambda n: twin[n.name])
         if (t.args, t.kwargs) != (e_args, e_kwargs):
             t.args, t.kwargs = merge(t.args, e_args), merge(t.kwargs, e_kwargs)
-    for node in reversed(list(cache.values())):
-        if not node.users:
-            train_graph.erase_node(node)
+    if cache:
+        graph_module.recompile()
 
 
 def trace(
@@ -248,7 +265,6 @@ def trace(
                 graphs[training] = _trace_once(module, tracers[training])
             culprits = _differing_modules(graphs[True], graphs[False])
             if not culprits:
-                _follow_mode(graphs[True], graphs[False])
                 break
             for culprit in culprits:
                 _check_leafable(module, culprit)
@@ -264,7 +280,11 @@ def trace(
     graph_module = fx.GraphModule(
         tracers[True].root, graphs[True], class_name=type(module).__name__
     )
+    _follow_mode(graph_module, graphs[False])
+    # Not .train(): the leaves are the caller's modules, with their own flags.
     graph_module.training = module.training
+    if hasattr(graph_module, _MODE_FLAG):
+        getattr(graph_module, _MODE_FLAG).training = module.training
     return graph_module
 
 

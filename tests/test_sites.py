@@ -4,6 +4,7 @@ structure (released GaterNet offsets, torchvision block attributes), and its err
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -326,13 +327,16 @@ def test_mode_dependent_code_follows_the_gated_models_mode() -> None:
     net = gatekit.gate_model(model, nn.Flatten(), sites="residual", gater_features=3 * 4 * 4)
     x = torch.randn(2, 3, 4, 4)
     ones = torch.ones(2, net.num_gates)
-    for train in (True, False):
-        model.train(train)
-        net.train(train)
-        torch.manual_seed(0)
-        expected = model(x)
-        torch.manual_seed(0)
-        assert torch.equal(net(x, gates=ones), expected)
+    # Unpickling re-traces the generated code: the mode must still be read at run time.
+    for gated in (net, pickle.loads(pickle.dumps(net))):
+        reference = copy.deepcopy(model)  # same weights and statistics as gated at the start
+        for train in (True, False, True):
+            reference.train(train)
+            gated.train(train)
+            torch.manual_seed(0)
+            expected = reference(x)
+            torch.manual_seed(0)
+            assert torch.equal(gated(x, gates=ones), expected)
     with pytest.raises(GatekitError, match=r"module 'branch' \(_ModeBranch\).*holds convs"):
         get_gate_sites(_ModeNet(with_conv=True), "all")
     assert [
