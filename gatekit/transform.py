@@ -145,6 +145,12 @@ def gate_model(
     - ``leaf_modules`` / ``autowrap_functions``: passed to the fx tracer for code it cannot
       trace (see :func:`gatekit.get_gate_sites`).
 
+    The backbone is traced in train and in eval mode.  Mode-dependent arguments such as
+    ``F.dropout(x, training=self.training)`` or torchvision's stochastic depth then follow
+    the gated model's own ``.train()``/``.eval()`` (through a ``gatekit_mode`` submodule of
+    ``backbone``); a module that runs different operations per mode is kept whole, or
+    rejected with a :class:`GatekitError` if it holds convs.
+
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
     >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual", bottleneck=8)
