@@ -10,7 +10,9 @@ process, interleaved round by round, medians over all calls:
   (the baseline of the target);
 - ``dense_folded``: the same with every BatchNorm folded into its conv
   (``torch.fx.experimental.optimization.fuse``), still computing everything;
-- ``skip``: ``gatekit.skip_compute(net)``.
+- ``skip``: ``gatekit.skip_compute(net)`` (samples grouped by gate pattern);
+- ``skip_union`` (batch > 1): ``skip_compute(net, batching="union")``, one pass over the
+  filters open in any sample (pays when patterns agree: see ``--agree``).
 
 Batch 8 has a different pattern per sample; skip_compute groups samples by pattern, so it
 runs 8 batch-1 passes (all-open gates are one pattern: one batch-8 pass).  Writes JSON
@@ -51,14 +53,22 @@ def cpu_model() -> str:
 
 
 def random_gates(
-    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator
+    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator, agree: float = 0.0
 ) -> torch.Tensor:
-    """Per sample and site, exactly round(fraction * num_gates) random gates open."""
+    """Per sample and site, exactly round(fraction * num_gates) random gates open.
+
+    With ``agree`` > 0 each sample keeps that fraction of a shared pattern's open gates
+    and draws the rest at random among the others (a trained gater's gates mostly agree
+    across samples).  ``agree=0`` draws every sample independently.
+    """
     gates = torch.zeros(batch, net.num_gates)
     for site in net.sites:
         k = round(fraction * site.num_gates)
+        shared = torch.randperm(site.num_gates, generator=gen)
+        keep = round(agree * k)
         for i in range(batch):
-            pick = torch.randperm(site.num_gates, generator=gen)[:k]
+            rest = shared[keep:][torch.randperm(site.num_gates - keep, generator=gen)]
+            pick = torch.cat([shared[:keep], rest[: k - keep]])
             gates[i, site.offset + pick] = 1.0
     return gates
 
@@ -104,6 +114,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--agree", type=float, default=0.0, help="fraction of open gates shared by all samples"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "skip_inference_cpu.json"
     )
     parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
@@ -113,6 +126,7 @@ def main() -> None:
     net = build(args.seed)
     folded = fuse(net.backbone)
     skip = gatekit.skip_compute(net)
+    skip_union = gatekit.skip_compute(net, batching="union")
     gen = torch.Generator().manual_seed(args.seed)
     machine = {
         "cpu": cpu_model(),
@@ -130,7 +144,7 @@ def main() -> None:
         for batch in args.batches:
             x = torch.randn(batch, 3, args.size, args.size, generator=gen)
             for fraction in args.open:
-                gates = random_gates(net, batch, fraction, gen)
+                gates = random_gates(net, batch, fraction, gen, args.agree)
                 ref = net(x, gates=gates)
                 diff = (skip(x, gates=gates) - ref).abs().max().item()
                 fns = {
@@ -138,6 +152,8 @@ def main() -> None:
                     "dense_folded": lambda x=x, g=gates: folded(x, gates=g),
                     "skip": lambda x=x, g=gates: skip(x, gates=g),
                 }
+                if batch > 1:
+                    fns["skip_union"] = lambda x=x, g=gates: skip_union(x, gates=g)
                 for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches
                     fn()
                 rounds = args.rounds if batch == 1 else args.rounds_batched
@@ -150,6 +166,9 @@ def main() -> None:
                     "times_ms": times,
                     "speedup_vs_dense": med["dense"] / med["skip"],
                     "speedup_vs_dense_folded": med["dense_folded"] / med["skip"],
+                    "union_speedup_vs_dense": med["dense"] / med["skip_union"]
+                    if batch > 1
+                    else None,
                     "max_abs_diff": diff,
                     "max_abs_output": ref.abs().max().item(),
                     # Other processes competing for the cores inflate every timing.
@@ -162,6 +181,7 @@ def main() -> None:
                 print(
                     f"{batch:>5} {fraction:>5.2f} {med['dense']:>9.1f} {med['dense_folded']:>9.1f} "
                     f"{med['skip']:>8.1f} {row['speedup_vs_dense']:>8.2f} {row['speedup_vs_dense_folded']:>8.2f} {diff:>10.2e}"
+                    + (f"  union {med['skip_union']:.1f} ms" if batch > 1 else "")
                 )
     png = args.png or args.out.with_suffix(".png")
     plot(results, machine, png)

@@ -148,6 +148,24 @@ def test_samples_are_grouped_by_pattern(gated_nets):
     assert_close(out, net(x, gates=gates))
 
 
+def test_union_batching_runs_one_pass(gated_nets):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="union")
+    base = random_gates(1, net.num_gates, seed=9)
+    flips = random_gates(4, net.num_gates, p=0.1, seed=10)
+    gates = (base - flips).abs()  # patterns that mostly agree, as a trained gater's do
+    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    batch_sizes = []
+    hook = lambda m, args, kw: batch_sizes.append(args[0].shape[0])  # noqa: E731
+    handle = fast.backbone.register_forward_pre_hook(hook, with_kwargs=True)
+    out = fast(x, gates=gates)
+    handle.remove()
+    assert batch_sizes == [4]
+    assert_close(out, net(x, gates=gates))
+    with pytest.raises(gatekit.GatekitError, match="batching"):
+        gatekit.skip_compute(net, batching="per_sample")
+
+
 def test_float32_close_to_dense():
     torch.manual_seed(0)
     net = gatekit.gate_model(

@@ -110,10 +110,13 @@ class SkipConv(nn.Module):
         x: Tensor,
         out_idx: Tensor | None = None,
         in_idx: Tensor | None = None,
+        out_mask: Tensor | None = None,
         residual: Tensor | None = None,
     ) -> Tensor:
         """The conv's output; with ``residual``, ``residual + output`` written into ``residual``.
 
+        ``out_mask`` ``(N, len(out_idx))``: per-sample gates of the computed channels, for
+        a batch whose samples open different channels (their union is computed).
         ``residual`` must be a tensor nothing else reads afterwards (the rewrite checks the
         graph); a shape or layout that does not fit falls back to an out-of-place sum.
         """
@@ -137,6 +140,7 @@ class SkipConv(nn.Module):
             wt = w if self.transposed else w.t()
             if (
                 isinstance(residual, Tensor)
+                and out_mask is None
                 and self.out_mode != "scatter"
                 and residual.shape == (n, k_out, h, width)
                 and residual.is_contiguous(memory_format=torch.channels_last)
@@ -152,6 +156,8 @@ class SkipConv(nn.Module):
         else:
             conv = _CONV_FUNCTIONS[x.ndim - 3]
             y = conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if out_mask is not None and self.out_mode != "full":
+            y = y * out_mask.to(y.dtype).view(*out_mask.shape, *[1] * (y.ndim - 2))
         if self.out_mode == "scatter" and k_out < self.out_channels:
             full = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
             full = full.contiguous(memory_format=_memory_format(full))

@@ -56,8 +56,10 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
     gates = next(p for p in placeholders if p.target == "gates")
     with graph.inserting_after(gates):
         open_channels = graph.placeholder("open_channels")
-    first = placeholders[0]
     with graph.inserting_after(open_channels):
+        open_masks = graph.placeholder("open_masks")
+    first = placeholders[0]
+    with graph.inserting_after(open_masks):
         layout = graph.call_function(_channels_last, (first,))
     first.replace_all_uses_with(layout, delete_user_cb=lambda user: user is not layout)
 
@@ -88,7 +90,10 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
                 else graph.call_function(operator.getitem, (open_channels, r.index))
                 for r in (out_route, in_route)
             ]
-            new = graph.call_module(name, (node.args[0], *idx))
+            mask = None
+            if out_route is not None:
+                mask = graph.call_function(operator.getitem, (open_masks, out_route.index))
+            new = graph.call_module(name, (node.args[0], *idx, mask))
         replaced = out_route.mul if out_route is not None else (bn_node or node)
         replaced.replace_all_uses_with(new)
     graph.eliminate_dead_code()
@@ -189,7 +194,7 @@ class SkipComputeNet(nn.Module):
     >>> fast = gatekit.skip_compute(net)
     >>> fast
     SkipComputeNet(
-      num_gates=336, sites=9, sliced=0, scatter=9, dense=0
+      num_gates=336, sites=9, batching='pattern', sliced=0, scatter=9, dense=0
       ...
     >>> fast(torch.randn(2, 3, 32, 32)).shape, fast.last_gates.shape
     (torch.Size([2, 10]), torch.Size([2, 336]))
@@ -197,8 +202,15 @@ class SkipComputeNet(nn.Module):
 
     last_gates: Tensor | None
 
-    def __init__(self, net: GaterNet, backbone: fx.GraphModule, routes: list[SiteRoute]):
+    def __init__(
+        self,
+        net: GaterNet,
+        backbone: fx.GraphModule,
+        routes: list[SiteRoute],
+        batching: str = "pattern",
+    ):
         super().__init__()
+        self.batching = batching
         self.backbone = backbone
         self.gater = copy.deepcopy(net.gater)
         self.head = copy.deepcopy(net.head)
@@ -244,6 +256,19 @@ class SkipComputeNet(nn.Module):
             result.append(idx)
         return result
 
+    def _masks(self, gates: Tensor, open_channels: list[Tensor | None]) -> list[Tensor | None]:
+        """Per site, the samples' gates ``(N, k)`` of the ``k`` channels computed (None: all 1)."""
+        masks: list[Tensor | None] = []
+        for site, idx in zip(self.sites, open_channels):
+            if idx is None:
+                masks.append(None)
+                continue
+            chunk = gates[:, site.offset : site.stop]
+            # Channel c belongs to gate c // group_size.
+            mask = chunk.index_select(1, torch.div(idx, site.group_size, rounding_mode="floor"))
+            masks.append(None if bool(mask.all()) else mask)
+        return masks
+
     def forward(self, x: Any, gates: Tensor | None = None) -> Any:
         if self.training:
             raise GatekitError(
@@ -264,8 +289,16 @@ class SkipComputeNet(nn.Module):
                 )
             self.last_gates = gates
             n = gates.shape[0]
+            no_masks = [None] * len(self.sites)
             if n == 1 or bool((gates == gates[:1]).all()):
-                return self.backbone(x, gates=gates, open_channels=self._open_channels(gates[0]))
+                idx = self._open_channels(gates[0])
+                return self.backbone(x, gates=gates, open_channels=idx, open_masks=no_masks)
+            if self.batching == "union":
+                union = (gates != 0).any(0)
+                idx = self._open_channels(union)
+                return self.backbone(
+                    x, gates=gates, open_channels=idx, open_masks=self._masks(gates, idx)
+                )
             patterns, group = torch.unique(gates, dim=0, return_inverse=True)
             outputs, members = [], []
             for p in range(patterns.shape[0]):
@@ -276,6 +309,7 @@ class SkipComputeNet(nn.Module):
                         sub,
                         gates=gates.index_select(0, idx),
                         open_channels=self._open_channels(patterns[p]),
+                        open_masks=no_masks,
                     )
                 )
                 members.append(idx)
@@ -288,8 +322,9 @@ class SkipComputeNet(nn.Module):
 
     def extra_repr(self) -> str:
         counts = {m: sum(r[1] == m for r in self.routes) for m in ("sliced", "scatter", "dense")}
-        return f"num_gates={self.num_gates}, sites={len(self.sites)}, " + ", ".join(
-            f"{k}={v}" for k, v in counts.items()
+        return (
+            f"num_gates={self.num_gates}, sites={len(self.sites)}, batching={self.batching!r}, "
+            + ", ".join(f"{k}={v}" for k, v in counts.items())
         )
 
 
@@ -312,7 +347,7 @@ def _merge(outputs: list[Any], order: Tensor, n: int) -> Any:
     )
 
 
-def skip_compute(net: GaterNet) -> SkipComputeNet:
+def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     """Return a copy of an eval-mode ``net`` that computes only the filters whose gates are open.
 
     For each sample, or each group of samples sharing a gate pattern: every eval-mode
@@ -327,8 +362,15 @@ def skip_compute(net: GaterNet) -> SkipComputeNet:
     differences of order 1e-6 of the activations' scale; float64: 1e-13).  Runs best on
     the CPU with 4-d (channels-last) activations; on a GPU see :func:`gatekit.fuse_gated_convs`.
 
-    Raises :class:`GatekitError` if ``net`` is in training mode or is not a GaterNet, and
-    at call time for non-binary gates.
+    ``batching`` says how a batch whose samples open different filters runs:
+    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group (best
+    when patterns differ a lot, and at batch 1); ``"union"`` runs one pass computing, per
+    site, the filters open in any sample, zeroing them per sample (best for trained
+    gaters whose gates mostly agree across samples: always-off filters are skipped at the
+    full batch size).
+
+    Raises :class:`GatekitError` if ``net`` is in training mode or is not a GaterNet, for
+    an unknown ``batching``, and at call time for non-binary gates.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
@@ -350,7 +392,9 @@ def skip_compute(net: GaterNet) -> SkipComputeNet:
             f"skip_compute needs a model in eval mode (binary gates, BatchNorm with running "
             f"statistics), but {training[0]} is in training mode; call net.eval() first"
         )
+    if batching not in ("pattern", "union"):
+        raise GatekitError(f'batching must be "pattern" or "union", got {batching!r}')
     backbone = copy.deepcopy(net.backbone)
     routes = plan_routes(backbone, net.sites)
     _rewrite(backbone, routes)
-    return SkipComputeNet(net, backbone, routes)
+    return SkipComputeNet(net, backbone, routes, batching)
