@@ -153,7 +153,9 @@ def semhash(
     hard gate ``g_b = 1(x > 0)`` whose gradient is that of ``g_a`` (straight-through).
     With probability ``discrete_prob`` a sample uses ``g_b`` for its whole gate vector,
     otherwise ``g_a`` (``per_sample=False`` draws the choice per element instead).
-    Dim 0 indexes samples; a 1-D input is one sample.  Eval: ``1(logits > 0)``.
+    Dim 0 indexes samples; a 1-D input is one sample.  Eval: ``1(logits > 0)`` without
+    noise, whose gradient is again that of ``saturating_sigmoid(logits)``, as in the
+    released GaterNet code (so gradients through an eval-mode gater stay defined).
 
     >>> import torch
     >>> semhash(torch.tensor([[-2.0, 0.5, 3.0]]), training=False)
@@ -165,7 +167,10 @@ def semhash(
     """
     _check_logits(logits, "semhash")
     if not training:
-        return _binary(logits)
+        if not logits.requires_grad:
+            return _binary(logits)
+        x = logits.to(_compute_dtype(logits.dtype))
+        return straight_through(saturating_sigmoid(x), (x > 0).to(x.dtype)).to(logits.dtype)
     if not (0.0 <= noise_std < math.inf and 0.0 <= discrete_prob <= 1.0):
         raise GatekitError(
             f"semhash expects finite noise_std >= 0 and 0 <= discrete_prob <= 1, "
@@ -402,10 +407,9 @@ class ImprovedSemHash(Gate):
         self.per_sample = bool(per_sample)
 
     def forward(self, logits: Tensor) -> Tensor:
-        if not self.training:
-            return self.binarize(logits)
         return semhash(
             logits,
+            training=self.training,
             noise_std=self.noise_std,
             discrete_prob=self.discrete_prob,
             per_sample=self.per_sample,

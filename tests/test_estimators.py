@@ -69,10 +69,11 @@ def logit(p: float) -> float:
 
 def binomial_ok(successes: torch.Tensor, n: int, p: torch.Tensor | float, slack: float = 1e-5):
     """|successes / n - p| within 5 binomial standard deviations (plus a small slack for the
-    noise clamping in the estimators)."""
+    noise clamping in the estimators, and half a count, below which a frequency out of n
+    draws cannot resolve p: at p = 5e-324 the standard deviation underflows to 0)."""
     p = torch.as_tensor(p, dtype=torch.float64)
     phat = successes.double() / n
-    bound = 5.0 * torch.sqrt(p * (1 - p) / n) + slack
+    bound = 5.0 * torch.sqrt(p * (1 - p) / n) + slack + 0.5 / n
     return (phat - p).abs() <= bound
 
 
