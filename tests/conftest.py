@@ -29,6 +29,11 @@ settings.register_profile("ci", max_examples=20, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("GATEKIT_HYPOTHESIS_PROFILE", "default"))
 
+# The suite runs as `pytest -n 2` on 2 cores: one intra-op thread per worker.  Two OpenMP
+# threads per worker on a busy machine made small convolutions ~10x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @dataclass(frozen=True)
 class DTypeCase:
