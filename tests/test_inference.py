@@ -24,7 +24,6 @@ from torch import nn
 import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
