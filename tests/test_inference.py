@@ -25,7 +25,6 @@ import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 
-
 def randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
     """Non-trivial running statistics and affine parameters, so that folding is exercised."""
     gen = torch.Generator().manual_seed(seed)
