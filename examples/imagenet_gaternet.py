@@ -38,7 +38,7 @@ IMAGENET = dict(
     log_every=100, name="imagenet_gaternet", channels_last_cpu=False,
 )
 STANDIN = dict(
-    arch="resnet18", gater="mobilenet_v3_small", epochs=4, batch_size=64, lr=0.1,
+    arch="resnet18", gater="mobilenet_v3_small", epochs=4, batch_size=32, lr=0.02,
     weight_decay=5e-4, warmup_epochs=0.5, label_smoothing=0.1, gate_loss_weight=0.0,
     image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
     channels_last_cpu=False, standin_train=2560, standin_val=1000,
