@@ -102,13 +102,13 @@ def test_standin_default_path_tiny(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["epoch", "final"]
     results = json.loads((out / "results.json").read_text())
-    assert results["arch"] == "resnet18" and results["gated"]
+    assert results["arch"] == "resnet20" and results["gated"]
     stats = results["gate_stats"]
     assert stats["num_samples"] == 32
     assert stats["always_on"] + stats["always_off"] + stats["input_dependent"] == stats["num_gates"]
     assert len(stats["class_open_fraction"]) == 10
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == "resnet18"
+    assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == "resnet20"
 
 
 def test_imagenet_script_on_image_folder(tmp_path: Path) -> None:
@@ -357,7 +357,7 @@ def test_help_lists_both_defaults() -> None:
     out = io.StringIO()
     _load_script(IMAGENET).parser().print_help(out)
     text = " ".join(out.getvalue().split())
-    assert "resnet50 with --data, resnet18 on the stand-in" in text
+    assert "resnet50 with --data, resnet20 on the stand-in" in text
     assert "224 with --data, 32 on the stand-in" in text
 
 
