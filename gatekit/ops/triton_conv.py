@@ -425,4 +425,6 @@ else:
         )
 
 
+# CustomOpDef carries torch's generic docstring; the API reference should show this op's.
+gated_conv2d_triton.__doc__ = _gated_conv2d_triton.__doc__
 register_gated_conv_autograd(gated_conv2d_triton)
