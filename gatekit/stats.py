@@ -39,6 +39,13 @@ class LayerStats:
 
     ``open_fraction`` is the fraction of (sample, gate) pairs that were open;
     ``always_on``, ``always_off`` and ``input_dependent`` count this layer's gates.
+    :meth:`GateStats.layers` returns one per site.
+
+    >>> import torch
+    >>> s = GateStats()
+    >>> s.update(torch.tensor([[1., 0.], [1., 1.]]))
+    >>> s.layers()[0]
+    LayerStats(name='all', offset=0, num_gates=2, open_fraction=0.75, always_on=1, always_off=0, input_dependent=1)
     """
 
     name: str
