@@ -66,9 +66,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
                    help=f"data-loading worker processes (default: {h('workers')})")
     t.add_argument("--seed", type=int, default=0, help="(default: 0)")
     t.add_argument("--limit", type=int, default=None,
-                   help="use only the first N training images (a quick check)")
+                   help="use a fixed random subset of N training images (a quick check)")
     t.add_argument("--limit-val", type=int, default=None,
-                   help="use only the first N evaluation images")
+                   help="use a fixed random subset of N evaluation images")
     t.add_argument("--log-every", type=int,
                    help=f"progress line every N steps when not on a terminal (default: {h('log_every')})")
 
