@@ -51,6 +51,13 @@ class SiteRoute:
     their input channels), ``"scatter"`` (only open filters computed, then placed into
     zeros) or ``"dense"`` (computed as in the gated model); ``reason`` says why a site is
     not ``"sliced"``.
+
+    >>> import gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
+    >>> route = plan_routes(net.backbone, net.sites)[0]
+    >>> route.site.name, route.mode, route.reason != ""
+    ('stage1.block1.conv2', 'scatter', True)
     """
 
     index: int

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["gated_conv2d_backward", "register_gated_conv_autograd"]
+# Internal wiring shared by the reference and Triton ops; users call gatekit.ops.gated_conv2d.
+__all__: list[str] = []
 
 
 def _group_sum(per_channel: torch.Tensor, groups: int) -> torch.Tensor:
