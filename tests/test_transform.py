@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+from hook_oracle import hooked_forward
 from torch import nn
 
 import gatekit
@@ -92,25 +93,6 @@ def test_paper_fidelity_eval() -> None:
         assert torch.equal(have[k], want[k]), k
 
 
-def _hooked(backbone: nn.Module, sites, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Oracle: zero the gated-off channels of each site's ``after`` module with hooks."""
-    modules = dict(backbone.named_modules())
-    handles = []
-    for s in sites:
-        keep = gates[:, s.offset : s.stop].repeat_interleave(s.group_size, dim=1) != 0
-        keep = keep.reshape((x.shape[0], s.channels) + (1,) * s.spatial_dims)
-        handles.append(
-            modules[s.after].register_forward_hook(
-                lambda m, i, o, keep=keep: o.masked_fill(~keep, 0)
-            )
-        )
-    try:
-        return backbone(x)
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @pytest.mark.parametrize("group_size", [1, 4])
 @pytest.mark.parametrize("policy", ["residual", "inner", "all"])
 def test_hard_gates_equal_hook_oracle(policy: str, group_size: int) -> None:
@@ -120,7 +102,7 @@ def test_hard_gates_equal_hook_oracle(policy: str, group_size: int) -> None:
     x = torch.randn(3, 3, 32, 32)
     gates = (torch.rand(3, net.num_gates) < 0.5).float()
     with torch.no_grad():
-        assert torch.equal(net(x, gates=gates), _hooked(backbone, net.sites, gates, x))
+        assert torch.equal(net(x, gates=gates), hooked_forward(backbone, net.sites, gates, x))
         assert torch.equal(net(x, gates=torch.ones(3, net.num_gates)), backbone(x))
 
 
@@ -189,7 +171,7 @@ def test_conv_dims_depthwise_grouped(conv, norm, shape) -> None:
     x = torch.randn(shape)
     gates = (torch.rand(2, net.num_gates) < 0.5).float()
     with torch.no_grad():
-        assert torch.equal(net(x, gates=gates), _hooked(backbone, net.sites, gates, x))
+        assert torch.equal(net(x, gates=gates), hooked_forward(backbone, net.sites, gates, x))
 
 
 def test_channels_last() -> None:
@@ -204,7 +186,7 @@ def test_channels_last() -> None:
     )
     with torch.no_grad():
         got = net(x, gates=gates)
-        expected = _hooked(backbone, net.sites, gates, x)
+        expected = hooked_forward(backbone, net.sites, gates, x)
     assert torch.allclose(
         got, expected, atol=1e-5, rtol=1e-5
     )  # conv algorithms may differ by layout

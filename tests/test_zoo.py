@@ -20,6 +20,7 @@ import functools
 
 import pytest
 import torch
+from hook_oracle import hooked_forward
 from torch import nn
 
 import gatekit
@@ -116,28 +117,6 @@ def _gater() -> nn.Module:
     )
 
 
-def _hooked(backbone: nn.Module, sites, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Oracle: run the original model with the gated-off channels zeroed by forward hooks."""
-    modules = dict(backbone.named_modules())
-    handles = []
-    for s in sites:
-        keep = gates[:, s.offset : s.stop].repeat_interleave(s.group_size, dim=1) != 0
-        shape = (x.shape[0], s.channels) + (1,) * s.spatial_dims
-        if s.channel_dim == -1:
-            shape = (x.shape[0],) + (1,) * s.spatial_dims + (s.channels,)
-        keep = keep.reshape(shape)
-        handles.append(
-            modules[s.after].register_forward_hook(
-                lambda m, i, o, keep=keep: o.masked_fill(~keep, 0)
-            )
-        )
-    try:
-        return backbone(x)
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _check(source: str, name: str, policy: str) -> None:
     backbone = _build(source, name)
     size = _size(name)
@@ -150,7 +129,7 @@ def _check(source: str, name: str, policy: str) -> None:
         assert torch.equal(net(x, gates=torch.ones(2, net.num_gates)), expected)
         gates = (torch.rand(2, net.num_gates) < 0.5).float()
         got = net(x, gates=gates)
-        oracle = _hooked(backbone, net.sites, gates, x)
+        oracle = hooked_forward(backbone, net.sites, gates, x)
     # Zeroing by masked_fill and by multiplying by 0 agree exactly (up to the sign of 0).
     assert torch.equal(got, oracle)
     assert not torch.equal(got, expected)  # the gates did something
