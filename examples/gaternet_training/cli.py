@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from .ramp import Ramp, ramp_arg
+
+RAMP_HELP = """
+
+Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping) take
+a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
+to B over the first K epochs (fractions allowed) and stay at B after: 0:2:3 ramps a weight up
+over three epochs, 1:0:5 anneals it to 0 over five.
+"""
+
+
+def prior_arg(value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,B (two numbers), got {value!r}") from None
+    if not (a > 0 and b > 0):
+        raise argparse.ArgumentTypeError(f"Beta prior parameters must be > 0, got {a},{b}")
+    return a, b
 
 
 def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -30,6 +51,21 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     m.add_argument("--group-size", type=int, default=1, help="channels per gate (default: 1)")
     m.add_argument("--init-bias", type=float, default=0.0,
                    help="initial bias of the gate logits; > 0 starts with gates open (default: 0)")
+    m.add_argument("--gater-resolution", type=int, default=None, metavar="R",
+                   help="the gater sees the image resized to RxR (antialiased bilinear): a "
+                        "cheaper gater (default: the full image)")
+    m.add_argument("--freeze-gater", action="store_true",
+                   help="keep the gater trunk's weights and BatchNorm statistics fixed (use with "
+                        "--init-gater): only the gater head learns, and the trunk runs without "
+                        "a backward pass")
+
+    w = parser.add_argument_group("warm start")
+    w.add_argument("--init-from", type=Path, default=None, metavar="PATH",
+                   help="load the backbone's weights from a run's checkpoint.pt (plain or "
+                        "gated) or a state_dict file; keys and shapes must match exactly")
+    w.add_argument("--init-gater", action="store_true",
+                   help="also load the gater trunk from --init-from (same architecture as the "
+                        "backbone, or a gated run's gater; the classifier layer is dropped)")
 
     r = parser.add_argument_group("recipe")
     r.add_argument("--epochs", type=int, help=f"(default: {h('epochs')})")
@@ -43,13 +79,26 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
                    help=f"linear warm-up before the cosine decay (default: {h('warmup_epochs')})")
     r.add_argument("--label-smoothing", type=float,
                    help=f"(default: {h('label_smoothing')})")
-    r.add_argument("--gate-loss-weight", type=float,
+    r.add_argument("--gate-loss-weight", type=ramp_arg,
                    help="weight of gatekit.gate_l1_loss, the pull towards closed gates "
                         f"(default: {h('gate_loss_weight')})")
     r.add_argument("--target-rate", type=float, default=None,
                    help="optional target open fraction (gatekit.target_rate_loss)")
-    r.add_argument("--target-rate-weight", type=float, default=1.0,
+    r.add_argument("--target-rate-weight", type=ramp_arg, default=Ramp(1.0),
                    help="weight of the target-rate loss (default: 1.0)")
+    r.add_argument("--budget", type=float, default=None, metavar="B",
+                   help="pull the batch's FLOPs-weighted open fraction of the gated convs to B "
+                        "in [0, 1] (gatekit.flops_budget_loss with gatekit.gate_costs)")
+    r.add_argument("--budget-weight", type=ramp_arg, default=Ramp(1.0),
+                   help="weight of the budget loss (default: 1.0)")
+    r.add_argument("--batch-shaping", type=ramp_arg, default=None, metavar="W",
+                   help="weight of gatekit.batch_shaping_loss on the gates' open probabilities "
+                        "(GaterNet.last_probs): each gate's distribution over the batch is "
+                        "pulled to a Beta prior, so it cannot sit always on or always off")
+    r.add_argument("--batch-shaping-prior", type=prior_arg, default=(0.6, 0.4), metavar="A,B",
+                   help="the Beta(A, B) prior of batch shaping (default: 0.6,0.4)")
+
+    parser.epilog = (parser.epilog or "") + RAMP_HELP
 
     t = parser.add_argument_group("run time")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -21,6 +21,7 @@ import gatekit
 from gatekit import GatekitError
 
 from .distributed import Dist
+from .gate_losses import GateLosses
 from .progress import Progress
 
 
@@ -29,14 +30,13 @@ class Engine:
 
     def __init__(self, model: nn.Module, inner: nn.Module, *, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, dist: Dist,
-                 amp_dtype: torch.dtype | None, label_smoothing: float, gate_loss_weight: float,
-                 target_rate: float | None, target_rate_weight: float, log_every: int) -> None:
+                 amp_dtype: torch.dtype | None, label_smoothing: float,
+                 gate_losses: GateLosses | None, log_every: int) -> None:
         self.model, self.inner = model, inner
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.dist, self.amp_dtype = dist, amp_dtype
         self.label_smoothing = label_smoothing
-        self.gate_loss_weight = gate_loss_weight
-        self.target_rate, self.target_rate_weight = target_rate, target_rate_weight
+        self.gate_losses = gate_losses
         self.gated = isinstance(inner, gatekit.GaterNet)
         self.log_every = log_every
         self.step = 0
@@ -45,12 +45,6 @@ class Engine:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
-
-    def _gate_loss(self, gates: Tensor) -> Tensor:
-        loss = gatekit.gate_l1_loss(gates, self.gate_loss_weight)
-        if self.target_rate is not None:
-            loss = loss + gatekit.target_rate_loss(gates, self.target_rate, self.target_rate_weight)
-        return loss
 
     def train_epoch(self, batches: Iterable[tuple[Tensor, Tensor]], epoch: int, epochs: int,
                     steps: int) -> dict[str, float]:
@@ -66,8 +60,8 @@ class Engine:
                 opened = torch.zeros((), device=x.device)
                 if self.gated:
                     gates = self.inner.last_gates
-                    if self.gate_loss_weight or self.target_rate is not None:
-                        loss = loss + self._gate_loss(gates)
+                    if self.gate_losses is not None and self.gate_losses.active:
+                        loss = loss + self.gate_losses(self.inner, self.step / steps, epochs)
                     opened = (gates.detach() > 0.5).float().mean()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -86,7 +80,7 @@ class Engine:
         if not math.isfinite(result["loss"]):
             raise GatekitError(
                 f"training diverged: the loss is {result['loss']} in epoch {epoch + 1}; no "
-                "checkpoint was written. Lower --lr or --gate-loss-weight, or resume from the "
+                "checkpoint was written. Lower --lr or the gate-loss weights, or resume from the "
                 "last checkpoint"
             )
         return result

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 import gatekit
 from gatekit import GatekitError
@@ -61,13 +63,64 @@ def trunk(name: str) -> nn.Module:
                        ".classifier, .head, .heads); pick another --gater")
 
 
+class GaterTrunk(nn.Module):
+    """A gater trunk that sees a resized image, and/or is frozen.
+
+    ``resolution``: the input is resized to ``resolution x resolution`` (bilinear,
+    antialiased) before the trunk: a ResNet-20 trunk at 16x16 costs a quarter of its 32x32
+    FLOPs.  ``frozen``: the trunk's parameters take no gradient and the trunk stays in eval
+    mode (its BatchNorm statistics do not move), so it runs without autograd: only the
+    gater head learns.  The wrapped trunk is ``.trunk`` (its weights are ``gater.trunk.*``).
+    """
+
+    def __init__(self, trunk: nn.Module, *, resolution: int | None = None, frozen: bool = False):
+        super().__init__()
+        if resolution is not None and resolution < 1:
+            raise GatekitError(f"--gater-resolution must be >= 1, got {resolution}")
+        self.trunk, self.resolution, self.frozen = trunk, resolution, frozen
+        if frozen:
+            self.trunk.requires_grad_(False)
+            self.trunk.eval()
+
+    def train(self, mode: bool = True) -> GaterTrunk:
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.resolution is not None and tuple(x.shape[-2:]) != (self.resolution,) * 2:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False, antialias=True)
+        if self.frozen:
+            with torch.no_grad():
+                return self.trunk(x)
+        return self.trunk(x)
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, frozen={self.frozen}"
+
+
+def unwrap_trunk(gater: nn.Module) -> nn.Module:
+    """The trunk itself, inside a :class:`GaterTrunk` or not."""
+    return gater.trunk if isinstance(gater, GaterTrunk) else gater
+
+
 def build(args: Any, num_classes: int) -> nn.Module:
     """The model a run trains: the backbone alone (``--no-gate``) or gated by the gater."""
     backbone = classifier(args.arch, num_classes)
     if args.no_gate:
+        for flag in ("gater_resolution", "freeze_gater"):
+            if getattr(args, flag, None):
+                raise GatekitError(f"--{flag.replace('_', '-')} changes the gater, but --no-gate "
+                                   "trains none; drop one of the two flags")
         return backbone
+    gater = trunk(args.gater)
+    resolution, frozen = getattr(args, "gater_resolution", None), getattr(args, "freeze_gater", False)
+    if resolution is not None or frozen:
+        gater = GaterTrunk(gater, resolution=resolution, frozen=frozen)
     return gatekit.gate_model(
-        backbone, trunk(args.gater), sites=args.sites, estimator=args.estimator,
+        backbone, gater, sites=args.sites, estimator=args.estimator,
         bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
     )
 

@@ -25,9 +25,11 @@ from gatekit import GatekitError
 from . import checkpoint, models
 from .distributed import Dist, setup, teardown
 from .engine import Engine
+from .gate_losses import GateLosses
 from .optim import make_optimizer, make_scheduler
 from .progress import MetricsLog
 from .report import flop_counts, gate_report
+from .warm_start import warm_start
 
 
 @dataclass
@@ -73,6 +75,8 @@ def _config(args: Any, data: Data) -> dict[str, Any]:
             "estimator": None if args.no_gate else args.estimator,
             "bottleneck": None if args.no_gate else args.bottleneck,
             "group_size": None if args.no_gate else args.group_size,
+            "gater_resolution": None if args.no_gate else getattr(args, "gater_resolution", None),
+            "freeze_gater": None if args.no_gate else (getattr(args, "freeze_gater", False) or None),
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
@@ -102,7 +106,12 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
     random.seed(args.seed + dist.rank)
     torch.manual_seed(args.seed)  # same initial weights on every rank
 
-    inner = models.build(args, len(data.classes)).to(dist.device)
+    inner = models.build(args, len(data.classes))
+    # Warm start before anything is written: a file that does not fit fails the run here.
+    warm = warm_start(inner, args) if ckpt is None else []
+    inner = inner.to(dist.device)
+    gate_losses = (None if args.no_gate
+                   else GateLosses(args, inner, data.image_size, dist.device))
     if channels_last:
         inner = inner.to(memory_format=torch.channels_last)
     steps_per_epoch = len(data.train)
@@ -122,6 +131,8 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
             metrics.truncate_after(start_epoch)
             print(f"resumed from {resume} at epoch {start_epoch}", flush=True)
     if dist.is_main:
+        for line in warm:
+            print(line, flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str))
 
@@ -132,9 +143,7 @@ def _run(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[
         model = torch.compile(model, mode=args.compile_mode)
     engine = Engine(model, inner, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                     dist=dist, amp_dtype=amp_dtype, label_smoothing=args.label_smoothing,
-                    gate_loss_weight=0.0 if args.no_gate else args.gate_loss_weight,
-                    target_rate=None if args.no_gate else args.target_rate,
-                    target_rate_weight=args.target_rate_weight, log_every=args.log_every)
+                    gate_losses=gate_losses, log_every=args.log_every)
     engine.step = start_epoch * steps_per_epoch
     if dist.is_main:
         kind = "plain" if args.no_gate else f"gated by {args.gater} ({inner.num_gates} gates)"

@@ -1,0 +1,138 @@
+"""Warm start: load a trained backbone (and, optionally, the gater trunk) before training.
+
+Sources, all read before anything is written:
+
+- a checkpoint of these scripts (``checkpoint.pt``, plain or gated run): its model weights; of
+  a gated run, the backbone part (``backbone.*``) and the gater trunk part (``gater.*``);
+- a bare ``state_dict`` file (``torch.save(model.state_dict(), path)``);
+- torchvision weights by name (``--backbone-weights IMAGENET1K_V2``, downloaded by torchvision
+  on first use).
+
+Keys must match exactly: a missing or unexpected key, or a shape that differs, raises one
+:class:`GatekitError` that lists them all.  The only keys that may be left over are those of
+the classifier layer a gater trunk does not have (``fc``, ``classifier``, ``head``, ``heads``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import gatekit
+from gatekit import GatekitError
+
+from . import checkpoint, models
+
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """``(backbone_state, gater_trunk_state_or_None)`` from a checkpoint or state_dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GatekitError(f"--init-from {path}: no such file; expected a checkpoint.pt of these "
+                           "scripts or a file saved with torch.save(model.state_dict(), path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise GatekitError(f"--init-from {path}: cannot be read as a torch file "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise GatekitError(f"--init-from {path}: expected a state_dict (names to tensors) or a "
+                           f"checkpoint of these scripts, got {type(obj).__name__}")
+    if any(k.startswith("backbone.") for k in obj):  # a gated run's GaterNet
+        backbone = _strip(obj, "backbone.")
+        gater = _strip(obj, "gater.") or None
+        return backbone, gater
+    return dict(obj), dict(obj)
+
+
+def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def torchvision_state_dict(arch: str, weights: str) -> dict[str, Tensor]:
+    """torchvision's ``weights`` (e.g. ``IMAGENET1K_V2``) for ``arch``; downloads on first use."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise GatekitError(f"--backbone-weights: torchvision has no weights for {arch!r}") from None
+    names = [w.name for w in enum]
+    if weights == "DEFAULT":
+        chosen = enum.DEFAULT
+    elif weights in names:
+        chosen = enum[weights]
+    else:
+        raise GatekitError(f"--backbone-weights {weights!r} is not a weight set of {arch}; "
+                           f"expected one of {', '.join([*names, 'DEFAULT'])}")
+    return chosen.get_state_dict(progress=True)
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], *, what: str, source: str,
+              allow_extra_classifier: bool = False) -> int:
+    """Copy ``state`` into ``module`` after checking every key and shape; returns tensors loaded."""
+    own = module.state_dict()
+    extra = sorted(set(state) - set(own))
+    if allow_extra_classifier:
+        extra = [k for k in extra if not k.startswith(_CLASSIFIER_PREFIXES)]
+    missing = sorted(set(own) - set(state))
+    shapes = sorted(f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or extra or shapes:
+        parts = []
+        for label, keys in (("missing in the file", missing), ("not in the model", extra),
+                            ("shape differs", shapes)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+                parts.append(f"{label}: {shown}")
+        raise GatekitError(f"{source} does not fit the {what}: " + "; ".join(parts) +
+                           ". Pass weights of the same architecture (--arch / --gater), or a "
+                           "state_dict saved from it")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k])
+    return len(own)
+
+
+def warm_start(model: nn.Module, args: Any) -> list[str]:
+    """Apply ``--init-from`` / ``--init-gater`` / ``--backbone-weights``; returns lines to print."""
+    init_from = getattr(args, "init_from", None)
+    weights = getattr(args, "backbone_weights", None)
+    init_gater = getattr(args, "init_gater", False)
+    if init_from is None and weights is None:
+        if init_gater:
+            raise GatekitError("--init-gater needs --init-from (the weights to copy into the "
+                               "gater trunk)")
+        return []
+    if init_from is not None and weights is not None:
+        raise GatekitError("--init-from and --backbone-weights both give backbone weights; "
+                           "pass one of them")
+    gated = isinstance(model, gatekit.GaterNet)
+    if init_gater and not gated:
+        raise GatekitError("--init-gater loads the gater trunk, but --no-gate trains no gater; "
+                           "drop one of the two flags")
+    if init_from is not None:
+        backbone_state, gater_state = read_state_dict(Path(init_from))
+        source = f"--init-from {init_from}"
+    else:
+        backbone_state, gater_state = torchvision_state_dict(args.arch, weights), None
+        source = f"--backbone-weights {weights}"
+    target = model.backbone if gated else model
+    lines = []
+    n = load_into(target, backbone_state, what=f"backbone ({args.arch})", source=source)
+    lines.append(f"warm start: backbone from {source} ({n} tensors)")
+    if init_gater:
+        if gater_state is None:
+            raise GatekitError(f"{source} holds no gater weights to copy into the gater trunk")
+        n = load_into(models.unwrap_trunk(model.gater), gater_state, what=f"gater trunk ({args.gater})", source=source,
+                      allow_extra_classifier=True)
+        lines.append(f"warm start: gater trunk from {source} ({n} tensors)")
+    return lines
