@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"stand-in training images (default: {STANDIN['standin_train']})")
     d.add_argument("--standin-val", type=int, default=None,
                    help=f"stand-in evaluation images (default: {STANDIN['standin_val']})")
-    cli.add_training_args(p, {k: _both(k) if k in IMAGENET else STANDIN[k] for k in STANDIN})
+    cli.add_training_args(p, {k: _both(k) if k in IMAGENET else STANDIN[k] for k in STANDIN},
+                          torchvision_weights=True)
     return p
 
 

@@ -13,6 +13,7 @@ plot methods.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,6 +122,32 @@ class GateStats:
         self._class_counts: Tensor | None = None  # (C,) int64
         self._per_sample: list[Tensor] = []
         self._patterns: set[bytes] = set()
+
+    def with_thresholds(self, *, always_on: float, always_off: float) -> GateStats:
+        """A copy of these counts that classifies gates at other thresholds.
+
+        GaterNet counts a gate as input-dependent when its open fraction lies strictly
+        between 1% and 99%: ``stats.with_thresholds(always_on=0.99, always_off=0.01)``.
+
+        >>> import torch
+        >>> s = GateStats(); s.update(torch.tensor([[1., 0.]] * 99 + [[1., 1.]]))
+        >>> s.input_dependent_count, s.with_thresholds(always_on=0.99, always_off=0.01).input_dependent_count
+        (1, 0)
+        """
+        if not 0.0 <= always_off < always_on <= 1.0:
+            raise GatekitError(
+                "with_thresholds expects 0 <= always_off < always_on <= 1, got "
+                f"always_off={always_off}, always_on={always_on}"
+            )
+        other = copy.copy(self)
+        other.always_on_threshold = float(always_on)
+        other.always_off_threshold = float(always_off)
+        for name in ("_open_counts", "_class_open", "_class_counts"):
+            value = getattr(self, name)
+            setattr(other, name, None if value is None else value.clone())
+        other._per_sample = list(self._per_sample)
+        other._patterns = set(self._patterns)
+        return other
 
     # ----------------------------------------------------------------------------------
     # accumulation

@@ -27,12 +27,13 @@ def prior_arg(value: str) -> tuple[float, float]:
     return a, b
 
 
-def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any], *,
+                      torchvision_weights: bool = False) -> None:
     """Model, recipe, run-time and output flags.
 
     ``defaults`` gives the defaults that depend on the script (and on its data): a flag left
     unset is None after parsing and :func:`fill_defaults` fills it; the help text shows the
-    string ``defaults`` gives for it.
+    string ``defaults`` gives for it.  ``torchvision_weights`` adds ``--backbone-weights``.
     """
     def h(key: str) -> str:
         return str(defaults.get(key))
@@ -66,6 +67,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     w.add_argument("--init-gater", action="store_true",
                    help="also load the gater trunk from --init-from (same architecture as the "
                         "backbone, or a gated run's gater; the classifier layer is dropped)")
+    if torchvision_weights:
+        w.add_argument("--backbone-weights", default=None, metavar="NAME",
+                       help="load torchvision's pretrained weights NAME into the backbone, e.g. "
+                            "IMAGENET1K_V2 or DEFAULT (downloaded by torchvision on first use)")
 
     r = parser.add_argument_group("recipe")
     r.add_argument("--epochs", type=int, help=f"(default: {h('epochs')})")

@@ -12,32 +12,15 @@ from torch import nn
 import gatekit
 
 
-def _conv_flops(model: nn.Module, hooked: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """FLOPs (2 per multiply-add) of every Conv2d of ``hooked`` (inside ``model``) by name."""
-    flops: dict[str, int] = {}
-    hooks = []
-    for name, m in hooked.named_modules():
-        if isinstance(m, nn.Conv2d):
-            def hook(mod: nn.Conv2d, _: Any, out: torch.Tensor, name: str = name) -> None:
-                k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-                flops[name] = flops.get(name, 0) + 2 * out.numel() * k
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return flops
-
-
 def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None) -> dict[str, Any]:
     """FLOPs per image, counted by ``FlopCounterMode`` on a CPU copy in eval mode.
 
-    For a gated model, ``dense`` counts gater and backbone with every gate open; ``at_open_
-    fraction`` subtracts, for every gated conv, its FLOPs times the fraction of its gates
-    that were closed over the evaluation set: what skipping closed filters' outputs saves
-    (convs downstream of an inner gate could save more; that is not counted).
+    For a gated model, ``dense`` counts gater and backbone with every gate open;
+    ``at_open_fraction`` subtracts, for every gate, what closing it removes from its conv's
+    output channels (:func:`gatekit.gate_costs`) times the fraction of the evaluation images
+    for which it was closed: what skipping closed filters' outputs saves (convs downstream of
+    an inner gate could save more; that is not counted).  ``backbone_fraction`` is the
+    backbone's share at that open fraction, ``(at_open_fraction - gater) / backbone_dense``.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -52,18 +35,19 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
         out["gater"] = int(gater_counter.get_total_flops())
         out["backbone_dense"] = out["dense"] - out["gater"]
         if stats is not None and stats.num_samples:
-            per_conv = _conv_flops(cpu, cpu.backbone, x)
-            saved = 0.0
-            for layer in stats.layers():
-                saved += per_conv.get(layer.name, 0) * (1.0 - layer.open_fraction)
-            out["at_open_fraction"] = int(out["dense"] - saved)
-            out["gated_conv_flops_saved"] = int(saved)
+            costs = gatekit.gate_costs(cpu, x)
+            saved = float((costs * (1.0 - stats.open_fraction.double())).sum())
+            out["at_open_fraction"] = round(out["dense"] - saved)
+            out["gated_conv_flops_saved"] = round(saved)
+            out["backbone_fraction"] = ((out["at_open_fraction"] - out["gater"])
+                                        / out["backbone_dense"])
     return out
 
 
 def gate_report(stats: gatekit.GateStats, out_dir: Any, class_names: list[str]) -> dict[str, Any]:
     """Print the statistics table, save the plots; returns the summary."""
-    print("\ngate statistics on the evaluation set:")
+    print("\ngate statistics on the evaluation set (input-dependent: open for some but not all "
+          "images):")
     print(stats.table())
     summary = stats.summary()
     summary["class_names"] = class_names
@@ -72,4 +56,16 @@ def gate_report(stats: gatekit.GateStats, out_dir: Any, class_names: list[str]) 
         summary["plots"] = [p.name for p in plots]
     except gatekit.GatekitError as e:  # matplotlib missing: keep the numbers, say why
         print(f"no plots: {e}")
+    return summary
+
+
+def gate_report_1_99(stats: gatekit.GateStats) -> dict[str, Any]:
+    """The statistics at GaterNet's thresholds: input-dependent when open for more than 1% and
+    fewer than 99% of the evaluation images.  Printed as the table's totals line; returns the
+    summary without the per-class matrix (``gate_stats`` has it)."""
+    s = stats.with_thresholds(always_on=0.99, always_off=0.01)
+    print("at GaterNet's thresholds (input-dependent: open for 1% < fraction < 99% of images):")
+    print("\n".join(s.table().splitlines()[-1:]))
+    summary = s.summary()
+    summary.pop("class_open_fraction", None)
     return summary

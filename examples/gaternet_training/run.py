@@ -28,7 +28,7 @@ from .engine import Engine
 from .gate_losses import GateLosses
 from .optim import make_optimizer, make_scheduler
 from .progress import MetricsLog
-from .report import flop_counts, gate_report
+from .report import flop_counts, gate_report, gate_report_1_99
 from .warm_start import warm_start
 
 
@@ -253,6 +253,12 @@ def _final_report(args: Any, dist: Dist, engine: Engine, inner: nn.Module, data:
     if gated:
         results["val_open_fraction"] = final["open"]
         results["gate_stats"] = gate_report(stats, out_dir, data.classes)
+        results["gate_stats_1_99"] = gate_report_1_99(stats)
+    if gated and engine.gate_losses is not None:
+        results["gate_losses"] = engine.gate_losses.describe()
+    results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
+                             "init_gater": bool(getattr(args, "init_gater", False)),
+                             "backbone_weights": getattr(args, "backbone_weights", None)}
     results["flops"] = flop_counts(inner, data.image_size, stats)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
