@@ -7,7 +7,9 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :func:`get_gate_sites` lists the :class:`GateSite` s it would gate;
 - gate estimators: :class:`Gate`, :class:`ImprovedSemHash`, :class:`StraightThroughSigmoid`,
   :class:`GumbelSigmoid`, :class:`HardConcrete`, :func:`get_gate`;
-- gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`;
+- gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`,
+  :func:`flops_budget_loss` (with :func:`gate_costs`, the FLOPs each gate saves) and
+  :func:`batch_shaping_loss`;
 - functional forms in :mod:`gatekit.functional`;
 - gate statistics over an evaluation pass, with plots: :class:`GateStats`;
 - :class:`GatekitError`, the one exception raised for bad input.
@@ -19,6 +21,7 @@ tensor([[1., 0.]])
 
 from . import functional
 from ._errors import GatekitError
+from .costs import gate_costs
 from .estimators import (
     Gate,
     GumbelSigmoid,
@@ -29,7 +32,13 @@ from .estimators import (
 )
 from .gater import GaterNet
 from .inference import SkipComputeNet, fuse_gated_convs, skip_compute
-from .losses import expected_l0_loss, gate_l1_loss, target_rate_loss
+from .losses import (
+    batch_shaping_loss,
+    expected_l0_loss,
+    flops_budget_loss,
+    gate_l1_loss,
+    target_rate_loss,
+)
 from .sites import GateSite, get_gate_sites
 from .stats import GateStats, LayerStats
 from .transform import gate_model
@@ -48,9 +57,12 @@ __all__ = [
     "LayerStats",
     "SkipComputeNet",
     "StraightThroughSigmoid",
+    "batch_shaping_loss",
     "expected_l0_loss",
+    "flops_budget_loss",
     "functional",
     "fuse_gated_convs",
+    "gate_costs",
     "gate_l1_loss",
     "gate_model",
     "get_gate",

@@ -14,11 +14,20 @@ from .estimators import (
     st_sigmoid,
     straight_through,
 )
-from .losses import expected_l0, expected_l0_loss, gate_l1_loss, target_rate_loss
+from .losses import (
+    batch_shaping_loss,
+    expected_l0,
+    expected_l0_loss,
+    flops_budget_loss,
+    gate_l1_loss,
+    target_rate_loss,
+)
 
 __all__ = [
+    "batch_shaping_loss",
     "expected_l0",
     "expected_l0_loss",
+    "flops_budget_loss",
     "gate_l1_loss",
     "gumbel_sigmoid",
     "hard_concrete",

@@ -1,0 +1,221 @@
+"""What each gate costs: the FLOPs per image that closing it removes, for budgets on compute.
+
+:func:`gate_costs` measures a :class:`gatekit.GaterNet` at one input size and returns one
+number per gate, in the order of the flat gate vector, ready for
+:func:`gatekit.flops_budget_loss`.  FLOPs are counted as
+:class:`torch.utils.flop_counter.FlopCounterMode` counts a convolution: 2 per
+multiply-add, bias not counted, so one output channel of a conv costs::
+
+    2 * prod(out_spatial) * (in_channels / groups) * prod(kernel_size)
+
+Data flow: ``example_input -> backbone (all gates open, eval, no grad) -> forward hooks on
+the gated convs (and, with downstream=True, on the convs they feed) -> costs``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ._errors import GatekitError
+from .gater import GaterNet
+
+__all__ = ["gate_costs"]
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Elementwise layers that map 0 to 0, so a closed (all-zero) channel is still all zero after
+# them.  Norms are not here: BatchNorm maps a zero channel to a constant, not to zero.
+_ZERO_PRESERVING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Dropout3d,
+)  # fmt: skip
+_ZERO_PRESERVING_FUNCTIONS = {
+    torch.relu, torch.relu_, torch.tanh, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu,
+    F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d,
+}  # fmt: skip
+_ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "tanh_", "clone", "contiguous"}
+
+
+def _channel_flops(conv: nn.Module, out_shape: torch.Size) -> int:
+    """FLOPs per image of one output channel of ``conv`` (FlopCounterMode's count / C_out)."""
+    spatial = out_shape[len(out_shape) - len(conv.kernel_size):]
+    return 2 * math.prod(spatial) * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+
+
+def _input_channel_flops(conv: nn.Module, out_shape: torch.Size) -> int:
+    """FLOPs per image that one input channel of ``conv`` takes part in."""
+    spatial = out_shape[len(out_shape) - len(conv.kernel_size):]
+    return 2 * math.prod(spatial) * (conv.out_channels // conv.groups) * math.prod(conv.kernel_size)
+
+
+def _passes_zero(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node`` is elementwise on ``source`` (its first argument) and keeps zeros zero."""
+    if not node.args or node.args[0] is not source:
+        return False
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _ZERO_PRESERVING_MODULES)
+    if node.op == "call_function":
+        return node.target in _ZERO_PRESERVING_FUNCTIONS
+    return node.op == "call_method" and node.target in _ZERO_PRESERVING_METHODS
+
+
+def _gated_node(graph: fx.Graph, after: str) -> fx.Node | None:
+    """The ``after * gates[...]`` node that gate_model inserted after module ``after``."""
+    found = [
+        n
+        for n in graph.nodes
+        if n.op == "call_function"
+        and n.target is operator.mul
+        and len(n.args) == 2
+        and isinstance(n.args[0], fx.Node)
+        and n.args[0].op == "call_module"
+        and n.args[0].target == after
+        and isinstance(n.args[1], fx.Node)
+        and n.args[1].op == "call_method"
+        and n.args[1].target == "type_as"
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _consumers(gated: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """Conv call nodes whose input is ``gated`` through zero-preserving elementwise nodes."""
+    found, frontier, seen = [], [gated], {gated}
+    while frontier:
+        node = frontier.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if (
+                user.op == "call_module"
+                and isinstance(modules[user.target], _CONV_TYPES)
+                and user.args
+                and user.args[0] is node
+            ):
+                found.append(user)
+            elif _passes_zero(user, node, modules):
+                frontier.append(user)
+    return found
+
+
+def _check(model: Any, example_input: Any) -> None:
+    if not isinstance(model, GaterNet):
+        raise GatekitError(
+            f"gate_costs expects a gatekit.GaterNet (what gatekit.gate_model returns), got "
+            f"{type(model).__name__}; build it with gatekit.gate_model(backbone, gater)"
+        )
+    if not isinstance(example_input, Tensor) or example_input.ndim < 2 or example_input.shape[0] < 1:
+        got = tuple(example_input.shape) if isinstance(example_input, Tensor) else type(example_input).__name__
+        raise GatekitError(
+            f"gate_costs expects example_input as a batched tensor (N, C, ...) of the size to "
+            f"cost, got {got}; pass e.g. torch.zeros(1, 3, 224, 224)"
+        )
+
+
+def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = False) -> Tensor:
+    """FLOPs per image that closing each gate removes, shape ``(model.num_gates,)``, float64.
+
+    A gate of site ``s`` zeroes ``s.group_size`` output channels of the conv ``s.name``;
+    its cost is those channels' share of the conv's FLOPs at ``example_input``'s size
+    (``example_input`` may hold a batch; the result is per image)::
+
+        group_size * 2 * prod(out_spatial) * (in_channels / groups) * prod(kernel_size)
+
+    With ``downstream=True`` a gate also counts the work its zeroed channels would take in
+    the convs that read them directly: convs whose input is the gated output itself or
+    reached from it through elementwise layers that keep zeros zero (ReLU, ReLU6,
+    LeakyReLU, PReLU, ELU, CELU, SELU, GELU, SiLU, Mish, Hardswish, Tanh, Identity, dropout;
+    modules, functions or tensor methods).  Each such conv adds
+    ``group_size * 2 * prod(its out_spatial) * (its out_channels / its groups) *
+    prod(its kernel_size)``.  That is exact: a closed channel is zero at that conv's input,
+    so its multiply-adds can be skipped.  Nothing is counted through anything else: a
+    residual addition (the shortcut keeps the channel alive, as for the "residual"
+    sites), a norm (BatchNorm turns a zero channel into a constant), pooling, concatenation
+    or channels-last permutes.  In practice the "inner" sites (``conv -> BN -> gate -> ReLU
+    -> conv``) gain, the "residual" sites do not.
+
+    Costs are per gate alone: when a gate closes a channel that a closed gate of the next
+    conv would also save (``sites="all"`` with ``downstream=True``) the two savings overlap.
+
+    The backbone runs once, all gates open, under :func:`torch.no_grad` in eval mode; the
+    model's train/eval flags are restored after and its ``last_gates`` are not touched.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
+    >>> costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
+    >>> costs.shape, costs[0].item()  # stage1.block1.conv1: 2 * 32*32 * 16 * 3*3
+    (torch.Size([336]), 294912.0)
+    >>> gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32), downstream=True)[0].item()
+    589824.0
+    """
+    _check(model, example_input)
+    backbone = model.backbone
+    modules = dict(backbone.named_modules())
+    graph = backbone.graph
+    calls: dict[str, list[fx.Node]] = {}  # every call of every conv, in the order they run
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), _CONV_TYPES):
+            calls.setdefault(node.target, []).append(node)
+    missing = [s.name for s in model.sites if s.name not in calls]
+    if missing:
+        raise GatekitError(
+            f"gate_costs found no call of the gated convs {missing[:3]} in model.backbone's "
+            f"graph; expected a GaterNet as gatekit.gate_model builds it, unchanged"
+        )
+    consumers: dict[int, list[fx.Node]] = {}
+    if downstream:
+        for i, site in enumerate(model.sites):
+            gated = _gated_node(graph, site.after)
+            consumers[i] = [] if gated is None else _consumers(gated, modules)
+    hooked = {s.name for s in model.sites} | {c.target for cs in consumers.values() for c in cs}
+    shapes: dict[str, list[torch.Size]] = {name: [] for name in hooked}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+            shapes[name].append(output.shape)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in sorted(hooked)]
+    modes = [(m, m.training) for m in model.modules()]
+    n = example_input.shape[0]
+    dtype = example_input.dtype if example_input.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad():
+            gates = torch.ones(n, model.num_gates, device=example_input.device, dtype=dtype)
+            try:
+                backbone(example_input, gates=gates)
+            except GatekitError:
+                raise
+            except Exception as e:  # the input does not fit the backbone; say so once
+                raise GatekitError(
+                    f"gate_costs could not run the backbone on example_input of shape "
+                    f"{tuple(example_input.shape)} ({example_input.dtype}, "
+                    f"{example_input.device}): {type(e).__name__}: {e}; expected an input the "
+                    f"model accepts, e.g. one training batch on the model's device"
+                ) from e
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in modes:
+            m.training = mode
+
+    def out_shape(node: fx.Node) -> torch.Size:
+        return shapes[node.target][calls[node.target].index(node)]
+
+    costs = torch.zeros(model.num_gates, dtype=torch.float64)
+    for i, site in enumerate(model.sites):
+        per_channel = _channel_flops(modules[site.name], out_shape(calls[site.name][0]))
+        for consumer in consumers.get(i, []):
+            per_channel += _input_channel_flops(modules[consumer.target], out_shape(consumer))
+        costs[site.offset : site.stop] = float(per_channel * site.group_size)
+    return costs
