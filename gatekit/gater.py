@@ -72,7 +72,8 @@ class GaterNet(nn.Module):
     Build it with :func:`gatekit.gate_model`.  ``forward(x)`` returns exactly what the
     backbone returns; ``forward(x, gates=g)`` skips the gater and uses ``g`` of shape
     ``(N, num_gates)``.  After each forward, ``last_gates`` and ``last_logits`` (None when
-    gates were given) hold that pass's tensors, graph attached, for losses and statistics;
+    gates were given) hold that pass's tensors, graph attached, for losses and statistics
+    (``last_probs``, the open probabilities, for :func:`gatekit.batch_shaping_loss`);
     under :class:`~torch.nn.parallel.DistributedDataParallel` read them from ``ddp.module``.
     Copies (``copy.deepcopy``, pickling) start with both set to None.
 
@@ -118,6 +119,28 @@ class GaterNet(nn.Module):
         self.check_finite = bool(check_finite)
         self.last_gates = None
         self.last_logits = None
+
+    @property
+    def last_probs(self) -> Tensor | None:
+        """Open probabilities of the last forward's gates, ``(N, num_gates)``, or None when
+        that forward was given ``gates`` (no logits).
+
+        ``estimator.open_probability(last_logits)``: the probability that each training-mode
+        hard gate is open, differentiable, with a gradient that does not vanish where the
+        estimator's soft gate saturates (never flat).  The input for
+        :func:`gatekit.batch_shaping_loss`.  Float32 (float64 for float64 logits).
+
+        >>> import torch, gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater())
+        >>> _ = net(torch.randn(4, 3, 32, 32))
+        >>> loss = gatekit.batch_shaping_loss(net.last_probs)
+        >>> net.last_probs.shape, bool(0 <= loss <= 1)
+        (torch.Size([4, 336]), True)
+        """
+        if self.last_logits is None:
+            return None
+        return self.estimator.open_probability(self.last_logits)
 
     def gate_logits(self, x: Any) -> Tensor:
         """The gater's real-valued gate logits ``(N, num_gates)`` for input ``x``.

@@ -715,3 +715,81 @@ def test_bad_arguments_raise_gatekit_error_naming_the_argument(call, word):
     with pytest.raises(GatekitError, match=word) as info:
         call()
     assert "got" in str(info.value)  # says what it was given
+
+
+# --------------------------------------------------------------------------------------
+# open_probability: the probability that the training-mode hard gate is open
+# --------------------------------------------------------------------------------------
+
+
+def normal_cdf64(z: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in z.double().tolist()], dtype=torch.float64)
+
+
+OPEN_GRID = torch.linspace(-2.0, 2.0, 17)
+OPEN_CASES = {
+    # (estimator, oracle P(hard gate open) in float64, how to read the hard gate off the output)
+    "semhash_std1": (gatekit.ImprovedSemHash(noise_std=1.0, discrete_prob=1.0), lambda x: normal_cdf64(x)),
+    "semhash_std0.5": (gatekit.ImprovedSemHash(noise_std=0.5, discrete_prob=1.0), lambda x: normal_cdf64(x / 0.5)),
+    "semhash_std2": (gatekit.ImprovedSemHash(noise_std=2.0, discrete_prob=1.0), lambda x: normal_cdf64(x / 2.0)),
+    "gumbel_tau1": (gatekit.GumbelSigmoid(tau=1.0), sigmoid64),
+    "gumbel_tau0.2": (gatekit.GumbelSigmoid(tau=0.2), sigmoid64),
+    "st_sigmoid_stochastic": (gatekit.StraightThroughSigmoid(stochastic=True), sigmoid64),
+    "hard_concrete": (gatekit.HardConcrete(), lambda x: sigmoid64(x - (2 / 3) * math.log(0.1 / 1.1))),
+}
+
+
+@pytest.mark.parametrize("case", list(OPEN_CASES))
+def test_open_probability_matches_monte_carlo_open_rate(case):
+    gate, oracle = OPEN_CASES[case]
+    n = 100_000
+    torch.manual_seed(1234)
+    out = gate.train()(OPEN_GRID.expand(n, -1).contiguous())
+    rate = (out > 0).double().mean(0)  # the hard gate, or for hard concrete P(gate > 0)
+    p = gate.open_probability(OPEN_GRID).double()
+    torch.testing.assert_close(p, oracle(OPEN_GRID), rtol=1e-6, atol=1e-7)
+    bound = 5.0 * torch.sqrt(p * (1 - p) / n) + 1e-6  # 5 binomial standard errors
+    assert ((rate - p).abs() <= bound).all(), (rate - p).abs().max()
+
+
+@pytest.mark.parametrize("name", ["semhash", "st_sigmoid", "gumbel", "hard_concrete"])
+def test_open_probability_has_a_gradient_where_the_gate_saturates(name):
+    gate = gatekit.get_gate(name)
+    x = torch.tensor([-8.0, 8.0], requires_grad=True)
+    p = gate.open_probability(x)
+    assert ((p > 0) & (p < 1) | (x.abs() == 8)).all()
+    p.sum().backward()
+    assert (x.grad > 0).all(), x.grad
+    # where semhash's own soft gate is flat: 1.2 sigmoid(8) - 0.1 > 1 is clipped
+    if name == "semhash":
+        y = x.detach().requires_grad_()
+        GF.saturating_sigmoid(y).sum().backward()
+        assert (y.grad == 0).all()
+
+
+def test_open_probability_dtypes_and_noise_free_semhash():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        p = gatekit.ImprovedSemHash().open_probability(torch.zeros(3, dtype=dtype))
+        assert p.dtype == torch.float32
+    p64 = gatekit.HardConcrete().open_probability(torch.zeros(3, dtype=torch.float64))
+    assert p64.dtype == torch.float64
+    # noise_std=0: the hard gate is a step; sigmoid stands in
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(
+        gatekit.ImprovedSemHash(noise_std=0.0).open_probability(x), sigmoid64(x).float()
+    )
+    # the lower tail is not rounded to 0 in float32 (ndtr would be)
+    assert gatekit.ImprovedSemHash().open_probability(torch.tensor([-8.0])).item() == pytest.approx(
+        6.22096057427178e-16, rel=1e-5, abs=0
+    )
+
+
+def test_base_class_open_probability_is_the_sigmoid_surrogate():
+    class Step(gatekit.Gate):
+        def forward(self, logits):
+            return self.binarize(logits)
+
+    x = torch.linspace(-4, 4, 9)
+    torch.testing.assert_close(Step().open_probability(x), sigmoid64(x).float())
+    with pytest.raises(GatekitError, match="floating"):
+        Step().open_probability(torch.ones(2, dtype=torch.int64))

@@ -424,3 +424,26 @@ def test_bad_inputs_of_budget_and_shaping_losses_raise(call, word):
     with pytest.raises(GatekitError, match=word) as info:
         call()
     assert "got" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------
+# GaterNet.last_probs feeds batch shaping
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["semhash", "st_sigmoid", "gumbel", "hard_concrete"])
+def test_last_probs_are_the_estimators_open_probability_with_a_gradient(estimator):
+    from gatekit.models import resnet20, resnet20_gater
+
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), estimator=estimator)
+    x = torch.randn(4, 3, 32, 32)
+    assert net.last_probs is None  # nothing run yet
+    net(x)
+    probs = net.last_probs
+    torch.testing.assert_close(probs, net.estimator.open_probability(net.last_logits))
+    assert probs.shape == (4, net.num_gates) and probs.dtype == torch.float32
+    batch_shaping_loss(probs).backward()
+    assert net.head.fc2.weight.grad.abs().sum() > 0
+    net(x, gates=torch.ones(4, net.num_gates))
+    assert net.last_probs is None  # gates given: no logits, no probabilities
