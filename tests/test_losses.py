@@ -447,3 +447,21 @@ def test_last_probs_are_the_estimators_open_probability_with_a_gradient(estimato
     assert net.head.fc2.weight.grad.abs().sum() > 0
     net(x, gates=torch.ones(4, net.num_gates))
     assert net.last_probs is None  # gates given: no logits, no probabilities
+
+
+def test_budget_and_shaping_losses_compile_without_graph_breaks():
+    torch._dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        x = torch.rand(8, 5, requires_grad=True)
+        costs = torch.rand(5) + 0.1
+        for fn, args in ((batch_shaping_loss, ()), (flops_budget_loss, (costs, 0.3))):
+            compiled = torch.compile(fn, backend="eager", fullgraph=True)
+            got = compiled(x, *args)
+            (g_got,) = torch.autograd.grad(got, x)
+            expected = fn(x, *args)
+            (g_expected,) = torch.autograd.grad(expected, x)
+            torch.testing.assert_close(got, expected)
+            torch.testing.assert_close(g_got, g_expected)
+    finally:
+        torch._dynamo.reset()
