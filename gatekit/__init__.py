@@ -11,7 +11,8 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :func:`flops_budget_loss` (with :func:`gate_costs`, the FLOPs each gate saves) and
   :func:`batch_shaping_loss`;
 - functional forms in :mod:`gatekit.functional`;
-- gate statistics over an evaluation pass, with plots: :class:`GateStats`;
+- gate statistics over an evaluation pass: :class:`GateStats`; their plots in
+  :mod:`gatekit.plots`;
 - :class:`GatekitError`, the one exception raised for bad input.
 
 >>> import torch, gatekit
@@ -19,7 +20,7 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
 tensor([[1., 0.]])
 """
 
-from . import functional
+from . import functional, plots
 from ._errors import GatekitError
 from .costs import gate_costs
 from .estimators import (
@@ -67,6 +68,7 @@ __all__ = [
     "gate_model",
     "get_gate",
     "get_gate_sites",
+    "plots",
     "skip_compute",
     "target_rate_loss",
 ]

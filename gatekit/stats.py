@@ -1,4 +1,4 @@
-"""Gate statistics over an evaluation pass: what the GaterNet paper reports, and plots of it.
+"""Gate statistics over an evaluation pass: what the GaterNet paper reports.
 
 :class:`GateStats` accumulates binary gate decisions batch by batch (from
 ``model.last_gates`` after each forward, or any ``(N, num_gates)`` tensor) and reports:
@@ -7,8 +7,7 @@ always off and input-dependent, the per-layer open fraction, the per-class open 
 every gate and the number of distinct gate patterns.  Layers come from the model's gate
 sites (:attr:`GaterNet.sites`: anything with ``name``, ``offset`` and ``num_gates``).
 
-Plots need matplotlib (``pip install gatekit[examples]``); it is imported only inside the
-plot methods.
+Plots of these numbers live in :mod:`gatekit.plots`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -74,7 +72,15 @@ class GateStats:
         track_patterns: count distinct gate patterns (costs one packed row per pattern).
 
     The defaults reproduce the paper's definitions: always on means open for every sample,
-    always off means open for none, everything else is input-dependent.
+    always off means open for none, everything else is input-dependent.  GaterNet's own
+    count of input-dependent gates uses 1% and 99%: ``GateStats(always_off=0.01,
+    always_on=0.99)``, or :meth:`with_thresholds` on filled statistics.
+
+    Names: the arguments ``always_on`` and ``always_off`` are thresholds (kept as
+    ``always_on_threshold`` and ``always_off_threshold``); ``always_on_mask``,
+    ``always_off_mask`` and ``input_dependent_mask`` are boolean ``(num_gates,)`` tensors;
+    ``always_on_count``, ``always_off_count`` and ``input_dependent_count`` are ints, and so
+    are the same-named fields of :class:`LayerStats` and keys of :meth:`summary`.
 
     >>> import torch
     >>> stats = GateStats(num_classes=2)
@@ -209,7 +215,7 @@ class GateStats:
         >>> import torch
         >>> from types import SimpleNamespace
         >>> model = SimpleNamespace(sites=None, last_gates=torch.tensor([[0., 1.]]))
-        >>> s = GateStats(); s.update_from_model(model); s.always_on.tolist()
+        >>> s = GateStats(); s.update_from_model(model); s.always_on_mask.tolist()
         [False, True]
         """
         gates = getattr(_unwrap(model), "last_gates", None)
@@ -306,31 +312,36 @@ class GateStats:
         return torch.cat(self._per_sample)
 
     @property
-    def always_on(self) -> Tensor:
+    def has_labels(self) -> bool:
+        """True when labels were passed to :meth:`update` (per-class numbers exist)."""
+        return self._class_open is not None
+
+    @property
+    def always_on_mask(self) -> Tensor:
         """Boolean mask of gates open for at least ``always_on`` of the samples."""
         return self.open_fraction >= self.always_on_threshold
 
     @property
-    def always_off(self) -> Tensor:
+    def always_off_mask(self) -> Tensor:
         """Boolean mask of gates open for at most ``always_off`` of the samples."""
         return self.open_fraction <= self.always_off_threshold
 
     @property
-    def input_dependent(self) -> Tensor:
+    def input_dependent_mask(self) -> Tensor:
         """Boolean mask of gates that are neither always on nor always off."""
-        return ~(self.always_on | self.always_off)
+        return ~(self.always_on_mask | self.always_off_mask)
 
     @property
     def always_on_count(self) -> int:
-        return int(self.always_on.sum())
+        return int(self.always_on_mask.sum())
 
     @property
     def always_off_count(self) -> int:
-        return int(self.always_off.sum())
+        return int(self.always_off_mask.sum())
 
     @property
     def input_dependent_count(self) -> int:
-        return int(self.input_dependent.sum())
+        return int(self.input_dependent_mask.sum())
 
     @property
     def num_patterns(self) -> int:
@@ -367,7 +378,7 @@ class GateStats:
         [('a', 1.0), ('b', 0.5)]
         """
         frac = self.open_fraction
-        on, off = self.always_on, self.always_off
+        on, off = self.always_on_mask, self.always_off_mask
         sites = self.sites or (_WholeVector(self.num_gates or 0),)
         out = []
         for s in sites:
@@ -446,93 +457,6 @@ class GateStats:
         return (f"GateStats(num_gates={self.num_gates}, num_samples={self.num_samples}, "
                 f"num_classes={self.num_classes})")
 
-    # ----------------------------------------------------------------------------------
-    # plots
-    # ----------------------------------------------------------------------------------
-
-    def plot_layer_open_fraction(self, path: str | Path | None = None) -> Any:
-        """Bar chart of the open fraction of every gated layer; saved to ``path`` if given.
-
-        Returns the matplotlib ``Figure``.
-
-        >>> import torch
-        >>> s = GateStats(); s.update(torch.tensor([[1., 0.], [1., 1.]]))
-        >>> type(s.plot_layer_open_fraction()).__name__
-        'Figure'
-        """
-        fig = _figure((max(6.0, 0.25 * len(self.layers()) + 2), 3.5))
-        ax = fig.add_subplot()
-        layers = self.layers()
-        ax.bar(range(len(layers)), [layer.open_fraction for layer in layers], color="tab:blue")
-        ax.set_xticks(range(len(layers)))
-        ax.set_xticklabels([layer.name for layer in layers], rotation=90, fontsize=6)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("open fraction")
-        ax.set_title(f"open fraction per gated layer ({self.num_samples} samples)")
-        return _finish(fig, path)
-
-    def plot_class_heatmap(self, path: str | Path | None = None,
-                           class_names: Sequence[str] | None = None) -> Any:
-        """Class x gate heat map of per-class open fractions; saved to ``path`` if given.
-
-        >>> import torch
-        >>> s = GateStats(); s.update(torch.tensor([[1., 0.], [1., 1.]]), torch.tensor([0, 1]))
-        >>> type(s.plot_class_heatmap(class_names=["cat", "dog"])).__name__
-        'Figure'
-        """
-        frac = self.class_open_fraction
-        fig = _figure((10.0, 0.3 * frac.shape[0] + 2))
-        ax = fig.add_subplot()
-        im = ax.imshow(frac.numpy(), aspect="auto", interpolation="nearest", vmin=0, vmax=1,
-                       cmap="viridis")
-        names = list(class_names) if class_names is not None else [str(i) for i in range(frac.shape[0])]
-        ax.set_yticks(range(frac.shape[0]))
-        ax.set_yticklabels(names, fontsize=7)
-        for layer in self.layers()[1:]:
-            ax.axvline(layer.offset - 0.5, color="white", linewidth=0.3)
-        ax.set_xlabel("gate (layers separated by lines)")
-        ax.set_title("per-class open fraction of each gate")
-        fig.colorbar(im, ax=ax)
-        return _finish(fig, path)
-
-    def plot_open_histogram(self, path: str | Path | None = None) -> Any:
-        """Histogram of the number of open gates per sample; saved to ``path`` if given.
-
-        >>> import torch
-        >>> s = GateStats(); s.update(torch.tensor([[1., 0.], [1., 1.]]))
-        >>> type(s.plot_open_histogram()).__name__
-        'Figure'
-        """
-        per = self.per_sample_open
-        fig = _figure((6.0, 3.5))
-        ax = fig.add_subplot()
-        lo, hi = int(per.min()), int(per.max())
-        ax.hist(per.numpy(), bins=min(50, hi - lo + 1), color="tab:green")
-        ax.set_xlabel(f"open gates per sample (of {self.num_gates})")
-        ax.set_ylabel("samples")
-        ax.set_title("open gates per sample")
-        return _finish(fig, path)
-
-    def save_plots(self, directory: str | Path, class_names: Sequence[str] | None = None,
-                   prefix: str = "gates_") -> list[Path]:
-        """Write all plots as PNG files into ``directory``; returns their paths.
-
-        >>> import tempfile, torch
-        >>> s = GateStats(); s.update(torch.tensor([[1., 0.], [1., 1.]]))
-        >>> [p.name for p in s.save_plots(tempfile.mkdtemp())]
-        ['gates_layer_open_fraction.png', 'gates_open_per_sample.png']
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = [directory / f"{prefix}layer_open_fraction.png",
-                 directory / f"{prefix}open_per_sample.png"]
-        self.plot_layer_open_fraction(paths[0])
-        self.plot_open_histogram(paths[1])
-        if self._class_open is not None:
-            paths.append(directory / f"{prefix}class_heatmap.png")
-            self.plot_class_heatmap(paths[-1], class_names)
-        return paths
-
 
 @dataclass(frozen=True)
 class _WholeVector:
@@ -556,21 +480,3 @@ def _pack_bits(opened: Tensor) -> Tensor:
     bits = torch.cat([opened, opened.new_zeros(n, pad)], 1).view(n, -1, 8).to(torch.uint8)
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
     return (bits * weights).sum(-1, dtype=torch.uint8)
-
-
-def _figure(size: tuple[float, float]) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise GatekitError(
-            "gate statistics plots need matplotlib, which is not installed; "
-            "install it with `pip install gatekit[examples]` (or `pip install matplotlib`)"
-        ) from None
-    # A bare Figure uses no pyplot state and no GUI backend, so plotting works headless.
-    return Figure(figsize=size, layout="constrained")
-
-
-def _finish(fig: Any, path: str | Path | None) -> Any:
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

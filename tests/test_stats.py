@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import gatekit.plots
 from gatekit import GatekitError, GateStats
 
 
@@ -62,8 +63,8 @@ def test_counts_match_hand_computed(split: int) -> None:
     assert stats.num_samples == 5
     assert stats.open_fraction.tolist() == [1.0, 0.0, 0.4, 0.8, 0.2]
     assert stats.per_sample_open.tolist() == [3, 3, 2, 2, 2]
-    assert stats.always_on.tolist() == [True, False, False, False, False]
-    assert stats.always_off.tolist() == [False, True, False, False, False]
+    assert stats.always_on_mask.tolist() == [True, False, False, False, False]
+    assert stats.always_off_mask.tolist() == [False, True, False, False, False]
     assert (stats.always_on_count, stats.always_off_count, stats.input_dependent_count) == (1, 1, 3)
     assert stats.num_patterns == 3
     assert stats.class_open_fraction.tolist() == CLASS_FRACTION
@@ -83,8 +84,8 @@ def test_layers_follow_sites() -> None:
 def test_thresholds_are_parameters() -> None:
     # "nearly always": on at >= 0.8, off at <= 0.2 -> gates 0,3 on; 1,4 off; 2 input-dependent.
     stats = _filled(always_on=0.8, always_off=0.2)
-    assert stats.always_on.tolist() == [True, False, False, True, False]
-    assert stats.always_off.tolist() == [False, True, False, False, True]
+    assert stats.always_on_mask.tolist() == [True, False, False, True, False]
+    assert stats.always_off_mask.tolist() == [False, True, False, False, True]
     assert stats.input_dependent_count == 1
     # open_threshold binarises soft gates: 0.6 is open at 0.5 and closed at 0.7.
     soft = torch.tensor([[0.6, 0.2]])
@@ -156,12 +157,46 @@ def test_bad_input_messages() -> None:
 
 
 def test_plots_write_png(tmp_path) -> None:
-    paths = _filled().save_plots(tmp_path, class_names=["a", "b", "c"])
+    paths = gatekit.plots.save_plots(_filled(), tmp_path, class_names=["a", "b", "c"])
     assert [p.name for p in paths] == [
         "gates_layer_open_fraction.png", "gates_open_per_sample.png", "gates_class_heatmap.png",
+        "gates_class_gates.png",
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_gate_order_groups_by_layer_then_variance() -> None:
+    # Two classes, two samples each.  Per-class open fractions, worked out by hand:
+    #   layer a (gates 0-2): g0 [1, 1] always on; g1 [0.5, 0.5] var 0; g2 [1, 0] var 0.25
+    #   layer b (gates 3-5): g3 [0, 0] always off; g4 [0.5, 0] var 1/16; g5 [0, 1] var 0.25
+    gates = torch.tensor([[1, 1, 1, 0, 1, 0],
+                          [1, 0, 1, 0, 0, 0],
+                          [1, 1, 0, 0, 0, 1],
+                          [1, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    stats = GateStats([Site("a", 0, 3), Site("b", 3, 3)], num_classes=2)
+    stats.update(gates, torch.tensor([0, 0, 1, 1]))
+    idx, spans = gatekit.plots.class_gate_order(stats)
+    assert idx.tolist() == [2, 1, 5, 4]
+    assert spans == [("a", 0, 2), ("b", 2, 4)]
+    # At other thresholds the same counts give other input-dependent gates.
+    idx, _ = gatekit.plots.class_gate_order(stats.with_thresholds(always_on=0.9, always_off=0.3))
+    assert idx.tolist() == [2, 1, 5]
+
+
+def test_with_thresholds_reclassifies_the_same_counts() -> None:
+    stats = _filled()
+    moved = stats.with_thresholds(always_on=0.8, always_off=0.2)
+    # Open fractions 1, 0, 0.4, 0.8, 0.2 (see GATES).
+    assert moved.always_on_mask.tolist() == [True, False, False, True, False]
+    assert moved.always_off_mask.tolist() == [False, True, False, False, True]
+    assert (stats.always_on_count, stats.always_off_count) == (1, 1)  # the original is unchanged
+    assert moved.num_patterns == stats.num_patterns == 3
+    assert torch.equal(moved.class_open_fraction, stats.class_open_fraction)
+    moved.update(GATES, LABELS)
+    assert stats.num_samples == 5 and moved.num_samples == 10
+    with pytest.raises(GatekitError, match="always_off < always_on"):
+        stats.with_thresholds(always_on=0.2, always_off=0.2)
 
 
 def test_missing_matplotlib_says_how_to_install(monkeypatch) -> None:
@@ -174,4 +209,4 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(GatekitError, match=r"pip install gatekit\[examples\]"):
-        _filled().plot_open_histogram()
+        gatekit.plots.plot_open_histogram(_filled())

@@ -40,5 +40,5 @@ with torch.no_grad():
         stats.update(model.last_gates, labels)
 print(stats.table())
 print(stats.always_on_count, stats.always_off_count, stats.input_dependent_count)
-stats.save_plots("gate_plots")  # PNGs: per-layer open fraction, open gates per sample, ...
+gatekit.plots.save_plots(stats, "gate_plots")  # PNGs: per-layer open fraction, open gates per sample, ...
 # [/stats]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import gatekit
+import gatekit.plots
 
 
 def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def gate_report(stats: gatekit.GateStats, out_dir: Any, class_names: list[str]) 
     summary = stats.summary()
     summary["class_names"] = class_names
     try:
-        plots = stats.save_plots(out_dir, class_names=class_names)
+        plots = gatekit.plots.save_plots(stats, out_dir, class_names=class_names)
         summary["plots"] = [p.name for p in plots]
     except gatekit.GatekitError as e:  # matplotlib missing: keep the numbers, say why
         print(f"no plots: {e}")
