@@ -141,8 +141,12 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
     or channels-last permutes.  In practice the "inner" sites (``conv -> BN -> gate -> ReLU
     -> conv``) gain, the "residual" sites do not.
 
-    Costs are per gate alone: when a gate closes a channel that a closed gate of the next
-    conv would also save (``sites="all"`` with ``downstream=True``) the two savings overlap.
+    A reader that is itself a gate site is not counted: the multiply-adds of its closed
+    output channels are that site's own cost already, and what remains depends on both
+    gates at once.  So ``(costs * closed_fraction).sum()`` never counts a multiply-add
+    twice; it is exact when no reader is gated (the "inner" sites of basic blocks) and a
+    lower bound otherwise (``sites="all"``: there ``downstream`` adds only the readers left
+    ungated).
 
     The backbone runs once, all gates open, under :func:`torch.no_grad` in eval mode; the
     model's train/eval flags are restored after and its ``last_gates`` are not touched.
@@ -171,10 +175,14 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
             f"graph; expected a GaterNet as gatekit.gate_model builds it, unchanged"
         )
     consumers: dict[int, list[fx.Node]] = {}
+    site_names = {s.name for s in model.sites}
     if downstream:
         for i, site in enumerate(model.sites):
             gated = _gated_node(graph, site.after)
-            consumers[i] = [] if gated is None else _consumers(gated, modules)
+            found = [] if gated is None else _consumers(gated, modules)
+            # A reader that is gated itself saves (in, out) pairs that both gates would
+            # claim: left out, so that summed costs never count a multiply-add twice.
+            consumers[i] = [c for c in found if c.target not in site_names]
     hooked = {s.name for s in model.sites} | {c.target for cs in consumers.values() for c in cs}
     shapes: dict[str, list[torch.Size]] = {name: [] for name in hooked}
 

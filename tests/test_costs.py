@@ -51,9 +51,9 @@ class PoolGater(nn.Module):
         return x.flatten(2).mean(2)
 
 
-def toy_net(dim: int, **kw) -> gatekit.GaterNet:
+def toy_net(dim: int, sites="all", **kw) -> gatekit.GaterNet:
     torch.manual_seed(0)
-    return gatekit.gate_model(Toy(dim), PoolGater(), sites="all", gater_features=4, **kw)
+    return gatekit.gate_model(Toy(dim), PoolGater(), sites=sites, gater_features=4, **kw)
 
 
 def out_size(size, k, s=1, p=0, d=1):
@@ -151,17 +151,30 @@ def test_resnet20_site_costs_sum_to_flop_counter_of_the_conv_alone(sites):
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("downstream", [False, True])
 def test_toy_costs_match_hand_formulas(dim, downstream):
+    # Every conv gated: each reader is a gate site itself, so downstream adds nothing.
     net = toy_net(dim)
     assert [s.name for s in net.sites] == ["a", "b", "c", "d", "e"]
     got = site_costs(net, gate_costs(net, torch.randn(2, 4, *SIZES[dim]), downstream=downstream))
-    for name, (own, readers) in toy_hand_costs(dim).items():
+    for name, (own, _) in toy_hand_costs(dim).items():
+        assert got[name] == [float(own)] * len(got[name]), name
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("downstream", [False, True])
+def test_toy_downstream_counts_the_ungated_readers(dim, downstream):
+    # a's reader b and c's reader d are not gated: their input channels count.
+    net = toy_net(dim, sites=["a", "c", "e"])
+    got = site_costs(net, gate_costs(net, torch.randn(2, 4, *SIZES[dim]), downstream=downstream))
+    hand = toy_hand_costs(dim)
+    for name in ("a", "c", "e"):
+        own, readers = hand[name]
         expected = own + readers if downstream else own
         assert got[name] == [float(expected)] * len(got[name]), name
 
 
 @pytest.mark.parametrize("downstream", [False, True])
 def test_group_size_two_costs_twice_a_channel(downstream):
-    net1, net2 = toy_net(2), toy_net(2, group_size=2)
+    net1, net2 = toy_net(2, sites=["a", "c", "e"]), toy_net(2, sites=["a", "c", "e"], group_size=2)
     x = torch.randn(1, 4, *SIZES[2])
     c1 = site_costs(net1, gate_costs(net1, x, downstream=downstream))
     c2 = site_costs(net2, gate_costs(net2, x, downstream=downstream))

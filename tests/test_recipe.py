@@ -184,16 +184,21 @@ def test_frozen_gater_keeps_weights_and_statistics() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_run_with_budget_and_batch_shaping_reports_weights_stats_and_flops(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("downstream", [False, True], ids=["own", "downstream"])
+def test_run_with_budget_and_batch_shaping_reports_weights_stats_and_flops(
+        tmp_path: Path, capsys, downstream: bool) -> None:
     out = tmp_path / "run"
+    extra = ["--sites", "inner", "--count-downstream"] if downstream else []
     status, err = _main(IMAGENET, [*TINY_STANDIN, "--budget", "0.5", "--budget-weight", "0:2",
                                    "--batch-shaping", "1:0:0.5", "--batch-shaping-prior", "0.7,0.3",
-                                   "--init-bias", "2", "--output-dir", str(out)], capsys)
+                                   "--init-bias", "2", *extra, "--output-dir", str(out)], capsys)
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["gate_losses"] == {"l1_weight": "0", "budget": 0.5, "budget_weight": "0:2",
+                                      "count_downstream": downstream,
                                       "batch_shaping_weight": "1:0:0.5",
                                       "batch_shaping_prior": [0.7, 0.3]}
+    assert results["flops"]["downstream"] is downstream
     s, s199 = results["gate_stats"], results["gate_stats_1_99"]
     assert s199["thresholds"] == {"open": 0.5, "always_on": 0.99, "always_off": 0.01}
     assert s199["num_samples"] == s["num_samples"] == 32
@@ -214,9 +219,14 @@ def test_run_with_budget_and_batch_shaping_reports_weights_stats_and_flops(tmp_p
         h.remove()
     modules = dict(backbone.named_modules())
     for layer in s["layers"]:
-        with FlopCounterMode(display=False) as c:
-            modules[layer["name"]](torch.zeros(shapes[layer["name"]]))
-        saved += c.get_total_flops() * (1.0 - layer["open_fraction"])
+        # With --count-downstream at inner sites (stageS.blockB.conv1), a closed channel also
+        # empties one input channel of the block's conv2.
+        convs = [layer["name"]] + ([layer["name"].replace("conv1", "conv2")] if downstream else [])
+        for i, name in enumerate(convs):
+            with FlopCounterMode(display=False) as c:
+                modules[name](torch.zeros(shapes[name]))
+            share = 1 if i == 0 else layer["num_gates"] / modules[name].in_channels
+            saved += c.get_total_flops() * share * (1.0 - layer["open_fraction"])
     assert flops["at_open_fraction"] == pytest.approx(flops["dense"] - saved, abs=2)
     assert flops["backbone_fraction"] == pytest.approx(
         (flops["at_open_fraction"] - flops["gater"]) / flops["backbone_dense"])

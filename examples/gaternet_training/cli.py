@@ -96,6 +96,11 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                         "in [0, 1] (gatekit.flops_budget_loss with gatekit.gate_costs)")
     r.add_argument("--budget-weight", type=ramp_arg, default=Ramp(1.0),
                    help="weight of the budget loss (default: 1.0)")
+    r.add_argument("--count-downstream", action="store_true",
+                   help="count, in the budget and in the reported FLOPs, what a closed gate also "
+                        "saves in the ungated convs that read its channel "
+                        "(gatekit.gate_costs(downstream=True); exact for --sites inner of basic "
+                        "blocks)")
     r.add_argument("--batch-shaping", type=ramp_arg, default=None, metavar="W",
                    help="weight of gatekit.batch_shaping_loss on the gates' open probabilities "
                         "(GaterNet.last_probs): each gate's distribution over the batch is "

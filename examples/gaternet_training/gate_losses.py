@@ -40,6 +40,7 @@ class GateLosses:
         self.budget_weight = as_ramp(args.budget_weight)
         self.batch_shaping = as_ramp(args.batch_shaping) if args.batch_shaping is not None else None
         self.prior = tuple(args.batch_shaping_prior)
+        self.count_downstream = bool(args.count_downstream)
         if self.target_rate is not None and not 0.0 <= self.target_rate <= 1.0:
             raise GatekitError(f"--target-rate must lie in [0, 1], got {self.target_rate}")
         if self.budget is not None and not 0.0 <= self.budget <= 1.0:
@@ -49,7 +50,8 @@ class GateLosses:
         if self.budget is not None:
             was_training = model.training
             x = torch.zeros(1, 3, image_size, image_size, device=device)
-            self.costs = gatekit.gate_costs(model, x).to(device=device, dtype=torch.float32)
+            self.costs = gatekit.gate_costs(model, x, downstream=args.count_downstream).to(
+                device=device, dtype=torch.float32)
             model.train(was_training)
 
     @property
@@ -96,7 +98,8 @@ class GateLosses:
         if self.target_rate is not None:
             out.update(target_rate=self.target_rate, target_rate_weight=str(self.target_rate_weight))
         if self.budget is not None:
-            out.update(budget=self.budget, budget_weight=str(self.budget_weight))
+            out.update(budget=self.budget, budget_weight=str(self.budget_weight),
+                       count_downstream=self.count_downstream)
         if self.batch_shaping is not None:
             out.update(batch_shaping_weight=str(self.batch_shaping),
                        batch_shaping_prior=list(self.prior))

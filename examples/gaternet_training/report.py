@@ -13,14 +13,16 @@ import gatekit
 import gatekit.plots
 
 
-def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None) -> dict[str, Any]:
+def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None, *,
+                downstream: bool = False) -> dict[str, Any]:
     """FLOPs per image, counted by ``FlopCounterMode`` on a CPU copy in eval mode.
 
     For a gated model, ``dense`` counts gater and backbone with every gate open;
     ``at_open_fraction`` subtracts, for every gate, what closing it removes from its conv's
     output channels (:func:`gatekit.gate_costs`) times the fraction of the evaluation images
-    for which it was closed: what skipping closed filters' outputs saves (convs downstream of
-    an inner gate could save more; that is not counted).  ``backbone_fraction`` is the
+    for which it was closed: what skipping closed filters' outputs saves (the convs reading
+    an inner gate save more: ``downstream=True`` counts that too, as
+    ``gate_costs(downstream=True)`` does, and ``downstream`` records it).  ``backbone_fraction`` is the
     backbone's share at that open fraction, ``(at_open_fraction - gater) / backbone_dense``.
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -36,7 +38,8 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
         out["gater"] = int(gater_counter.get_total_flops())
         out["backbone_dense"] = out["dense"] - out["gater"]
         if stats is not None and stats.num_samples:
-            costs = gatekit.gate_costs(cpu, x)
+            costs = gatekit.gate_costs(cpu, x, downstream=downstream)
+            out["downstream"] = downstream
             saved = float((costs * (1.0 - stats.open_fraction.double())).sum())
             out["at_open_fraction"] = round(out["dense"] - saved)
             out["gated_conv_flops_saved"] = round(saved)

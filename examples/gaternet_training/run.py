@@ -259,7 +259,8 @@ def _final_report(args: Any, dist: Dist, engine: Engine, inner: nn.Module, data:
     results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
                              "init_gater": bool(getattr(args, "init_gater", False)),
                              "backbone_weights": getattr(args, "backbone_weights", None)}
-    results["flops"] = flop_counts(inner, data.image_size, stats)
+    results["flops"] = flop_counts(inner, data.image_size, stats,
+                                   downstream=bool(getattr(args, "count_downstream", False)))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
                    "val_loss": final["loss"], "wall_seconds": wall})
