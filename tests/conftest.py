@@ -35,6 +35,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests, restored after it.
+
+    On a loaded machine two OpenMP threads per test process wait on each other and small
+    convs run 10x slower.  A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class DTypeCase:
     """A floating-point dtype with the tolerances for comparing a result in it to an oracle.

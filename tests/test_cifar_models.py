@@ -22,15 +22,7 @@ from gatekit.models import (
 )
 from gatekit.models.reference_gaternet import ReferenceGaterNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded machine, two OpenMP threads per test process wait on
-    each other and small convs run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _main_path_convs(model: nn.Module) -> int:

@@ -18,14 +18,7 @@ from gatekit.models import resnet20, resnet56
 torchvision = pytest.importorskip("torchvision")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded machine, two OpenMP threads per test process wait on
-    each other and small convs run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_resnet20_matches_released_gate_indices() -> None:

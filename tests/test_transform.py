@@ -17,15 +17,7 @@ from gatekit import GatekitError, gate_model
 from gatekit.models import resnet20, resnet20_gater, resnet56
 from gatekit.models.reference_gaternet import ReferenceGaterNet, gatekit_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded machine, two OpenMP threads per test process wait on
-    each other and small convs run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _pair(depth: int = 20) -> tuple[ReferenceGaterNet, gatekit.GaterNet]:
