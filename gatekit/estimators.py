@@ -29,6 +29,7 @@ __all__ = [
     "HardConcrete",
     "ImprovedSemHash",
     "StraightThroughSigmoid",
+    "expected_l0",
     "get_gate",
     "gumbel_sigmoid",
     "hard_concrete",
@@ -297,6 +298,28 @@ def _check_stretch(stretch: Any) -> tuple[float, float]:
     return low, high
 
 
+def expected_l0(
+    logits: Tensor, tau: float | Tensor = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)
+) -> Tensor:
+    """Expected number of non-zero hard concrete gates along the last dim.
+
+    ``sum_j sigmoid(logits_j - tau * log(-low / high))`` (Louizos et al. 2018, eq. 12);
+    the penalty of :func:`gatekit.expected_l0_loss`.  Float32 (float64 for float64 logits).
+
+    >>> import torch
+    >>> expected_l0(torch.tensor([[-20.0, 20.0]]))
+    tensor([1.])
+    """
+    _check_logits(logits, "expected_l0")
+    if logits.ndim == 0 or logits.numel() == 0:
+        raise GatekitError(
+            f"expected_l0 expects logits of shape (N, num_gates), got {tuple(logits.shape)}"
+        )
+    low, high = _check_stretch(stretch)
+    shift = math.log(-low / high)
+    return torch.sigmoid(logits.to(_compute_dtype(logits.dtype)) - tau * shift).sum(-1)
+
+
 def tau_schedule(
     step: int, total_steps: int, *, start: float = 1.0, end: float = 0.1, kind: str = "exp"
 ) -> float:
@@ -493,7 +516,7 @@ class StraightThroughSigmoid(Gate):
 class GumbelSigmoid(_TemperatureMixin, Gate):
     """Gumbel-sigmoid / binary concrete gate (see :func:`~gatekit.functional.gumbel_sigmoid`).
 
-    The temperature can be changed during training, e.g. with :func:`~gatekit.estimators.tau_schedule`:
+    The temperature can be changed during training, e.g. with :func:`~gatekit.functional.tau_schedule`:
 
     >>> gate = GumbelSigmoid(tau=1.0)
     >>> gate.tau = tau_schedule(50, 100, start=1.0, end=0.25)
@@ -552,8 +575,6 @@ class HardConcrete(_TemperatureMixin, Gate):
 
     def expected_l0(self, logits: Tensor) -> Tensor:
         """Expected number of non-zero gates, summed over the last dim (Louizos et al. eq. 12)."""
-        from .losses import expected_l0
-
         return expected_l0(logits, tau=self._tau, stretch=self.stretch)
 
     def open_probability(self, logits: Tensor) -> Tensor:

@@ -7,16 +7,17 @@ tensor([[1., 0.]])
 """
 
 from .estimators import (
+    expected_l0,
     gumbel_sigmoid,
     hard_concrete,
     saturating_sigmoid,
     semhash,
     st_sigmoid,
     straight_through,
+    tau_schedule,
 )
 from .losses import (
     batch_shaping_loss,
-    expected_l0,
     expected_l0_loss,
     flops_budget_loss,
     gate_l1_loss,
@@ -36,4 +37,5 @@ __all__ = [
     "st_sigmoid",
     "straight_through",
     "target_rate_loss",
+    "tau_schedule",
 ]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._errors import GatekitError
-from .estimators import _check_stretch
+from .estimators import expected_l0  # hard-concrete maths lives beside its estimator
 
 __all__ = [
     "batch_shaping_loss",
@@ -31,12 +31,13 @@ def _acc(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _check_gates(gates: Tensor, fn: str) -> None:
+def _check_gates(gates: Tensor, fn: str, what: str = "gates") -> None:
+    """``gates``: what the loss takes, named ``what`` in the message (gates, logits, probabilities)."""
     if not isinstance(gates, Tensor) or not gates.is_floating_point():
         got = gates.dtype if isinstance(gates, Tensor) else type(gates).__name__
-        raise GatekitError(f"{fn} expects a floating-point tensor of gates, got {got}")
+        raise GatekitError(f"{fn} expects a floating-point tensor of {what}, got {got}")
     if gates.ndim == 0 or gates.numel() == 0:
-        raise GatekitError(f"{fn} expects gates of shape (N, num_gates), got {tuple(gates.shape)}")
+        raise GatekitError(f"{fn} expects {what} of shape (N, num_gates), got {tuple(gates.shape)}")
 
 
 def gate_l1_loss(gates: Tensor, weight: float = 1.0) -> Tensor:
@@ -78,23 +79,6 @@ def target_rate_loss(
     return weight * (g.mean() - target).pow(2)
 
 
-def expected_l0(
-    logits: Tensor, tau: float | Tensor = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)
-) -> Tensor:
-    """Expected number of non-zero hard concrete gates along the last dim.
-
-    ``sum_j sigmoid(logits_j - tau * log(-low / high))`` (Louizos et al. 2018, eq. 12).
-
-    >>> import torch
-    >>> expected_l0(torch.tensor([[-20.0, 20.0]]))
-    tensor([1.])
-    """
-    _check_gates(logits, "expected_l0")
-    low, high = _check_stretch(stretch)
-    shift = math.log(-low / high)
-    return torch.sigmoid(_acc(logits) - tau * shift).sum(-1)
-
-
 def expected_l0_loss(
     logits: Tensor,
     weight: float = 1.0,
@@ -107,7 +91,7 @@ def expected_l0_loss(
     >>> expected_l0_loss(torch.full((2, 4), 20.0))
     tensor(1.)
     """
-    _check_gates(logits, "expected_l0_loss")
+    _check_gates(logits, "expected_l0_loss", "logits")
     return weight * (expected_l0(logits, tau, stretch) / logits.shape[-1]).mean()
 
 
