@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 import torch
-from hook_oracle import hooked_forward
+from hook_oracle import hooked_forward, perturb_norms
 from torch import nn
 
 import gatekit
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def _pair(depth: int = 20) -> tuple[ReferenceGaterNet, gatekit.GaterNet]:
     torch.manual_seed(0)
-    reference = ReferenceGaterNet(depth=depth)
+    # Random norm statistics and affine maps: with identity norms a gate before bn2 would
+    # give the same eval output as one after it.
+    reference = perturb_norms(ReferenceGaterNet(depth=depth), seed=depth)
     backbone = resnet20() if depth == 20 else resnet56()
     net = gate_model(backbone, resnet20_gater(), sites="residual", bottleneck=8)
     net.load_state_dict(gatekit_state_dict(reference), strict=True)
@@ -89,7 +91,7 @@ def test_paper_fidelity_eval() -> None:
 @pytest.mark.parametrize("policy", ["residual", "inner", "all"])
 def test_hard_gates_equal_hook_oracle(policy: str, group_size: int) -> None:
     torch.manual_seed(0)
-    backbone = resnet20().eval()
+    backbone = perturb_norms(resnet20().eval())
     net = gate_model(backbone, resnet20_gater(), sites=policy, group_size=group_size).eval()
     x = torch.randn(3, 3, 32, 32)
     gates = (torch.rand(3, net.num_gates) < 0.5).float()
@@ -101,7 +103,7 @@ def test_hard_gates_equal_hook_oracle(policy: str, group_size: int) -> None:
 def test_soft_gates_scale_channels() -> None:
     # A gate of 0.5 halves the channel after bn2: compare with a hook that multiplies.
     torch.manual_seed(0)
-    backbone = resnet20().eval()
+    backbone = perturb_norms(resnet20().eval())
     net = gate_model(backbone, resnet20_gater()).eval()
     x = torch.randn(2, 3, 32, 32)
     gates = torch.rand(2, net.num_gates)
@@ -156,7 +158,7 @@ class _Tiny(nn.Module):
 )
 def test_conv_dims_depthwise_grouped(conv, norm, shape) -> None:
     torch.manual_seed(0)
-    backbone = _Tiny(conv, norm).eval()
+    backbone = perturb_norms(_Tiny(conv, norm).eval())
     gater = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(shape[1:]).prod()), 6))
     net = gate_model(backbone, gater, sites="all", gater_features=6).eval()
     assert [s.name for s in net.sites] == ["dw", "grouped"]
@@ -168,7 +170,7 @@ def test_conv_dims_depthwise_grouped(conv, norm, shape) -> None:
 
 def test_channels_last() -> None:
     torch.manual_seed(0)
-    backbone = resnet20().eval().to(memory_format=torch.channels_last)
+    backbone = perturb_norms(resnet20().eval()).to(memory_format=torch.channels_last)
     net = gate_model(backbone, resnet20_gater()).eval()
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     gates = (torch.rand(2, net.num_gates) < 0.5).float()

@@ -20,7 +20,7 @@ import functools
 
 import pytest
 import torch
-from hook_oracle import hooked_forward
+from hook_oracle import hooked_forward, perturb_norms
 from torch import nn
 
 import gatekit
@@ -77,31 +77,15 @@ def _size(name: str) -> int:
     return {"inception_v3": 80, "alexnet": 64}.get(name, 32)
 
 
-def _perturb_norms(model: nn.Module) -> nn.Module:
-    """Random norm weights and statistics: zero-initialised last BNs (timm's ResNets) would
-    make a residual gate a no-op and the oracle comparison blind."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(getattr(m, "weight", None), torch.Tensor) and not hasattr(
-                m, "kernel_size"
-            ):
-                if isinstance(getattr(m, "running_var", None), torch.Tensor):
-                    m.running_mean.normal_(0, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-                if m.weight.ndim == 1:
-                    m.weight.uniform_(0.5, 1.5)
-    return model
-
-
 @functools.lru_cache(maxsize=2)
 def _build(source: str, name: str) -> nn.Module:
     torch.manual_seed(0)
     if source == "timm":
-        return _perturb_norms(timm.create_model(name, pretrained=False, num_classes=10).eval())
+        return perturb_norms(timm.create_model(name, pretrained=False, num_classes=10).eval())
     kwargs: dict = {"weights": None, "num_classes": 10}
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
-    return _perturb_norms(torchvision.models.get_model(name, **kwargs).eval())
+    return perturb_norms(torchvision.models.get_model(name, **kwargs).eval())
 
 
 def _gater() -> nn.Module:
@@ -175,3 +159,40 @@ NOT_APPLICABLE = [
 def test_zoo_policy_that_does_not_apply(source: str, name: str, policy: str) -> None:
     with pytest.raises(gatekit.GatekitError, match=r"sites=.all.|no gate sites"):
         gatekit.get_gate_sites(_build(source, name), policy)
+
+
+def _timm_expected(name: str, policy: str) -> list[tuple[str, str]]:
+    """(gated conv, module multiplied) written from timm's block classes and their attributes."""
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+    from timm.models.convnext import ConvNeXtBlock
+    from timm.models.resnet import BasicBlock
+
+    model = _build("timm", name)
+    blocks = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (BasicBlock, InvertedResidual, DepthwiseSeparableConv, ConvNeXtBlock))]
+    out = []
+    for n, m in blocks:
+        if isinstance(m, BasicBlock):  # conv1-bn1-act-conv2-bn2, + shortcut
+            out += [(f"{n}.conv2", f"{n}.bn2")] if policy == "residual" else [(f"{n}.conv1", f"{n}.bn1")]
+        elif isinstance(m, InvertedResidual):  # pw-bn1, dw-bn2, (se), pwl-bn3; residual if has_skip
+            if m.has_skip:
+                out += ([(f"{n}.conv_pwl", f"{n}.bn3")] if policy == "residual"
+                        else [(f"{n}.conv_pw", f"{n}.bn1"), (f"{n}.conv_dw", f"{n}.bn2")])
+        elif isinstance(m, DepthwiseSeparableConv):  # dw-bn1, (se), pw-bn2
+            if m.has_skip:
+                out += ([(f"{n}.conv_pw", f"{n}.bn2")] if policy == "residual"
+                        else [(f"{n}.conv_dw", f"{n}.bn1")])
+        else:  # ConvNeXt with conv_mlp: dw-norm, 1x1 fc1-act-fc2 (no norm), gamma, + shortcut
+            out += ([(f"{n}.mlp.fc2", f"{n}.mlp.fc2")] if policy == "residual"
+                    else [(f"{n}.conv_dw", f"{n}.norm"), (f"{n}.mlp.fc1", f"{n}.mlp.fc1")])
+    return out
+
+
+@pytest.mark.parametrize("policy", ["residual", "inner"])
+@pytest.mark.parametrize("name", list(TIMM_DEFAULT))
+def test_timm_sites_pinned_by_name(name: str, policy: str) -> None:
+    # The oracle in hook_oracle.py takes the sites from gatekit; pin them here, by block.
+    expected = _timm_expected(name, policy)
+    assert expected, "the expectation found no blocks"
+    sites = gatekit.get_gate_sites(_build("timm", name), policy)
+    assert [(s.name, s.after) for s in sites] == expected
