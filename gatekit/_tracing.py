@@ -27,6 +27,7 @@ from typing import Any
 from torch import fx, nn
 
 from ._errors import GatekitError
+from ._graph import ANY_CONV_TYPES
 
 __all__ = ["ModeFlag", "trace"]
 
@@ -35,7 +36,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _is_builtin_leaf(module: nn.Module) -> bool:
-    if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._NormBase):
+    if isinstance(module, (*ANY_CONV_TYPES, nn.modules.batchnorm._NormBase)):
         return True
     if (
         isinstance(module, nn.GroupNorm | nn.LayerNorm)
@@ -302,7 +303,7 @@ def _check_leafable(root: nn.Module, culprit: tuple[str, str]) -> None:
     convs = [
         n
         for n, m in root.get_submodule(name).named_modules()
-        if isinstance(m, nn.modules.conv._ConvNd)
+        if isinstance(m, ANY_CONV_TYPES)
     ]
     if convs:
         raise GatekitError(

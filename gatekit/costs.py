@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ._errors import GatekitError
+from ._graph import CONV_TYPES
 from .gater import GaterNet
 
 __all__ = ["gate_costs"]
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Elementwise layers that map 0 to 0, so a closed (all-zero) channel is still all zero after
 # them.  Norms are not here: BatchNorm maps a zero channel to a constant, not to zero.
 _ZERO_PRESERVING_MODULES = (
@@ -95,7 +95,7 @@ def _consumers(gated: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
             seen.add(user)
             if (
                 user.op == "call_module"
-                and isinstance(modules[user.target], _CONV_TYPES)
+                and isinstance(modules[user.target], CONV_TYPES)
                 and user.args
                 and user.args[0] is node
             ):
@@ -166,7 +166,7 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
     graph = backbone.graph
     calls: dict[str, list[fx.Node]] = {}  # every call of every conv, in the order they run
     for node in graph.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), _CONV_TYPES):
+        if node.op == "call_module" and isinstance(modules.get(node.target), CONV_TYPES):
             calls.setdefault(node.target, []).append(node)
     missing = [s.name for s in model.sites if s.name not in calls]
     if missing:

@@ -29,7 +29,6 @@ functional convolutions and transposed convs are not gate sites.
 from __future__ import annotations
 
 import difflib
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import _graph
 from ._errors import GatekitError
 from ._tracing import trace
 
@@ -45,20 +45,6 @@ __all__ = ["GateSite", "get_gate_sites"]
 SitePolicy = str | Sequence[str] | Callable[[str, nn.Module], bool]
 
 _POLICIES = ("residual", "inner", "all")
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-_ADD_METHODS = ("add", "add_")
-_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_GLOBAL_POOL_FUNCTIONS = {
-    torch.mean, torch.amax, torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool2d,
-}
-_ACTIVATION_FUNCTIONS = {
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.nn.functional.relu,
-    torch.nn.functional.relu6, torch.nn.functional.silu, torch.nn.functional.gelu,
-    torch.nn.functional.hardswish, torch.nn.functional.leaky_relu, torch.nn.functional.mish,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,8 +59,9 @@ class GateSite:
         offset: start of this site's chunk in the flat gate vector, in gate units.
         group_size: adjacent channels switched by one gate.
         norm: qualified name of the norm layer, or None when none follows the conv.
-        activation: the activation that follows ``after`` (module name or function name),
-            or None: for information (fused kernels), not used by the transform.
+        activation: the activation that alone reads ``after``'s output (module name, or
+            function or method name), or None.  :func:`gatekit.fuse_gated_convs` fuses
+            it into the gated conv when it is a ReLU; the transform does not read it.
         channel_dim: 1 for channels-first outputs, -1 when ``after`` works channels-last
             (a LayerNorm after a permute).
         spatial_dims: 1, 2 or 3 (Conv1d/2d/3d).
@@ -162,34 +149,22 @@ def _is_channels_last_permute(node: fx.Node, spatial_dims: int) -> bool:
     return list(dims) == want
 
 
-def _only_user(node: fx.Node) -> fx.Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
-
-
-def _activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    user = _only_user(node)
-    if user is None:
-        return None
-    if user.op == "call_module":
-        module = modules[user.target]
-        if type(module).__module__.startswith("torch.nn.modules.activation"):
-            return user.target
-    if user.op == "call_function" and user.target in _ACTIVATION_FUNCTIONS:
-        return user.target.__name__
-    return None
+def _activation_after(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    user = _graph.only_user(node)
+    return None if user is None else _graph.activation_name(user, modules)
 
 
 def _follow_conv(conv: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node, int]:
     """The node whose output gets the gates, and its channel dim (1 or -1)."""
     module = modules[conv.target]
     channels, spatial = module.out_channels, len(module.kernel_size)
-    user = _only_user(conv)
+    user = _graph.only_user(conv)
     if user is None:
         return conv, 1
     if user.op == "call_module" and _is_norm(modules[user.target], channels):
         return user, 1
     if _is_channels_last_permute(user, spatial):
-        norm = _only_user(user)
+        norm = _graph.only_user(user)
         if (
             norm is not None
             and norm.op == "call_module"
@@ -198,21 +173,6 @@ def _follow_conv(conv: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node,
         ):
             return norm, -1
     return conv, 1
-
-
-def _is_add(node: fx.Node) -> bool:
-    is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
-        node.op == "call_method" and node.target in _ADD_METHODS
-    )
-    return is_add and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
-
-
-def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _GLOBAL_POOL_MODULES)
-    if node.op == "call_function":
-        return node.target in _GLOBAL_POOL_FUNCTIONS
-    return node.op == "call_method" and node.target in ("mean", "amax", "max", "sum")
 
 
 def _residual_branches(
@@ -234,13 +194,13 @@ def _residual_branches(
         mask = spatial_mask = 0
         for inp in node.all_input_nodes:
             mask |= ancestors[inp] | (1 << index[inp])
-            if not _is_global_pool(inp, modules):
+            if not _graph.is_global_pool(inp, modules):
                 spatial_mask |= spatial[inp] | (1 << index[inp])
         ancestors[node] = mask
         spatial[node] = spatial_mask
     branches = []
     for node in nodes:
-        if not _is_add(node):
+        if not _graph.is_add(node):
             continue
         a, b = node.args[0], node.args[1]
         reach_a, reach_b = ancestors[a] | (1 << index[a]), ancestors[b] | (1 << index[b])
@@ -332,12 +292,12 @@ def find_sites(
     what = type(graph_module).__name__
     modules = dict(graph_module.named_modules())
     nodes = list(graph_module.graph.nodes)
-    convs, seen = [], {}
+    convs, seen = [], set()
+    calls = _graph.call_counts(graph_module.graph)
     for node in nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], _CONV_TYPES):
-            seen[node.target] = seen.get(node.target, 0) + 1
-            if seen[node.target] == 1:
-                convs.append(node)
+        if node.op == "call_module" and _graph.is_conv(modules[node.target]) and node.target not in seen:
+            seen.add(node.target)
+            convs.append(node)
     if not convs:
         raise GatekitError(
             f"{what} has no Conv1d/Conv2d/Conv3d modules reachable by tracing, so there is "
@@ -345,9 +305,9 @@ def find_sites(
         )
     result, offset, bad = [], 0, []
     for conv in _select(sites, convs, modules, nodes, what):
-        if seen[conv.target] > 1:
+        if calls[conv.target] > 1:
             raise GatekitError(
-                f"conv {conv.target!r} runs {seen[conv.target]} times in one forward pass, so "
+                f"conv {conv.target!r} runs {calls[conv.target]} times in one forward pass, so "
                 f"one gate chunk per call is ambiguous; expected each gated conv to run once; "
                 f"leave it out with an explicit site list or a callable policy"
             )
@@ -362,7 +322,7 @@ def find_sites(
             offset=offset,
             group_size=group_size,
             norm=None if after is conv else after.target,
-            activation=_activation_of(after, modules),
+            activation=_activation_after(after, modules),
             channel_dim=channel_dim,
             spatial_dims=len(module.kernel_size),
         )

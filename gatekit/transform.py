@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 
 from ._errors import GatekitError
+from ._graph import ANY_CONV_TYPES
 from ._tracing import trace
 from .estimators import Gate, get_gate
 from .gater import GaterHead, GaterNet
@@ -75,7 +76,7 @@ def _insert_gates(graph_module: fx.GraphModule, sites: list[tuple[GateSite, fx.N
 
 def _probe_features(gater: nn.Module) -> int:
     """Width D of the gater's (N, D) output, from one no-grad eval-mode pass on a dummy batch."""
-    conv = next((m for m in gater.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    conv = next((m for m in gater.modules() if isinstance(m, ANY_CONV_TYPES)), None)
     param = next(gater.parameters(), None)
     if conv is None or param is None:
         raise GatekitError(

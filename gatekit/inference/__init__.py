@@ -4,11 +4,17 @@
   filters (BatchNorm folded, gated convs and their consumers sliced per gate pattern);
 - :func:`fuse_gated_convs`: a copy of an eval-mode GaterNet whose gated conv + BatchNorm +
   ReLU + gate run as one :func:`gatekit.ops.gated_conv2d` call;
+- both return a :class:`gatekit.GaterNet` (:class:`InferenceGaterNet`, and its subclass
+  :class:`gatekit.SkipComputeNet`) whose ``routes`` hold one :class:`SiteRoute` per site:
+  what that site became;
 - :func:`fold_batchnorm`: the conv weight and bias equal to ``bn(conv(x))``.
 
-Layout: ``plan`` reads the gated graph (which sites can be sliced, where their zeros go),
-``conv`` is the sliced convolution, ``skip`` rewrites the graph and runs it per gate
-pattern, ``fuse`` rewrites it for the fused op, ``folding`` holds the BatchNorm algebra.
+Layout (private modules): ``_common`` holds what both transforms share (the eval-mode
+check, the graph clean-up, the returned class), ``_plan`` reads the gated graph (which
+sites can be sliced, where their zeros go), ``_conv`` is the sliced convolution,
+``_skip`` rewrites the graph and runs it per gate pattern, ``_fuse`` rewrites it for the
+fused op, ``_folding`` holds the BatchNorm algebra; the rules about graph nodes they
+share with site finding live in ``gatekit._graph``.
 
 How skipping pays on the CPU (ResNet-50, inner sites, 50% open, batch 1, 2 threads: about
 2x the dense gated model; ``benchmarks/skip_inference_cpu.py``): BatchNorm is folded once,
@@ -18,12 +24,15 @@ both dimensions of a 3x3 weight); a 1x1 conv whose output is added to a dead res
 accumulates into it; Python work per call is one ``nonzero`` and slicing per site.
 """
 
-from .folding import fold_batchnorm
-from .fuse import FusedGatedConv2d, fuse_gated_convs
-from .skip import SkipComputeNet, skip_compute
+from ._common import InferenceGaterNet, SiteRoute
+from ._folding import fold_batchnorm
+from ._fuse import FusedGatedConv2d, fuse_gated_convs
+from ._skip import SkipComputeNet, skip_compute
 
 __all__ = [
     "FusedGatedConv2d",
+    "InferenceGaterNet",
+    "SiteRoute",
     "SkipComputeNet",
     "fold_batchnorm",
     "fuse_gated_convs",

@@ -12,7 +12,7 @@ from torch import nn
 
 from .._errors import GatekitError
 
-__all__ = ["batchnorm_scale_shift", "fold_batchnorm", "foldable_batchnorm"]
+__all__ = ["fold_batchnorm"]
 
 
 def foldable_batchnorm(module: nn.Module) -> bool:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import copy
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
-from .folding import batchnorm_scale_shift
-from .plan import SiteRoute, plan_routes
+from ._common import InferenceGaterNet, SiteRoute, check_eval_net, finish_graph
+from ._folding import batchnorm_scale_shift
+from ._plan import SitePlan, plan_sites
 
 __all__ = ["FusedGatedConv2d", "fuse_gated_convs"]
 
@@ -92,58 +92,50 @@ class FusedGatedConv2d(nn.Module):
         )
 
 
-def _relu_user(gm: fx.GraphModule, mul: fx.Node) -> fx.Node | None:
-    """The ReLU that alone consumes the gate multiply, if any."""
-    if len(mul.users) != 1:
+def _relu_user(gm: fx.GraphModule, plan: SitePlan) -> fx.Node | None:
+    """The site's activation (:attr:`gatekit.GateSite.activation`) when it is a plain ReLU
+    that alone reads the gate multiply, with no other tensor argument."""
+    user = _graph.only_user(plan.mul)
+    if plan.site.activation is None or user is None:
         return None
-    user = next(iter(mul.users))
-    if user.args[:1] != (mul,) or any(isinstance(a, fx.Node) for a in user.args[1:]):
+    modules = dict(gm.named_modules())
+    if _graph.activation_name(user, modules) != plan.site.activation:
         return None
-    if user.op == "call_module":
-        is_relu = type(gm.get_submodule(user.target)) is nn.ReLU
-    elif user.op == "call_function":
-        is_relu = user.target in (torch.relu, torch.relu_, F.relu, F.relu_)
-    else:
-        is_relu = user.op == "call_method" and user.target in ("relu", "relu_")
-    return user if is_relu else None
+    if user.args[:1] != (plan.mul,) or any(isinstance(a, fx.Node) for a in user.args[1:]):
+        return None
+    return user if _graph.is_relu(user, modules) else None
 
 
-def _fuse(gm: fx.GraphModule, routes: list[SiteRoute], op: str | None) -> list[str]:
+def _fuse(gm: fx.GraphModule, plans: list[SitePlan], op: str | None) -> list[SiteRoute]:
     graph = gm.graph
     gates = next(n for n in graph.nodes if n.op == "placeholder" and n.target == "gates")
-    fused_output: dict[fx.Node, SiteRoute] = {}
-    fused = []
-    for route in routes:
-        conv = gm.get_submodule(route.conv.target) if route.conv is not None else None
-        if route.mode == "dense" or type(conv) is not nn.Conv2d:
+    fused_output: dict[fx.Node, SitePlan] = {}
+    routes = []
+    for plan in plans:
+        conv = gm.get_submodule(plan.conv.target) if plan.conv is not None else None
+        if plan.mode == "dense" or type(conv) is not nn.Conv2d:
+            reason = plan.reason if plan.mode == "dense" else "not a plain nn.Conv2d"
+            routes.append(SiteRoute(plan.site.name, "dense", None, reason))
             continue
-        relu = _relu_user(gm, route.mul)
-        source = route.conv.args[0]
+        relu = _relu_user(gm, plan)
+        source = plan.conv.args[0]
         in_site = fused_output[source].site if source in fused_output else None
-        bn = None if route.norm is None else gm.get_submodule(route.norm.target)
-        module = FusedGatedConv2d(
-            conv, bn, route.site, relu=relu is not None, in_site=in_site, op=op
-        )
-        name = "fused_" + route.site.name.replace(".", "_")
+        bn = None if plan.norm is None else gm.get_submodule(plan.norm.target)
+        module = FusedGatedConv2d(conv, bn, plan.site, relu=relu is not None, in_site=in_site, op=op)
+        name = "fused_" + plan.site.name.replace(".", "_")
         gm.add_submodule(name, module.eval())
-        with graph.inserting_before(route.conv):
+        with graph.inserting_before(plan.conv):
             new = graph.call_module(name, (source, gates))
-        end = relu if relu is not None else route.mul
+        end = relu if relu is not None else plan.mul
         end.replace_all_uses_with(new)
         if relu is not None:
-            fused_output[new] = route
-        fused.append(route.site.name)
-    graph.eliminate_dead_code()
-    graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    # Unpickling re-traces the generated code with the tracer class that made the graph;
-    # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
-    gm._tracer_cls = None
-    return fused
+            fused_output[new] = plan
+        routes.append(SiteRoute(plan.site.name, "fused", None, ""))
+    finish_graph(gm)
+    return routes
 
 
-def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> GaterNet:
+def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> InferenceGaterNet:
     """Return a copy of an eval-mode ``net`` running each gate site through the fused op.
 
     Each gated ``Conv2d`` with its eval-mode BatchNorm (or none), the gate multiply and a
@@ -151,8 +143,10 @@ def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> GaterNet:
     input is the output of another fused site, that site's gates go in as ``in_gate``.
     Sites that do not read ``conv -> [BatchNorm] -> gate`` (other norms, grouped or shared
     convs) stay as they are.  ``op`` picks the implementation (``None``: the best that
-    fits, Triton on CUDA).  ``result.fused_sites`` names the fused sites.  The copy runs
-    in eval mode only (the BatchNorm statistics are frozen into it); ``net`` is not modified.
+    fits, Triton on CUDA).  The result is an :class:`~gatekit.inference.InferenceGaterNet`
+    (a :class:`gatekit.GaterNet` whose backbone is the rewritten graph); its ``routes``
+    say per site ``"fused"`` or ``"dense"`` (with the reason).  It runs in eval mode only
+    (the BatchNorm statistics are frozen into it); ``net`` is not modified.
 
     Outputs equal the unfused model's for gates >= 0 (in eval mode they are 0 or 1), up to
     the rounding of the BatchNorm written as scale and shift (float32: ~1e-6 relative).
@@ -162,20 +156,10 @@ def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> GaterNet:
     >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
     >>> fused = gatekit.fuse_gated_convs(net, op="reference")
     >>> x = torch.randn(2, 3, 32, 32)
-    >>> torch.allclose(fused(x), net(x), atol=1e-5), len(fused.fused_sites)
+    >>> torch.allclose(fused(x), net(x), atol=1e-5), [r.mode for r in fused.routes].count("fused")
     (True, 9)
     """
-    if not isinstance(net, GaterNet):
-        raise GatekitError(
-            f"fuse_gated_convs expects a GaterNet (from gatekit.gate_model), got {type(net).__name__}"
-        )
-    training = [name or "the model" for name, m in net.named_modules() if m.training]
-    if training:
-        raise GatekitError(
-            f"fuse_gated_convs needs a model in eval mode (BatchNorm is folded with its "
-            f"running statistics), but {training[0]} is in training mode; call net.eval() first"
-        )
-    result = copy.deepcopy(net)
-    routes = plan_routes(result.backbone, result.sites)
-    result.fused_sites = tuple(_fuse(result.backbone, routes, op))
-    return result
+    check_eval_net(net, "fuse_gated_convs", "BatchNorm is folded with its running statistics")
+    backbone = copy.deepcopy(net.backbone)
+    routes = _fuse(backbone, plan_sites(backbone, net.sites), op)
+    return InferenceGaterNet(net, backbone, routes)

@@ -1,11 +1,12 @@
 """skip_compute: run a GaterNet in eval mode computing only the filters whose gates are open.
 
 The dense gated model computes every filter and multiplies the closed ones by zero.
-:func:`skip_compute` rewrites the gated backbone's graph once (see
-:mod:`gatekit.inference.plan`): every conv followed by an eval-mode BatchNorm gets the
-BatchNorm folded in, each gated conv computes only its open filters, and the conv that
-consumes a gated output reads only the matching input channels.  Each forward then groups
-the samples by gate pattern and runs the rewritten graph once per group.
+:func:`skip_compute` rewrites the gated backbone's graph once (see ``_plan``): every conv
+followed by an eval-mode BatchNorm gets the BatchNorm folded in, each gated conv computes
+only its open filters, and the conv that consumes a gated output reads only the matching
+input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
+any gated backbone: it groups the samples by gate pattern (or takes the union of their
+open filters) and runs the rewritten graph once per group.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
-from .conv import SkipConv
-from .folding import foldable_batchnorm
-from .plan import SiteRoute, plan_routes
+from ..sites import GateSite
+from ._common import InferenceGaterNet, SiteRoute, check_binary, check_eval_net, finish_graph
+from ._conv import SkipConv
+from ._folding import foldable_batchnorm
+from ._plan import SitePlan, plan_sites
 
 __all__ = ["SkipComputeNet", "skip_compute"]
 
@@ -35,21 +39,16 @@ def _channels_last(x: Any) -> Any:
 
 
 def _single_bn_user(gm: fx.GraphModule, conv: fx.Node, calls: dict[str, int]) -> fx.Node | None:
-    if len(conv.users) != 1:
-        return None
-    user = next(iter(conv.users))
-    if user.op != "call_module" or user.args != (conv,) or user.kwargs or calls[user.target] != 1:
+    user = _graph.only_user(conv)
+    if user is None or user.op != "call_module" or user.args != (conv,) or user.kwargs or calls[user.target] != 1:
         return None
     return user if foldable_batchnorm(gm.get_submodule(user.target)) else None
 
 
-def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
+def _rewrite(gm: fx.GraphModule, routes: list[SitePlan]) -> None:
     """Replace convs (and their BatchNorms and gate multiplies) by :class:`SkipConv` calls."""
     graph = gm.graph
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _graph.call_counts(graph)
     producers = {r.conv: r for r in routes if r.mode != "dense"}
     consumers = {r.consumer: r for r in routes if r.mode == "sliced"}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -67,7 +66,7 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
         if node.op != "call_module" or calls.get(node.target) != 1:
             continue
         module = gm.get_submodule(node.target)
-        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if not _graph.is_conv(module):
             continue
         out_route, in_route = producers.get(node), consumers.get(node)
         if out_route is not None:
@@ -98,15 +97,7 @@ def _rewrite(gm: fx.GraphModule, routes: list[SiteRoute]) -> None:
         replaced.replace_all_uses_with(new)
     graph.eliminate_dead_code()
     _accumulate_residuals(gm)
-    graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    # Unpickling re-traces the generated code with the tracer class that made the graph;
-    # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
-    gm._tracer_cls = None
-
-
-_ADDS = (operator.add, torch.add)
+    finish_graph(gm)
 
 
 def _inplace_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -122,7 +113,7 @@ def _inplace_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-_FRESH_FUNCTIONS = (*_ADDS, operator.mul, torch.relu, F.relu, F.relu6, F.silu, F.gelu)
+_FRESH_FUNCTIONS = (*_graph.ADD_FUNCTIONS, operator.mul, torch.relu, F.relu, F.relu6, F.silu, F.gelu)
 _FRESH_MODULES = (SkipConv, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU)
 
 
@@ -145,7 +136,10 @@ def _accumulate_residuals(gm: fx.GraphModule) -> None:
     nodes = list(gm.graph.nodes)
     position = {n: i for i, n in enumerate(nodes)}
     for add in nodes:
-        if add.op != "call_function" or add.target not in _ADDS or add.kwargs or len(add.args) != 2:
+        # Out-of-place additions only: an in-place one already writes into an input.
+        if add.op != "call_function" or not _graph.is_add(add, in_place=False):
+            continue
+        if add.kwargs or len(add.args) != 2:
             continue
         for conv, residual in (add.args, add.args[::-1]):
             if not (
@@ -175,69 +169,35 @@ def _accumulate_residuals(gm: fx.GraphModule) -> None:
                 break
 
 
-class SkipComputeNet(nn.Module):
-    """A GaterNet for inference that computes only the filters whose gates are open.
+class SkipBackbone(nn.Module):
+    """The backbone of a :class:`SkipComputeNet`: ``forward(x, gates)`` as a gated backbone.
 
-    Made by :func:`gatekit.skip_compute`.  ``forward(x, gates=None)`` returns what the
-    gated model returns in eval mode (``gates``: binary, ``(N, num_gates)``; by default
-    the gater's eval-mode gates), running without autograd.  ``routes`` lists, per site,
-    ``(site name, mode, consumer conv or None, reason)``: mode ``"sliced"`` (output and the
-    consumer's input sliced), ``"scatter"`` (output sliced, then placed into zeros) or
-    ``"dense"``.  ``last_gates`` holds the gates of the last forward.
-
-    Samples are grouped by gate pattern and each group runs at its own batch size; with
-    random patterns every sample is its own group.
-
-    >>> import torch, gatekit
-    >>> from gatekit.models import resnet20, resnet20_gater
-    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
-    >>> fast = gatekit.skip_compute(net)
-    >>> fast
-    SkipComputeNet(
-      num_gates=336, sites=9, batching='pattern', sliced=0, scatter=9, dense=0
-      ...
-    >>> fast(torch.randn(2, 3, 32, 32)).shape, fast.last_gates.shape
-    (torch.Size([2, 10]), torch.Size([2, 336]))
+    It checks that the gates are binary, works out per site the channels to compute, and
+    runs ``graph_module`` (the rewritten gated backbone, taking ``x``,
+    ``gates``, ``open_channels`` and ``open_masks``) once for the batch when all samples
+    share one gate pattern, else per ``batching``: ``"pattern"`` once per group of samples
+    that share a pattern, ``"union"`` once on the filters open in any sample, zeroing
+    them per sample.
     """
-
-    last_gates: Tensor | None
 
     def __init__(
         self,
-        net: GaterNet,
-        backbone: fx.GraphModule,
-        routes: list[SiteRoute],
+        graph_module: fx.GraphModule,
+        sites: tuple[GateSite, ...],
+        live: list[bool],
         batching: str = "pattern",
     ):
         super().__init__()
+        self.graph_module = graph_module
+        self.sites = sites
         self.batching = batching
-        self.backbone = backbone
-        self.gater = copy.deepcopy(net.gater)
-        self.head = copy.deepcopy(net.head)
-        self.estimator = copy.deepcopy(net.estimator)
-        self.sites = net.sites
-        self.num_gates = net.num_gates
-        self.in_features = net.in_features
-        self.check_finite = net.check_finite
-        self.routes = tuple(
-            (r.site.name, r.mode, None if r.consumer is None else r.consumer.target, r.reason)
-            for r in routes
-        )
-        self._live = [r.mode != "dense" for r in routes]
+        self._live = list(live)
         self.register_buffer(
-            "_starts",
-            torch.tensor([s.offset for s in self.sites], dtype=torch.long),
-            persistent=False,
+            "_starts", torch.tensor([s.offset for s in sites], dtype=torch.long), persistent=False
         )
         self.register_buffer(
-            "_stops", torch.tensor([s.stop for s in self.sites], dtype=torch.long), persistent=False
+            "_stops", torch.tensor([s.stop for s in sites], dtype=torch.long), persistent=False
         )
-        self.eval()
-        self.last_gates = None
-
-    def gate_logits(self, x: Any) -> Tensor:
-        """The gater's gate logits, as :meth:`gatekit.GaterNet.gate_logits`."""
-        return GaterNet.gate_logits(self, x)  # type: ignore[arg-type]
 
     def _open_channels(self, row: Tensor) -> list[Tensor | None]:
         """Per site, the sorted channel numbers whose gate is open in ``row``."""
@@ -269,66 +229,75 @@ class SkipComputeNet(nn.Module):
             masks.append(None if bool(mask.all()) else mask)
         return masks
 
-    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
-        if self.training:
-            raise GatekitError(
-                "SkipComputeNet runs in eval mode only (got training=True): skipping needs "
-                "binary gates and folded BatchNorm; call .eval(), and train the GaterNet instead"
+    def forward(self, x: Any, gates: Tensor) -> Any:
+        check_binary(gates, "skip_compute")
+        no_masks = [None] * len(self.sites)
+        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+            idx = self._open_channels(gates[0])
+            return self.graph_module(x, gates=gates, open_channels=idx, open_masks=no_masks)
+        if self.batching == "union":
+            idx = self._open_channels((gates != 0).any(0))
+            return self.graph_module(x, gates=gates, open_channels=idx, open_masks=self._masks(gates, idx))
+        patterns, group = torch.unique(gates, dim=0, return_inverse=True)
+        outputs, members = [], []
+        for p in range(patterns.shape[0]):
+            idx = (group == p).nonzero().squeeze(1)
+            outputs.append(
+                self.graph_module(
+                    x.index_select(0, idx),
+                    gates=gates.index_select(0, idx),
+                    open_channels=self._open_channels(patterns[p]),
+                    open_masks=no_masks,
+                )
             )
-        with torch.no_grad():
-            if gates is None:
-                gates = self.estimator(self.gate_logits(x))
-            else:
-                GaterNet._check_gates(self, x, gates)  # type: ignore[arg-type]
-            binary = (gates == 0) | (gates == 1)
-            if not bool(binary.all()):
-                bad = gates[~binary][0].item()
-                raise GatekitError(
-                    f"skip_compute needs binary gates (0 or 1), got a value {bad}; pass hard "
-                    f"gates, e.g. (logits > 0).float(), or use the dense GaterNet for soft gates"
-                )
-            self.last_gates = gates
-            n = gates.shape[0]
-            no_masks = [None] * len(self.sites)
-            if n == 1 or bool((gates == gates[:1]).all()):
-                idx = self._open_channels(gates[0])
-                return self.backbone(x, gates=gates, open_channels=idx, open_masks=no_masks)
-            if self.batching == "union":
-                union = (gates != 0).any(0)
-                idx = self._open_channels(union)
-                return self.backbone(
-                    x, gates=gates, open_channels=idx, open_masks=self._masks(gates, idx)
-                )
-            patterns, group = torch.unique(gates, dim=0, return_inverse=True)
-            outputs, members = [], []
-            for p in range(patterns.shape[0]):
-                idx = (group == p).nonzero().squeeze(1)
-                sub = x.index_select(0, idx)
-                outputs.append(
-                    self.backbone(
-                        sub,
-                        gates=gates.index_select(0, idx),
-                        open_channels=self._open_channels(patterns[p]),
-                        open_masks=no_masks,
-                    )
-                )
-                members.append(idx)
-            return _merge(outputs, torch.cat(members), n)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["last_gates"] = None
-        return state
+            members.append(idx)
+        return _merge(outputs, torch.cat(members))
 
     def extra_repr(self) -> str:
-        counts = {m: sum(r[1] == m for r in self.routes) for m in ("sliced", "scatter", "dense")}
+        return f"batching={self.batching!r}"
+
+
+class SkipComputeNet(InferenceGaterNet):
+    """A GaterNet for inference that computes only the filters whose gates are open.
+
+    Made by :func:`gatekit.skip_compute`.  ``forward(x, gates=None)`` returns what the
+    gated model returns in eval mode (``gates``: binary, ``(N, num_gates)``; by default
+    the gater's eval-mode gates), running without autograd.  ``backbone`` is a
+    :class:`SkipBackbone` around the rewritten graph; ``routes`` lists a
+    :class:`~gatekit.inference.SiteRoute` per site, ``mode`` ``"sliced"``, ``"scatter"``
+    or ``"dense"``.  ``last_gates`` holds the gates of the last forward.
+
+    Samples are grouped by gate pattern and each group runs at its own batch size; with
+    random patterns every sample is its own group.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
+    >>> fast = gatekit.skip_compute(net)
+    >>> fast
+    SkipComputeNet(
+      num_gates=336, sites=9, batching='pattern', sliced=0, scatter=9, dense=0
+      ...
+    >>> fast(torch.randn(2, 3, 32, 32)).shape, fast.last_gates.shape
+    (torch.Size([2, 10]), torch.Size([2, 336]))
+    """
+
+    backbone: SkipBackbone
+
+    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+        with torch.no_grad():
+            return super().forward(x, gates)
+
+    def extra_repr(self) -> str:
+        counts = {m: sum(r.mode == m for r in self.routes) for m in ("sliced", "scatter", "dense")}
         return (
-            f"num_gates={self.num_gates}, sites={len(self.sites)}, batching={self.batching!r}, "
+            f"num_gates={self.num_gates}, sites={len(self.sites)}, "
+            f"batching={self.backbone.batching!r}, "
             + ", ".join(f"{k}={v}" for k, v in counts.items())
         )
 
 
-def _merge(outputs: list[Any], order: Tensor, n: int) -> Any:
+def _merge(outputs: list[Any], order: Tensor) -> Any:
     """Put per-group outputs back in sample order (tensors, and tuples/lists/dicts of them)."""
     first = outputs[0]
     if isinstance(first, Tensor):
@@ -337,9 +306,9 @@ def _merge(outputs: list[Any], order: Tensor, n: int) -> Any:
         result[order] = stacked
         return result
     if isinstance(first, (tuple, list)):
-        return type(first)(_merge([o[i] for o in outputs], order, n) for i in range(len(first)))
+        return type(first)(_merge([o[i] for o in outputs], order) for i in range(len(first)))
     if isinstance(first, dict):
-        return {k: _merge([o[k] for o in outputs], order, n) for k in first}
+        return {k: _merge([o[k] for o in outputs], order) for k in first}
     raise GatekitError(
         f"skip_compute can merge per-pattern outputs that are tensors, tuples, lists or "
         f"dicts of tensors, got {type(first).__name__}; pass samples that share one gate "
@@ -355,7 +324,7 @@ def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     only its open filters; the next conv (reached through ReLU-like, dropout or pooling
     ops) reads only the matching input channels.  Where a gated output goes elsewhere (a
     residual addition, say) the open filters are computed and scattered back into zeros.
-    ``result.routes`` says what each site does.  ``net`` is not modified.
+    ``result.routes`` says what each site became.  ``net`` is not modified.
 
     Outputs equal the dense gated model's up to floating-point rounding: folding BatchNorm
     rounds each weight once and a conv over fewer channels sums in another order (float32:
@@ -369,8 +338,10 @@ def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     gaters whose gates mostly agree across samples: always-off filters are skipped at the
     full batch size).
 
-    Raises :class:`GatekitError` if ``net`` is in training mode or is not a GaterNet, for
-    an unknown ``batching``, and at call time for non-binary gates.
+    The result is a :class:`SkipComputeNet`, a :class:`gatekit.GaterNet` whose backbone
+    takes ``(x, gates)`` and batches as above.  Raises :class:`GatekitError` if ``net`` is
+    in training mode or is not a GaterNet, for an unknown ``batching``, and at call time
+    for non-binary gates.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
@@ -379,22 +350,20 @@ def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     >>> x, g = torch.randn(2, 3, 32, 32), (torch.rand(2, net.num_gates) < 0.5).float()
     >>> torch.allclose(fast(x, gates=g), net(x, gates=g), atol=1e-4)
     True
-    >>> fast.routes[0][:3]
-    ('stage1.block1.conv1', 'sliced', 'stage1.block1.conv2')
+    >>> fast.routes[0]
+    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='')
     """
-    if not isinstance(net, GaterNet):
-        raise GatekitError(
-            f"skip_compute expects a GaterNet (from gatekit.gate_model), got {type(net).__name__}"
-        )
-    training = [name or "the model" for name, m in net.named_modules() if m.training]
-    if training:
-        raise GatekitError(
-            f"skip_compute needs a model in eval mode (binary gates, BatchNorm with running "
-            f"statistics), but {training[0]} is in training mode; call net.eval() first"
-        )
+    check_eval_net(net, "skip_compute", "binary gates, BatchNorm with running statistics")
     if batching not in ("pattern", "union"):
         raise GatekitError(f'batching must be "pattern" or "union", got {batching!r}')
-    backbone = copy.deepcopy(net.backbone)
-    routes = plan_routes(backbone, net.sites)
-    _rewrite(backbone, routes)
-    return SkipComputeNet(net, backbone, routes, batching)
+    graph = copy.deepcopy(net.backbone)
+    plans = plan_sites(graph, net.sites)
+    _rewrite(graph, plans)
+    live = [p.mode != "dense" for p in plans]
+    backbone = SkipBackbone(graph, net.sites, live, batching)
+    return SkipComputeNet(net, backbone, [_route(p) for p in plans])
+
+
+def _route(plan: SitePlan) -> SiteRoute:
+    consumer = None if plan.consumer is None else plan.consumer.target
+    return SiteRoute(plan.site.name, plan.mode, consumer, plan.reason)

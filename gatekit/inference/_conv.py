@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._errors import GatekitError
-from .folding import fold_batchnorm
+from .._graph import conv_output_size
+from ._folding import fold_batchnorm
 
-__all__ = ["SkipConv"]
+__all__: list[str] = []
 
 _OUT_MODES = ("full", "sliced", "scatter")
 _CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
@@ -97,14 +98,6 @@ class SkipConv(nn.Module):
             w = w.index_select(1, in_idx)
         return w, b
 
-    def _out_size(self, x: Tensor) -> list[int]:
-        return [
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(
-                x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
-            )
-        ]
-
     def forward(
         self,
         x: Tensor,
@@ -125,7 +118,10 @@ class SkipConv(nn.Module):
         k_in = x.shape[1]
         if k_in == 0 or k_out == 0:
             # Nothing to convolve (all gates closed): the output is the bias alone.
-            shape = [x.shape[0], k_out, *self._out_size(x)]
+            size = conv_output_size(
+                x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
+            )
+            shape = [x.shape[0], k_out, *size]
             y = (
                 x.new_zeros(shape)
                 if b is None

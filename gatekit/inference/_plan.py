@@ -17,46 +17,26 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from .. import _graph
 from ..sites import GateSite
-from .folding import foldable_batchnorm
+from ._folding import foldable_batchnorm
 
-__all__ = ["SiteRoute", "plan_routes"]
-
-# Channel-wise modules and functions with f(0) == 0: a closed (all-zero) channel stays zero
-# through them, so the compact tensor of open channels can flow through unchanged.
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-)  # fmt: skip
-_PASS_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
-    F.mish, F.hardswish, torch.tanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-}  # fmt: skip
-_PASS_METHODS = {"relu", "relu_", "tanh", "tanh_"}
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
+__all__: list[str] = []
 
 @dataclass
-class SiteRoute:
-    """How one gate site runs under :func:`gatekit.skip_compute`.
+class SitePlan:
+    """One gate site read off the gated graph: its nodes, and how skip_compute can run it.
 
-    ``mode`` is ``"sliced"`` (only open filters computed; the consumer conv reads only
-    their input channels), ``"scatter"`` (only open filters computed, then placed into
-    zeros) or ``"dense"`` (computed as in the gated model); ``reason`` says why a site is
-    not ``"sliced"``.
+    ``mode`` and ``reason`` as in :class:`gatekit.inference.SiteRoute`; ``chain`` holds the
+    zero-keeping nodes between the gate multiply and the ``consumer`` conv.
 
     >>> import gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
     >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
-    >>> route = plan_routes(net.backbone, net.sites)[0]
-    >>> route.site.name, route.mode, route.reason != ""
+    >>> plan = plan_sites(net.backbone, net.sites)[0]
+    >>> plan.site.name, plan.mode, plan.reason != ""
     ('stage1.block1.conv2', 'scatter', True)
     """
 
@@ -75,38 +55,14 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-def _is_passthrough(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
-    """Channel-wise, 0 -> 0, taking ``source`` as its only tensor argument."""
-    if not node.args or node.args[0] is not source:
-        return False
-    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
-        return False
-    if node.op == "call_module":
-        module = _module(gm, node)
-        if isinstance(module, nn.Hardtanh):  # ReLU6 included
-            return module.min_val <= 0 <= module.max_val
-        return isinstance(module, _PASS_MODULES)
-    if node.op == "call_function":
-        return node.target in _PASS_FUNCTIONS
-    return node.op == "call_method" and node.target in _PASS_METHODS
-
-
 def sliceable_conv(module: nn.Module | None) -> bool:
     """A conv whose input and output channels can be sliced independently: ungrouped, zero padding."""
     return (
-        isinstance(module, _CONVS)
+        _graph.is_conv(module)
         and module.groups == 1
         and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
     )
-
-
-def _call_counts(gm: fx.GraphModule) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
 
 
 def _gate_mul(after: fx.Node) -> fx.Node | None:
@@ -117,17 +73,18 @@ def _gate_mul(after: fx.Node) -> fx.Node | None:
     return None
 
 
-def plan_routes(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SiteRoute]:
+def plan_sites(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SitePlan]:
     """Classify every site of a gated backbone graph (see the module docstring).
 
     >>> import gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
     >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="all").eval()
-    >>> routes = plan_routes(net.backbone, net.sites)
-    >>> [(r.site.name, r.mode) for r in routes[:3]]
+    >>> plans = plan_sites(net.backbone, net.sites)
+    >>> [(p.site.name, p.mode) for p in plans[:3]]
     [('stage1.block1.conv1', 'sliced'), ('stage1.block1.conv2', 'scatter'), ('stage1.block2.conv1', 'sliced')]
     """
-    calls = _call_counts(gm)
+    calls = _graph.call_counts(gm.graph)
+    modules = dict(gm.named_modules())
     by_target: dict[str, fx.Node] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -138,7 +95,7 @@ def plan_routes(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SiteRou
         after = by_target.get(site.after)
         norm = after if site.norm is not None and after is not conv else None
         mul = None if after is None else _gate_mul(after)
-        route = SiteRoute(index, site, conv, norm, mul, (), None, "dense", "")
+        route = SitePlan(index, site, conv, norm, mul, (), None, "dense", "")
         routes.append(route)
         if conv is None or mul is None:
             route.reason = "graph does not read conv -> [norm] -> gate multiply"
@@ -162,7 +119,7 @@ def plan_routes(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SiteRou
         chain, node = [], mul
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if _is_passthrough(gm, user, node):
+            if _graph.keeps_zero_channels(user, node, modules):
                 chain.append(user)
                 node = user
                 continue

@@ -1,0 +1,193 @@
+"""The rules about fx graph nodes, in one place: what counts as a conv, an addition, an
+activation, a global pooling, a channel-wise op that keeps zeros zero, and how often a
+module runs.
+
+Used by site finding (:mod:`gatekit.sites`), the transform, gate costs and the inference
+rewrites (:mod:`gatekit.inference`), so that they agree on what they see.
+
+>>> import torch
+>>> from torch import fx, nn
+>>> gm = fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1)))
+>>> modules = dict(gm.named_modules())
+>>> [n.target for n in gm.graph.nodes if n.op == "call_module" and is_conv(modules[n.target])]
+['0', '2']
+>>> conv_output_size((32, 32), kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1))
+[16, 16]
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__: list[str] = []
+
+# --------------------------------------------------------------------------------------
+# Convs
+# --------------------------------------------------------------------------------------
+
+#: The convs gatekit gates, costs and rewrites: ``Conv1d/2d/3d`` and their subclasses
+#: (timm's ``Conv2dSame``).  Transposed convs are not: their output channels are not
+#: filters over the input in the same sense.  Tracing keeps every ``_ConvNd`` (transposed
+#: included) whole, see :data:`ANY_CONV_TYPES`.
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+#: Every conv, transposed included: the tracer keeps them whole (never traces through
+#: them), a mode-dependent module holding one cannot be made a leaf, and the gater probe
+#: sizes its dummy input from the first one.
+ANY_CONV_TYPES = (nn.modules.conv._ConvNd,)
+
+
+def is_conv(module: nn.Module | None) -> bool:
+    """A conv gatekit can gate: an instance of ``Conv1d``, ``Conv2d`` or ``Conv3d``."""
+    return isinstance(module, CONV_TYPES)
+
+
+def conv_output_size(
+    size: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> list[int]:
+    """The spatial output size of a convolution (``torch.nn.Conv2d``'s formula), per dim."""
+    return [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation)
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Additions
+# --------------------------------------------------------------------------------------
+
+#: Out-of-place additions: a new tensor, the inputs untouched.
+ADD_FUNCTIONS = (operator.add, torch.add)
+#: In-place additions (``out += identity`` traces to ``iadd``): they write into their
+#: first input.  A residual addition all the same for site finding; not rewritten by
+#: skip_compute's residual accumulation, which would have to track that aliasing.
+INPLACE_ADD_FUNCTIONS = (operator.iadd,)
+ADD_METHODS = ("add",)
+INPLACE_ADD_METHODS = ("add_",)
+
+
+def is_add(node: fx.Node, *, in_place: bool = True) -> bool:
+    """An addition of two graph values (``in_place=False``: out-of-place ones only)."""
+    functions = ADD_FUNCTIONS + (INPLACE_ADD_FUNCTIONS if in_place else ())
+    methods = ADD_METHODS + (INPLACE_ADD_METHODS if in_place else ())
+    adds = (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target in methods
+    )
+    return adds and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
+
+
+# --------------------------------------------------------------------------------------
+# Activations and pooling
+# --------------------------------------------------------------------------------------
+
+ACTIVATION_FUNCTIONS = {
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, F.relu, F.relu_, F.relu6, F.silu,
+    F.gelu, F.hardswish, F.leaky_relu, F.mish,
+}  # fmt: skip
+ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+_RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_}
+_RELU_METHODS = {"relu", "relu_"}
+
+
+def activation_name(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """If ``node`` is an activation, its name: the module's qualified name (a module from
+    ``torch.nn.modules.activation``) or the function's or method's name; else None."""
+    if node.op == "call_module":
+        if type(modules[node.target]).__module__.startswith("torch.nn.modules.activation"):
+            return node.target
+    elif node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
+        return node.target.__name__
+    elif node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return node.target
+    return None
+
+
+def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A plain ReLU: an ``nn.ReLU`` module (not a subclass), ``relu``/``relu_`` function or method."""
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in _RELU_METHODS
+
+
+GLOBAL_POOL_MODULES = (
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+GLOBAL_POOL_FUNCTIONS = {
+    torch.mean, torch.amax, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+}  # fmt: skip
+GLOBAL_POOL_METHODS = ("mean", "amax", "max", "sum")
+
+
+def is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A reduction over the spatial dims (adaptive pooling, ``mean``, ``amax``, ...)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], GLOBAL_POOL_MODULES)
+    if node.op == "call_function":
+        return node.target in GLOBAL_POOL_FUNCTIONS
+    return node.op == "call_method" and node.target in GLOBAL_POOL_METHODS
+
+
+# Channel-wise modules and functions with f(0) == 0 and no per-channel parameters (so not
+# PReLU): a closed (all-zero) channel stays zero through them, and a tensor holding only
+# the open channels can flow through unchanged.
+_ZERO_KEEPING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+)  # fmt: skip
+_ZERO_KEEPING_FUNCTIONS = {
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
+    F.mish, F.hardswish, torch.tanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+}  # fmt: skip
+_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_"}
+
+
+def keeps_zero_channels(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node`` is channel-wise with ``f(0) == 0`` and takes ``source`` as its only tensor:
+    a channel of ``source`` that is all zero is all zero in ``node``'s output."""
+    if not node.args or node.args[0] is not source:
+        return False
+    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+        return False
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, nn.Hardtanh):  # ReLU6 included
+            return module.min_val <= 0 <= module.max_val
+        return isinstance(module, _ZERO_KEEPING_MODULES)
+    if node.op == "call_function":
+        return node.target in _ZERO_KEEPING_FUNCTIONS
+    return node.op == "call_method" and node.target in _ZERO_KEEPING_METHODS
+
+
+# --------------------------------------------------------------------------------------
+# Graph structure
+# --------------------------------------------------------------------------------------
+
+
+def call_counts(graph: fx.Graph) -> dict[str, int]:
+    """How many times each module runs in one pass: its ``call_module`` nodes, by target."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def only_user(node: fx.Node) -> fx.Node | None:
+    """The single node that reads ``node``, or None when there are none or several."""
+    return next(iter(node.users)) if len(node.users) == 1 else None

@@ -1,0 +1,131 @@
+"""What :func:`gatekit.skip_compute` and :func:`gatekit.fuse_gated_convs` share: the checks
+they start with, the graph clean-up they end with, and the GaterNet they return.
+
+Each transform: ``check_eval_net(net)`` -> copy ``net.backbone`` -> plan the sites
+(:mod:`._plan`) -> rewrite the graph -> ``finish_graph`` -> :class:`InferenceGaterNet`
+(or :class:`gatekit.SkipComputeNet`) with one :class:`SiteRoute` per site in ``routes``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor, fx, nn
+
+from .._errors import GatekitError
+from ..gater import GaterNet
+
+__all__ = ["InferenceGaterNet", "SiteRoute"]
+
+
+class SiteRoute(NamedTuple):
+    """What one gate site became under an inference transform.
+
+    ``site``: the gated conv's name; ``mode``: under :func:`gatekit.skip_compute`
+    ``"sliced"`` (only the open filters computed, and the ``consumer`` conv reads only
+    their input channels), ``"scatter"`` (only the open filters computed, then placed
+    into zeros) or ``"dense"`` (computed as in the gated model); under
+    :func:`gatekit.fuse_gated_convs` ``"fused"`` (one :func:`gatekit.ops.gated_conv2d`
+    call) or ``"dense"``.  ``reason`` says why a site is not ``"sliced"``/``"fused"``.
+
+    >>> import gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="residual").eval()
+    >>> route = gatekit.skip_compute(net).routes[0]
+    >>> route.site, route.mode, route.consumer
+    ('stage1.block1.conv2', 'scatter', None)
+    >>> route.reason
+    'gated output feeds a non-conv op'
+    """
+
+    site: str
+    mode: str
+    consumer: str | None
+    reason: str
+
+
+class InferenceGaterNet(GaterNet):
+    """A GaterNet whose backbone was rewritten for inference; eval mode only.
+
+    Made by :func:`gatekit.fuse_gated_convs` (and, as its subclass
+    :class:`gatekit.SkipComputeNet`, by :func:`gatekit.skip_compute`).  It computes what
+    the GaterNet it was made from computes in eval mode; ``routes`` (a tuple of
+    :class:`SiteRoute`, in the order of ``sites``) says what each gate site became.
+    Calling it in training mode raises :class:`gatekit.GatekitError`.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
+    >>> fused = gatekit.fuse_gated_convs(net, op="reference")
+    >>> isinstance(fused, gatekit.GaterNet), {r.mode for r in fused.routes}
+    (True, {'fused'})
+    """
+
+    routes: tuple[SiteRoute, ...]
+
+    def __init__(self, net: GaterNet, backbone: nn.Module, routes: Sequence[SiteRoute]):
+        super().__init__(
+            backbone,
+            copy.deepcopy(net.gater),
+            copy.deepcopy(net.head),
+            copy.deepcopy(net.estimator),
+            net.sites,
+            in_features=net.in_features,
+            check_finite=net.check_finite,
+        )
+        self.routes = tuple(routes)
+        self.eval()
+
+    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+        if self.training:
+            raise GatekitError(
+                f"{type(self).__name__} runs in eval mode only (got training=True): its "
+                f"BatchNorms are folded with their running statistics and its gates must be "
+                f"the eval-mode ones; call .eval(), and train the GaterNet it was made from"
+            )
+        return super().forward(x, gates)
+
+    def extra_repr(self) -> str:
+        modes: dict[str, int] = {}
+        for route in self.routes:
+            modes[route.mode] = modes.get(route.mode, 0) + 1
+        return super().extra_repr() + "".join(f", {m}={n}" for m, n in modes.items())
+
+
+def check_eval_net(net: Any, fn: str, why: str) -> None:
+    """The common start: ``net`` is a GaterNet, and every module of it is in eval mode."""
+    if not isinstance(net, GaterNet):
+        raise GatekitError(
+            f"{fn} expects a GaterNet (from gatekit.gate_model), got {type(net).__name__}"
+        )
+    training = [name or "the model" for name, m in net.named_modules() if m.training]
+    if training:
+        raise GatekitError(
+            f"{fn} needs a model in eval mode ({why}), but {training[0]} is in training "
+            f"mode; call net.eval() first"
+        )
+
+
+def check_binary(gates: Tensor, fn: str) -> None:
+    """Gates must be exactly 0 or 1 (what the estimators give in eval mode)."""
+    binary = (gates == 0) | (gates == 1)
+    if not bool(binary.all()):
+        bad = gates[~binary][0].item()
+        raise GatekitError(
+            f"{fn} needs binary gates (0 or 1), got a value {bad}; pass hard gates, e.g. "
+            f"(logits > 0).float(), or use the dense GaterNet for soft gates"
+        )
+
+
+def finish_graph(gm: fx.GraphModule) -> None:
+    """The common end: drop what the rewrite left unused, check and regenerate the code."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    # Unpickling re-traces the generated code with the tracer class that made the graph;
+    # gate_model's tracer takes constructor arguments, torch.fx's default one does not.
+    gm._tracer_cls = None
+
