@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import statistics
 from collections.abc import Callable
 
 import pytest
@@ -368,6 +369,47 @@ def test_hard_concrete_distribution_matches_closed_form(x, tau, low, high, t, se
     assert binomial_ok((g <= t).sum(), n, hard_concrete_cdf(t, x, tau, low, high))
 
 
+# A fixed grid of P(open) away from 0.5, beside hypothesis' draws (which often land at x = 0,
+# where many wrong formulas still give 1/2).
+GRID = (0.1, 0.25, 0.4, 0.6, 0.75, 0.9)
+
+
+def _grid_case(name: str) -> tuple[gatekit.Gate, list[float]]:
+    """A sampling gate and the logits at which its closed-form P(open) is each GRID value."""
+    normal = statistics.NormalDist()
+    if name == "st_stochastic":
+        return gatekit.StraightThroughSigmoid(stochastic=True), [logit(p) for p in GRID]
+    if name == "semhash":  # P(open) = Phi(x / noise_std)
+        return (gatekit.ImprovedSemHash(noise_std=0.7, discrete_prob=1.0),
+                [0.7 * normal.inv_cdf(p) for p in GRID])
+    if name.startswith("gumbel"):  # P(open) = sigmoid(x) for any tau
+        tau = float(name.split("_")[1])
+        return gatekit.GumbelSigmoid(tau=tau), [logit(p) for p in GRID]
+    # hard concrete: P(gate = 1) = 1 - F(tau log((1 - low) / (high - 1)) - x), F logistic
+    tau, low, high = 0.5, -0.2, 1.3
+    shift = tau * math.log((1 - low) / (high - 1))
+    return gatekit.HardConcrete(tau=tau, stretch=(low, high)), [shift + logit(p) for p in GRID]
+
+
+@pytest.mark.parametrize("name", ["st_stochastic", "semhash", "gumbel_0.3", "gumbel_3.0",
+                                  "hard_concrete"])
+def test_open_rate_on_a_fixed_grid_of_probabilities(name):
+    n = 20_000
+    gate, xs = _grid_case(name)
+    torch.manual_seed(0)
+    g = gate.train()(torch.tensor(xs).expand(n, -1))
+    opened = (g == 1).sum(0)
+    assert binomial_ok(opened, n, torch.tensor(GRID, dtype=torch.float64), slack=0.0).all(), (
+        (opened / n).tolist(), GRID)
+    if name == "hard_concrete":
+        low, high, tau = gate.stretch[0], gate.stretch[1], 0.5
+        for t in (0.0, 0.5):
+            want = torch.tensor([hard_concrete_cdf(t, x, tau, low, high) for x in xs])
+            assert binomial_ok((g <= t).sum(0), n, want, slack=0.0).all(), t
+    else:
+        assert set(g.unique().tolist()) <= {0.0, 1.0}
+
+
 @given(data=st.data(), tau=st.floats(0.2, 2.0), seed=SEEDS)
 def test_hard_concrete_gradient_is_stretched_sigmoid_derivative(dtype_case, data, tau, seed):
     low, high = -0.1, 1.1
@@ -377,7 +419,17 @@ def test_hard_concrete_gradient_is_stretched_sigmoid_derivative(dtype_case, data
     g = gatekit.HardConcrete(tau=tau, stretch=(low, high)).train()(xg)
     g.sum().backward()
     if dtype_case.dtype not in (torch.float32, torch.float64):
-        return  # rounding the gate to half precision loses the s needed below; checked finite above
+        # Rounding the gate to half precision loses the s needed below.  Half logits are
+        # computed in float32 with the same noise draws: replay the call on the float32
+        # logits, check that one against the closed form below, and the half call against it
+        # (forward rounded once, gradient rounded once: the upstream 1 is exact in both).
+        x32 = x.float().requires_grad_()
+        torch.manual_seed(seed)
+        g32 = gatekit.HardConcrete(tau=tau, stretch=(low, high)).train()(x32)
+        g32.sum().backward()
+        assert torch.equal(g, g32.detach().to(dtype_case.dtype))
+        assert torch.equal(xg.grad, x32.grad.to(dtype_case.dtype))
+        g, xg = g32, x32
     g64 = g.detach().double()
     s = (g64 - low) / (high - low)  # the unstretched sigmoid, recovered from the gate
     inside = (g64 > 0) & (g64 < 1)
