@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import gatekit
 from gatekit.models import resnet20, resnet20_gater
@@ -336,3 +337,124 @@ def test_residual_accumulates_in_place_only_into_dead_tensors():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     gates = random_gates(2, net.num_gates, seed=8)
     assert_close(fast(x, gates=gates), net(x, gates=gates))
+
+
+# ---- skipping computes fewer channels -------------------------------------------------
+
+
+def _addmm_inplace_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode counts addmm but not addmm_, which the residual accumulation uses.
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def conv_flops_run(fast: gatekit.SkipComputeNet, x, gates) -> dict[str, int]:
+    """FLOPs of every conv the skip model ran, by the original conv's name (from aten)."""
+    mapping = {torch.ops.aten.addmm_: _addmm_inplace_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fast(x, gates=gates)
+    prefix = "SkipComputeNet.backbone.graph_module.skip_"
+    return {
+        name[len(prefix) :]: sum(ops.values())
+        for name, ops in counter.get_flop_counts().items()
+        if name.startswith(prefix) and "." not in name[len(prefix) :]
+    }
+
+
+def conv_flops_expected(net, x, gates, producer: dict[str, str]) -> dict[str, int]:
+    """2 * N * (channels out) * (channels in) * taps * output pixels, per conv of the
+    backbone, counting only open output channels of a gated conv and only the open input
+    channels of the conv that reads a gated conv (``producer``: reader -> gated conv)."""
+    convs = {n: m for n, m in net.backbone.named_modules() if isinstance(m, nn.Conv2d)}
+    pixels: dict[str, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda m, i, out, n=n: pixels.__setitem__(n, out[0, 0].numel()))
+        for n, m in convs.items()
+    ]
+    try:
+        net(x[:1], gates=gates[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    union = (gates != 0).any(0)
+    open_channels = {
+        s.name: int(union[s.offset : s.stop].sum()) * s.group_size for s in net.sites
+    }
+    expected = {}
+    for name, conv in convs.items():
+        k_out = open_channels.get(name, conv.out_channels)
+        k_in = open_channels[producer[name]] if name in producer else conv.in_channels
+        taps = conv.kernel_size[0] * conv.kernel_size[1]
+        flops = 2 * x.shape[0] * k_out * k_in * taps * pixels[name]
+        if flops:  # a conv with no open channel runs no aten op (its output is the bias)
+            expected[name.replace(".", "_")] = flops
+    return expected
+
+
+def _resnet50_inner_readers(net) -> dict[str, str]:
+    # Bottleneck: conv1 -> bn1 -> relu -> conv2 -> bn2 -> relu -> conv3, the first two gated.
+    blocks = {s.name.rsplit(".", 1)[0] for s in net.sites}
+    return {f"{b}.conv{i + 1}": f"{b}.conv{i}" for b in blocks for i in (1, 2)}
+
+
+@pytest.mark.parametrize("batching", ["pattern", "union"])
+def test_skip_computes_only_open_channels(gated_nets, batching):
+    net, size = gated_nets("resnet50", "inner", 8)
+    fast = gatekit.skip_compute(net, batching=batching)
+    readers = _resnet50_inner_readers(net)
+    assert {r.site: r.consumer for r in fast.routes} == {v: k for k, v in readers.items()}
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    for seed, p in [(0, 0.5), (1, 0.2), (2, 0.0), (3, 1.0)]:
+        gates = random_gates(1, net.num_gates, p=p, seed=seed)
+        got = conv_flops_run(fast, x, gates)
+        assert got == conv_flops_expected(net, x, gates, readers), f"p={p}"
+    if batching == "union":  # one pass over the filters open in any sample
+        x2 = torch.randn(2, 3, size, size, dtype=torch.float64)
+        gates = random_gates(2, net.num_gates, p=0.3, seed=4)
+        assert conv_flops_run(fast, x2, gates) == conv_flops_expected(net, x2, gates, readers)
+
+
+def test_skip_computes_only_open_channels_residual_sites(gated_nets):
+    # resnet20 "all": conv1 sliced into conv2; conv2 (before the addition) computes only
+    # its open filters and scatters them.
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net)
+    readers = {
+        s.name.replace("conv1", "conv2"): s.name for s in net.sites if s.name.endswith("conv1")
+    }
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    gates = random_gates(1, net.num_gates, p=0.4, seed=5)
+    expected = conv_flops_expected(net, x, gates, readers)
+    dense = conv_flops_expected(net, x, torch.ones_like(gates), readers)
+    assert conv_flops_run(fast, x, gates) == expected
+    assert sum(expected.values()) < 0.75 * sum(dense.values())
+
+
+def test_both_transforms_return_a_gaternet_saying_what_each_site_became():
+    torch.manual_seed(0)
+    backbone = TinyNet()
+    randomise_batchnorm(backbone)
+    net = gatekit.gate_model(
+        backbone.double(), resnet20_gater().double(), sites="all", gater_features=64
+    ).eval()
+    fast, fused = gatekit.skip_compute(net), gatekit.fuse_gated_convs(net, op="reference")
+    names = [s.name for s in net.sites]
+    for result in (fast, fused):
+        assert isinstance(result, gatekit.GaterNet) and result.sites == net.sites
+        assert [r.site for r in result.routes] == names
+        assert all(isinstance(r, gatekit.inference.SiteRoute) for r in result.routes)
+    modes = {r.site: (r.mode, bool(r.reason)) for r in fused.routes}
+    # depthwise and GroupNorm sites cannot be folded; the others are one fused call each.
+    assert modes == {
+        "dw": ("dense", True), "conv_gn": ("dense", True),
+        "conv_pool": ("fused", False), "last": ("fused", False),
+    }  # fmt: skip
+    # The ReLU after the gate (GateSite.activation) is fused into the op, not left behind.
+    assert [s.activation for s in net.sites] == ["relu"] * 4
+    assert fused.backbone.get_submodule("fused_conv_pool").activation == "relu"
+    relus = [n for n in fused.backbone.graph.nodes if n.target is torch.relu]
+    assert len(relus) == 3  # after the stem and the two unfused sites
+    x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    gates = random_gates(3, net.num_gates, seed=11)
+    assert_close(fused(x, gates=gates), net(x, gates=gates))
+    assert_close(fast(x), net(x))
+    assert "dense=2" in repr(fast) and "fused=2, dense=2" in repr(fused)

@@ -87,11 +87,11 @@ class InferenceGaterNet(GaterNet):
             )
         return super().forward(x, gates)
 
+    _MODES: tuple[str, ...] = ("fused", "dense")
+
     def extra_repr(self) -> str:
-        modes: dict[str, int] = {}
-        for route in self.routes:
-            modes[route.mode] = modes.get(route.mode, 0) + 1
-        return super().extra_repr() + "".join(f", {m}={n}" for m, n in modes.items())
+        counts = (f"{m}={sum(r.mode == m for r in self.routes)}" for m in self._MODES)
+        return ", ".join([super().extra_repr(), *counts])
 
 
 def check_eval_net(net: Any, fn: str, why: str) -> None:

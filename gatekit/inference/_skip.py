@@ -283,18 +283,16 @@ class SkipComputeNet(InferenceGaterNet):
     """
 
     backbone: SkipBackbone
+    _MODES = ("sliced", "scatter", "dense")
 
     def forward(self, x: Any, gates: Tensor | None = None) -> Any:
         with torch.no_grad():
             return super().forward(x, gates)
 
     def extra_repr(self) -> str:
-        counts = {m: sum(r.mode == m for r in self.routes) for m in ("sliced", "scatter", "dense")}
-        return (
-            f"num_gates={self.num_gates}, sites={len(self.sites)}, "
-            f"batching={self.backbone.batching!r}, "
-            + ", ".join(f"{k}={v}" for k, v in counts.items())
-        )
+        counts = [f"{m}={sum(r.mode == m for r in self.routes)}" for m in self._MODES]
+        batching = f"batching={self.backbone.batching!r}"
+        return ", ".join([f"num_gates={self.num_gates}, sites={len(self.sites)}", batching, *counts])
 
 
 def _merge(outputs: list[Any], order: Tensor) -> Any:
