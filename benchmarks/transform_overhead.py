@@ -6,7 +6,7 @@
 
 1. Training-step time (forward, cross-entropy, backward, SGD step) of
    ``gate_model(resnet20(), resnet20_gater())`` against the hand-written
-   :class:`gatekit.models.reference_gaternet.ReferenceGaterNet` written like the released
+   :class:`gatekit.models._reference_gaternet.ReferenceGaterNet` written like the released
    GaterNet code, with the same weights, in one process.  Rounds alternate which model
    goes first; each round times ``--steps`` steps of each.  Reported: the median step time
    of each model over rounds and the median of the per-round ratios (gated / reference).
@@ -34,7 +34,7 @@ from torch import nn
 
 import gatekit
 from gatekit.models import resnet20, resnet20_gater
-from gatekit.models.reference_gaternet import ReferenceGaterNet, gatekit_state_dict
+from gatekit.models._reference_gaternet import ReferenceGaterNet, gatekit_state_dict
 
 
 def _sync(device: torch.device) -> None:

@@ -20,7 +20,7 @@ from gatekit.models import (
     resnet110,
     resnet164,
 )
-from gatekit.models.reference_gaternet import ReferenceGaterNet
+from gatekit.models._reference_gaternet import ReferenceGaterNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -15,7 +15,7 @@ from torch import nn
 import gatekit
 from gatekit import GatekitError, gate_model
 from gatekit.models import resnet20, resnet20_gater, resnet56
-from gatekit.models.reference_gaternet import ReferenceGaterNet, gatekit_state_dict
+from gatekit.models._reference_gaternet import ReferenceGaterNet, gatekit_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -110,8 +110,7 @@ def _triton_reasons(inputs: GatedConvInputs) -> list[str]:
 
 
 def _load_reference() -> Callable[..., torch.Tensor]:
-    from . import reference  # noqa: F401  (registers the op)
-
+    # Registered when gatekit.ops imports .reference, which it does before this can run.
     return torch.ops.gatekit.gated_conv2d_reference
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .._errors import GatekitError
+from .._graph import conv_output_size
 
 __all__ = ["ACTIVATIONS", "GatedConvInputs", "make_inputs"]
 
@@ -77,10 +78,10 @@ class GatedConvInputs:
     @property
     def out_hw(self) -> tuple[int, int]:
         """Spatial size of the output."""
-        kh, kw = self.weight.shape[2:]
-        h, w = self.x.shape[2:]
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        h, w = conv_output_size(
+            self.x.shape[2:], self.weight.shape[2:], self.stride, self.padding, self.dilation
+        )
+        return h, w
 
     @property
     def device(self) -> torch.device:

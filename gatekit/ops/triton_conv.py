@@ -29,6 +29,7 @@ Tile shapes are autotuned per layer shape on CUDA (configurations for Hopper); w
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -37,11 +38,12 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .._graph import conv_output_size
 from .autograd import register_gated_conv_autograd
 
 # The ops are reached through gatekit.ops.gated_conv2d(op="triton"); their runnable
 # examples need CUDA, so they are not part of the documented surface.
-__all__ = ["select_block_k"]
+__all__: list[str] = []  # internal: reached through gatekit.ops.gated_conv2d
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -274,31 +276,6 @@ def _no_wrap(kernel: object) -> object:
 _WRAP = _no_wrap if _INTERPRET else wrap_triton
 
 
-def gated_conv2d_triton_eager(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gate: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    in_gate: torch.Tensor | None,
-    activation: str,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> torch.Tensor:
-    """Launch the kernels directly, without the custom op's dispatch (no autograd, no tracing).
-
-    What the dispatcher calls in eager mode when no gradient is needed: it saves the custom
-    op's per-call overhead, which is large next to the kernels of small layers.
-    """
-    return _gated_conv2d(
-        x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
-        groups, _no_wrap,
-    )
-
-
 def _gated_conv2d_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -320,7 +297,7 @@ def _gated_conv2d_triton(
     """
     return _gated_conv2d(
         x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
-        groups, _WRAP,
+        groups, wrap=_WRAP,
     )
 
 
@@ -337,14 +314,14 @@ def _gated_conv2d(
     padding: list[int],
     dilation: list[int],
     groups: int,
+    *,
     wrap: Callable,
 ) -> torch.Tensor:
     # Sizes become kernel constants and launch sizes: plain ints (symbolic sizes specialise).
     n, c_in, h, w = (int(v) for v in x.shape)
     c_out, c_in_pg, kh, kw = (int(v) for v in weight.shape)
     c_out_pg = c_out // groups
-    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out, w_out = conv_output_size((h, w), (kh, kw), stride, padding, dilation)
     x = x.contiguous(memory_format=torch.channels_last)
     weight = weight.contiguous(memory_format=torch.channels_last)
     gate = gate.contiguous()
@@ -402,6 +379,12 @@ def _gated_conv2d(
     return out
 
 
+# What the dispatcher calls in eager mode when no gradient is needed: the kernels launched
+# directly, without the custom op's dispatch (no autograd, no tracing), which saves the op's
+# per-call overhead, large next to the kernels of small layers.  Arguments as the op's.
+gated_conv2d_triton_eager = functools.partial(_gated_conv2d, wrap=_no_wrap)
+
+
 if not _INTERPRET:
     gated_conv2d_triton = triton_op("gatekit::gated_conv2d_triton", mutates_args=())(
         _gated_conv2d_triton
@@ -418,9 +401,7 @@ else:
     @gated_conv2d_triton.register_fake
     def _(x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
           groups):
-        kh, kw = weight.shape[2:]
-        h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        w_out = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        h_out, w_out = conv_output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
         return torch.empty(
             (x.shape[0], weight.shape[0], h_out, w_out), device=x.device, dtype=x.dtype,
             memory_format=torch.channels_last,

@@ -1,7 +1,10 @@
-"""A hand-written CIFAR GaterNet in the style of the released ``gaternet`` code.
+"""Test oracle: a hand-written CIFAR GaterNet in the style of the released ``gaternet`` code.
 
-This is the oracle for paper fidelity (tests compare :func:`gatekit.gate_model` against it)
-and the baseline of the transform-overhead benchmark.  It is written the way the public
+Not part of the API (a private module, no ``__all__``).  It is the oracle for paper
+fidelity (``tests/test_transform.py`` and ``tests/test_cifar_models.py`` compare
+:func:`gatekit.gate_model` against it) and the baseline of
+``benchmarks/transform_overhead.py``; it lives in the package, not in ``tests/``, so that
+the benchmark can import it.  It is written the way the public
 google-research code writes it, not with gatekit's machinery:
 
 - backbone: CIFAR ResNet whose basic blocks take ``(x, gate)``; each block slices its own
@@ -32,7 +35,7 @@ from torch import Tensor, nn
 
 from .cifar_resnet import init_weights
 
-__all__ = ["ReferenceGaterNet", "gatekit_state_dict"]
+__all__: list[str] = []  # a test oracle, not API: import the names directly
 
 
 class _Block(nn.Module):
