@@ -56,11 +56,10 @@ def _insert_gates(graph_module: fx.GraphModule, sites: list[tuple[GateSite, fx.N
             if site.group_size == 1:
                 index = (everything, chunk_slice, *ones) if site.channel_dim == 1 else (everything, *ones, chunk_slice)
                 chunk = graph.call_function(operator.getitem, (gates, index))
-                first = chunk
             else:
-                first = graph.call_function(operator.getitem, (gates, (everything, chunk_slice)))
-                with graph.inserting_after(first):
-                    wide = graph.call_method("repeat_interleave", (first, site.group_size), {"dim": 1})
+                narrow = graph.call_function(operator.getitem, (gates, (everything, chunk_slice)))
+                with graph.inserting_after(narrow):
+                    wide = graph.call_method("repeat_interleave", (narrow, site.group_size), {"dim": 1})
                 index = (everything, everything, *ones) if site.channel_dim == 1 else (everything, *ones, everything)
                 with graph.inserting_after(wide):
                     chunk = graph.call_function(operator.getitem, (wide, index))
@@ -68,7 +67,6 @@ def _insert_gates(graph_module: fx.GraphModule, sites: list[tuple[GateSite, fx.N
                 typed = graph.call_method("type_as", (chunk, after))
             with graph.inserting_after(typed):
                 gated = graph.call_function(operator.mul, (after, typed))
-        del first
         after.replace_all_uses_with(gated, delete_user_cb=lambda user, keep=(gated, typed): user not in keep)
     graph.lint()
     graph_module.recompile()
