@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gatekit
-from gatekit.ops import dispatch, gated_conv2d, gated_conv2d_reference, make_inputs
+from gatekit.ops import dispatch, gated_conv2d, make_inputs
 
 # Compile each kernel specialisation once in the gpu tests instead of autotuning every shape.
 os.environ.setdefault("GATEKIT_TRITON_AUTOTUNE", "0")
@@ -38,16 +38,25 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 # in_gate group or 0, extras).  Odd sizes, channels that are not multiples of 16.
 
 
+Pair = int | tuple[int, int]
+
+
+def _pair(v: Pair) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
+    """k, stride, padding and dilation take an int or an (H, W) pair."""
+
     n: int
     c_in: int
     c_out: int
     hw: tuple[int, int]
-    k: int = 3
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
+    k: Pair = 3
+    stride: Pair = 1
+    padding: Pair = 0
+    dilation: Pair = 1
     groups: int = 1
     gate_group: int = 1
     gate: str = "random"  # "on", "off", "random"
@@ -56,9 +65,13 @@ class Case:
     activation: str | None = "relu"
 
     def __str__(self) -> str:
+        def hw(v: Pair) -> str:
+            return str(v) if isinstance(v, int) else f"{v[0]}x{v[1]}"
+
         return (
-            f"n{self.n}_c{self.c_in}-{self.c_out}_{self.hw[0]}x{self.hw[1]}_k{self.k}s{self.stride}"
-            f"p{self.padding}d{self.dilation}g{self.groups}_gate{self.gate}{self.gate_group}"
+            f"n{self.n}_c{self.c_in}-{self.c_out}_{self.hw[0]}x{self.hw[1]}_k{hw(self.k)}"
+            f"s{hw(self.stride)}p{hw(self.padding)}d{hw(self.dilation)}g{self.groups}"
+            f"_gate{self.gate}{self.gate_group}"
             f"_in{self.in_gate_group}{'' if self.affine else '_noaffine'}_{self.activation}"
         )
 
@@ -77,11 +90,11 @@ class Case:
         else:  # binary, about half on, and one sample all on so no tile pattern is missing
             gate = (torch.rand(self.n, n_gates, generator=gen) > 0.5).float()
             gate[0] = 1.0
-        fan_in = self.c_in // self.groups * self.k * self.k
+        kh, kw_ = _pair(self.k)
+        fan_in = self.c_in // self.groups * kh * kw_
         kw = {
             "x": rand(self.n, self.c_in, *self.hw),
-            "weight": rand(self.c_out, self.c_in // self.groups, self.k, self.k,
-                           scale=fan_in**-0.5),
+            "weight": rand(self.c_out, self.c_in // self.groups, kh, kw_, scale=fan_in**-0.5),
             "gate": gate.to(dtype).to(device),
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation,
             "groups": self.groups, "activation": self.activation,
@@ -92,19 +105,27 @@ class Case:
             kw["shift"] = rand(self.c_out, scale=0.1)
         if self.in_gate_group:
             ig = (torch.rand(self.n, self.c_in // self.in_gate_group, generator=gen) > 0.4).float()
+            ig[0, 0], ig[-1, -1] = 0.0, 1.0  # at least one closed and one open input group
             kw["in_gate"] = ig.to(dtype).to(device)
         return kw
 
 
 def _oracle(kw: dict) -> torch.Tensor:
-    """The plain-PyTorch formula in float64."""
-    args = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    conv = {k: args.pop(k) for k in ("stride", "padding", "dilation")}
-    return gated_conv2d_reference(
-        args.pop("x"), args.pop("weight"), args.pop("gate"), args.get("bias"), args.get("scale"),
-        args.get("shift"), args.get("in_gate"), args["activation"],
-        *(tuple([conv[k]] * 2) for k in ("stride", "padding", "dilation")), args["groups"],
-    )
+    """The documented formula, written here with F.conv2d in float64 (not gatekit's reference)."""
+    a = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    x = a["x"]
+    if a.get("in_gate") is not None:
+        x = x * a["in_gate"].repeat_interleave(x.shape[1] // a["in_gate"].shape[1], 1)[:, :, None, None]
+    y = F.conv2d(x, a["weight"], a.get("bias"), _pair(a["stride"]), _pair(a["padding"]),
+                 _pair(a["dilation"]), a["groups"])
+    if a.get("scale") is not None:
+        y = y * a["scale"][:, None, None]
+    if a.get("shift") is not None:
+        y = y + a["shift"][:, None, None]
+    if a["activation"] == "relu":
+        y = F.relu(y)
+    gate = a["gate"]
+    return y * gate.repeat_interleave(y.shape[1] // gate.shape[1], 1)[:, :, None, None]
 
 
 def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -297,14 +318,28 @@ _INTERPRET_CASES = {
         Case(2, 20, 24, (5, 5), padding=1, gate_group=8, in_gate_group=4),      # in_gate, CO_VEC 8
         Case(3, 6, 40, (3, 3), k=1, stride=2, gate_group=8, affine=False, activation=None),
         Case(2, 5, 70, (3, 3), k=1),  # 70 per-channel gates: ordered by a separate kernel
+        Case(2, 8, 12, (9, 8), padding=2, dilation=2, gate_group=2),            # dilated, values
+        # H and W differ in every parameter, both ways round: an H/W mix-up fails one of them.
+        Case(2, 6, 10, (11, 9), k=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
+             in_gate_group=2),
+        Case(2, 6, 10, (9, 11), k=(2, 3), stride=(1, 2), padding=(0, 1), dilation=(2, 1),
+             gate_group=5),
     ],
     torch.float16: [
         Case(2, 20, 24, (7, 9), padding=1, gate_group=4),
         Case(2, 9, 17, (5, 5), k=1, gate="on"),
         Case(1, 20, 24, (6, 6), stride=2, padding=1, gate_group=24, in_gate_group=2),
+        Case(2, 6, 8, (7, 9), k=(1, 3), padding=(0, 2), dilation=(1, 2), in_gate_group=3),
     ],
 }
 _INTERPRET_TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("case", _INTERPRET_CASES[torch.float32], ids=str)
+def test_reference_matches_formula_on_the_kernel_cases(case):
+    # The same cases on the reference op, in float64, against the formula written above.
+    kw = case.make(torch.float64, seed=1)
+    torch.testing.assert_close(gated_conv2d(**kw, op="reference"), _oracle(kw), rtol=1e-12, atol=1e-12)
 
 _CHILD = textwrap.dedent(
     """
