@@ -20,16 +20,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch
 from gaternet_training import cli
 from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
 from gaternet_training.distributed import Dist
 from gaternet_training.main import main
 from gaternet_training.models import CIFAR_DEPTHS
-from gaternet_training.run import Data
 from gaternet_training.tensor_data import TensorBatches
+from gaternet_training.train import Data
 
 from gatekit import GatekitError
 

@@ -18,8 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from gaternet_training import cli
 from gaternet_training.distributed import Dist
 from gaternet_training.image_folder import (
@@ -29,9 +27,9 @@ from gaternet_training.image_folder import (
     imagenet_transforms,
 )
 from gaternet_training.main import main
-from gaternet_training.run import Data
 from gaternet_training.standin import CLASSES, make_standin
 from gaternet_training.tensor_data import TensorBatches
+from gaternet_training.train import Data
 
 IMAGENET = dict(
     arch="resnet50", gater="resnet18", epochs=90, batch_size=64, lr=0.1, weight_decay=1e-4,

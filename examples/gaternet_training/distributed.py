@@ -46,14 +46,6 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def setup(device: str = "auto") -> Dist:
     """Join the process group when started by ``torchrun`` and pick this process's device."""

@@ -12,7 +12,7 @@ import torch
 from gatekit import GatekitError
 
 from . import cli
-from .run import run
+from .train import train
 
 
 def _error_text(e: BaseException) -> str:
@@ -32,6 +32,11 @@ def _check(args: argparse.Namespace) -> None:
             raise GatekitError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.lr <= 0:
         raise GatekitError(f"--lr must be > 0, got {args.lr}")
+    if args.no_gate:
+        for flag in ("gater_resolution", "freeze_gater", "init_gater"):
+            if getattr(args, flag, None):
+                raise GatekitError(f"--{flag.replace('_', '-')} changes the gater, but --no-gate "
+                                   "trains none; drop one of the two flags")
 
 
 def main(parser: argparse.ArgumentParser, defaults: Callable[[argparse.Namespace], dict[str, Any]],
@@ -45,7 +50,7 @@ def main(parser: argparse.ArgumentParser, defaults: Callable[[argparse.Namespace
                              else uses_cuda or args.channels_last_cpu)
     try:
         _check(args)
-        run(args, load_data)
+        train(args, load_data)
     except GatekitError as e:
         print(f"error: {_error_text(e)}", file=sys.stderr, flush=True)
         return 2

@@ -106,23 +106,14 @@ def unwrap_trunk(gater: nn.Module) -> nn.Module:
     return gater.trunk if isinstance(gater, GaterTrunk) else gater
 
 
-def build(args: Any, num_classes: int) -> nn.Module:
-    """The model a run trains: the backbone alone (``--no-gate``) or gated by the gater."""
-    backbone = classifier(args.arch, num_classes)
-    if args.no_gate:
-        for flag in ("gater_resolution", "freeze_gater"):
-            if getattr(args, flag, None):
-                raise GatekitError(f"--{flag.replace('_', '-')} changes the gater, but --no-gate "
-                                   "trains none; drop one of the two flags")
-        return backbone
+def gater_trunk(args: Any) -> nn.Module:
+    """The gater trunk ``--gater`` names, resized (``--gater-resolution``) or frozen
+    (``--freeze-gater``) as asked."""
     gater = trunk(args.gater)
     resolution, frozen = getattr(args, "gater_resolution", None), getattr(args, "freeze_gater", False)
     if resolution is not None or frozen:
         gater = GaterTrunk(gater, resolution=resolution, frozen=frozen)
-    return gatekit.gate_model(
-        backbone, gater, sites=args.sites, estimator=args.estimator,
-        bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
-    )
+    return gater
 
 
 def count_params(module: nn.Module) -> int:

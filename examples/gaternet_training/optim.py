@@ -23,8 +23,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
                            nesterov=momentum > 0, foreach=True)
 

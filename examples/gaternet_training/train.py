@@ -1,0 +1,420 @@
+"""The training program both example scripts run, top to bottom.
+
+1. the data (each script brings its own loader);
+2. the model: a backbone gated by a gater trunk with :func:`gatekit.gate_model`, optionally
+   warm-started from trained weights;
+3. the optimiser and schedule;
+4. the step: forward, task loss plus gate losses, backward, optimiser step;
+5. after every epoch an evaluation pass and a checkpoint;
+6. at the end the gate statistics (:class:`gatekit.GateStats`), FLOPs and ``results.json``.
+
+Plumbing lives beside it: ``checkpoint``, ``distributed``, ``progress``, ``optim``,
+``models`` (backbones and trunks by name), ``gate_losses`` (the configured gate losses),
+``warm_start``, ``report`` and the data modules.  Only rank 0 writes files; every rank
+computes the same reduced metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import gatekit
+from gatekit import GatekitError
+
+from . import checkpoint, models
+from .distributed import Dist, setup, teardown
+from .gate_losses import GateLosses
+from .optim import make_optimizer, make_scheduler
+from .progress import MetricsLog, Progress
+from .report import flop_counts, gate_report, gate_report_1_99
+from .warm_start import warm_start
+
+
+@dataclass
+class Data:
+    """What a script's data loader hands to :func:`train`."""
+
+    train: Any  # TensorBatches or LoaderBatches: iterable of (images, labels), len() = steps
+    val: Any
+    classes: list[str]
+    image_size: int
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What one step needs besides the batch: the model, its optimiser and the recipe."""
+
+    model: nn.Module  # what is called: a DDP or compiled wrapper of ``inner``, or ``inner``
+    inner: nn.Module  # the GaterNet (or plain backbone) itself: last_gates, state_dict
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    dist: Dist
+    amp_dtype: torch.dtype | None
+    label_smoothing: float
+    gate_losses: GateLosses | None  # None for a plain backbone
+    log_every: int
+    step: int = 0
+
+    @property
+    def gated(self) -> bool:
+        return self.gate_losses is not None
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+
+def train(args: Any, load_data: Callable[[Any, Dist], Data]) -> dict[str, Any] | None:
+    """Train as ``args`` say; returns the results dict on rank 0 (None on other ranks)."""
+    dist = setup(args.device)
+    try:
+        return _train(args, dist, load_data)
+    finally:
+        teardown()
+
+
+def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[str, Any] | None:
+    start = time.perf_counter()
+    out_dir, ckpt_path, resume = _paths(args)
+    ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
+    cuda = dist.device.type == "cuda"
+    if cuda:
+        # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
+        # pays off; its heuristic choice can be several times slower for small CIFAR convs.
+        torch.backends.cudnn.benchmark = True
+    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+    # 1. The data.
+    for name, what in ((args.arch, "model"), (None if args.no_gate else args.gater, "gater")):
+        if name is not None:
+            models.check_name(name, what)
+    data = load_data(args, dist)
+    config = _config(args, data)
+    if ckpt is not None:
+        checkpoint.check_config(ckpt, config, resume)
+
+    # 2. The model.  Seeded after loading the data, whose decoding may or may not draw random
+    # numbers (a cache hit draws none), so the initial weights depend on the seed alone.
+    random.seed(args.seed + dist.rank)
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    backbone = models.classifier(args.arch, len(data.classes))
+    if args.no_gate:
+        inner: nn.Module = backbone
+    else:
+        inner = gatekit.gate_model(
+            backbone, models.gater_trunk(args), sites=args.sites, estimator=args.estimator,
+            bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
+        )
+    # Warm start before anything is written: a file that does not fit fails the run here.
+    warm = warm_start(inner, args) if ckpt is None else []
+    inner = inner.to(dist.device)
+    if args.channels_last_on:
+        inner = inner.to(memory_format=torch.channels_last)
+    # The gate losses the flags ask for (none for a plain backbone); checked before any write.
+    gate_losses = None if args.no_gate else GateLosses(args, inner, data.image_size, dist.device)
+
+    # 3. The optimiser and schedule, stepped every iteration.
+    steps_per_epoch = len(data.train)
+    optimizer = make_optimizer(inner, args.lr, args.momentum, args.weight_decay)
+    scheduler = make_scheduler(optimizer, args.epochs * steps_per_epoch,
+                               round(args.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
+    # Per-rank random streams (gate noise) differ; weights are synchronised by DDP.
+    torch.manual_seed(args.seed + 1000003 * dist.rank)
+
+    start_epoch, best = 0, 0.0
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    if ckpt is not None:
+        _restore(ckpt, resume, inner, optimizer, scheduler, scaler, data, dist)
+        start_epoch, best = ckpt["epoch"], ckpt.get("best_acc", 0.0)
+        if dist.is_main:
+            metrics.truncate_after(start_epoch)
+            print(f"resumed from {resume} at epoch {start_epoch}", flush=True)
+    if dist.is_main:
+        for line in warm:
+            print(line, flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str))
+
+    model: nn.Module = inner
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
+    if args.compile:
+        model = torch.compile(model, mode=args.compile_mode)
+    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, args.label_smoothing,
+              gate_losses, args.log_every, step=start_epoch * steps_per_epoch)
+    if dist.is_main:
+        kind = "plain" if args.no_gate else f"gated by {args.gater} ({inner.num_gates} gates)"
+        print(f"{args.arch} {kind}, {models.count_params(inner):,} parameters; "
+              f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
+              f"{len(data.classes)} classes; {dist.world_size} process(es) on {dist.device.type}, "
+              f"{precision}{', channels_last' if args.channels_last_on else ''}"
+              f"{', compiled' if args.compile else ''}", flush=True)
+
+    # 4 and 5. The epochs: train, evaluate, checkpoint.
+    epoch_seconds = []
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.perf_counter()
+        data.train.set_epoch(epoch)
+        train_numbers = train_one_epoch(run, data.train, epoch, args.epochs)
+        if cuda:
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{args.epochs} eval")
+        best = max(best, val["acc"])
+        seconds = time.perf_counter() - t0
+        epoch_seconds.append(train_seconds)
+        states = dist.gather_objects({"rng": checkpoint.rng_state(), "data": data.train.state_dict()})
+        if dist.is_main:
+            checkpoint.save_atomic({
+                "format": checkpoint.FORMAT, "config": config, "args": _plain(vars(args)),
+                "epoch": epoch + 1, "step": run.step, "best_acc": best,
+                "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "world_size": dist.world_size, "rank_states": states,
+            }, ckpt_path)
+            metrics.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
+                           "lr": optimizer.param_groups[0]["lr"],
+                           **{f"train_{k}": v for k, v in train_numbers.items()},
+                           **{f"val_{k}": v for k, v in val.items()},
+                           "train_seconds": train_seconds, "epoch_seconds": seconds})
+            gate = f", open {100 * val['open']:.1f}%" if run.gated else ""
+            print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_numbers['loss']:.4f} acc "
+                  f"{100 * train_numbers['acc']:.2f}% | val loss {val['loss']:.4f} acc "
+                  f"{100 * val['acc']:.2f}%{gate} | {train_seconds:.1f}s train, {seconds:.1f}s "
+                  f"total", flush=True)
+        dist.barrier()
+
+    # 6. The gate statistics, FLOPs and results.json.
+    return _final_report(args, run, data, out_dir, metrics, best, epoch_seconds,
+                         time.perf_counter() - start)
+
+
+def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
+                    epochs: int) -> dict[str, float]:
+    """One pass over ``batches``: the step is forward, task + gate losses, backward, update.
+
+    Metrics are summed on the device and synchronised only when shown or at the end of the
+    epoch, so the loop never waits on the device per step.  Sums are reduced over ranks.
+    """
+    run.model.train()
+    steps = len(batches)  # type: ignore[arg-type]
+    sums = _Sums(run.dist.device)
+    progress = Progress(steps, f"epoch {epoch + 1}/{epochs} train", enabled=run.dist.is_main,
+                        log_every=run.log_every)
+    for images, labels in batches:
+        with run.autocast():
+            logits = run.model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.label_smoothing)
+            opened = None
+            if run.gate_losses is not None:
+                # Gate losses read the gates of this forward pass from the GaterNet itself.
+                loss = loss + run.gate_losses(run.inner, run.step / steps, epochs)
+                opened = (run.inner.last_gates.detach() > 0.5).float().mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        run.step += 1
+        sums.add(loss.detach() * labels.shape[0], logits, labels, opened)
+        progress.update(partial(sums.numbers, run.gated))
+    progress.close()
+    result = sums.reduced(run.dist, run.gated)
+    if not math.isfinite(result["loss"]):
+        raise GatekitError(
+            f"training diverged: the loss is {result['loss']} in epoch {epoch + 1}; no "
+            "checkpoint was written. Lower --lr or the gate-loss weights, or resume from the "
+            "last checkpoint"
+        )
+    return result
+
+
+@torch.no_grad()
+def evaluate(run: Run, batches: Iterable[tuple[Tensor, Tensor]], *,
+             stats: gatekit.GateStats | None = None, desc: str = "eval") -> dict[str, float]:
+    """Loss (no label smoothing), accuracy and open fraction over the whole split; gate
+    decisions go into ``stats`` when given."""
+    # The unwrapped model: DDP would sync buffers per call, and ranks may see a different
+    # number of evaluation batches.
+    model = run.inner
+    if run.dist.enabled:
+        # BatchNorm statistics drift apart over the last training step of each rank;
+        # evaluate every rank with rank 0's, which are the ones checkpointed.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+    model.eval()
+    sums = _Sums(run.dist.device)
+    progress = Progress(len(batches), desc, enabled=run.dist.is_main,  # type: ignore[arg-type]
+                        log_every=max(run.log_every, 10**9))
+    for images, labels in batches:
+        with run.autocast():
+            logits = model(images)
+        opened = None
+        if run.gated:
+            opened = (model.last_gates > 0.5).float().mean()
+            if stats is not None:
+                stats.update(model.last_gates, labels)
+        sums.add(F.cross_entropy(logits.float(), labels, reduction="sum"), logits, labels, opened)
+        progress.update(partial(sums.numbers, run.gated))
+    progress.close()
+    return sums.reduced(run.dist, run.gated)
+
+
+class _Sums:
+    """Loss, correct, count and open-gate sums kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.values = torch.zeros(4, device=device, dtype=torch.float64)
+        self.one = torch.ones((), device=device, dtype=torch.float64)
+
+    def add(self, loss_sum: Tensor, logits: Tensor, labels: Tensor, opened: Tensor | None) -> None:
+        n = labels.shape[0]
+        zero = self.one * 0
+        self.values += torch.stack([loss_sum.double(), (logits.argmax(1) == labels).sum().double(),
+                                    self.one * n, (opened.double() if opened is not None else zero) * n])
+
+    def numbers(self, gated: bool, values: Tensor | None = None) -> dict[str, float]:
+        loss, correct, count, opened = (self.values if values is None else values).tolist()
+        count = max(count, 1.0)
+        out = {"loss": loss / count, "acc": correct / count}
+        if gated:
+            out["open"] = opened / count
+        return out
+
+    def reduced(self, dist: Dist, gated: bool) -> dict[str, float]:
+        return self.numbers(gated, dist.all_reduce_sum(self.values))
+
+
+# --------------------------------------------------------------------------------------
+# plumbing: paths, resume, the final report
+# --------------------------------------------------------------------------------------
+
+
+def _paths(args: Any) -> tuple[Path, Path, Path | None]:
+    out_dir = Path(args.output_dir or Path("runs") / args.name)
+    ckpt_path = out_dir / "checkpoint.pt"
+    resume = None
+    if args.resume is not None:
+        resume = ckpt_path if args.resume == "auto" else Path(args.resume)
+    elif ckpt_path.exists():
+        raise GatekitError(
+            f"{ckpt_path} already exists; pass --resume to continue that run, or choose another "
+            "--output-dir (nothing was overwritten)"
+        )
+    return out_dir, ckpt_path, resume
+
+
+def _config(args: Any, data: Data) -> dict[str, Any]:
+    """What must match between a checkpoint and the run resuming it."""
+    gated = not args.no_gate
+    return {"arch": args.arch, "gated": gated,
+            "gater": args.gater if gated else None,
+            "sites": args.sites if gated else None,
+            "estimator": args.estimator if gated else None,
+            "bottleneck": args.bottleneck if gated else None,
+            "group_size": args.group_size if gated else None,
+            "gater_resolution": getattr(args, "gater_resolution", None) if gated else None,
+            "freeze_gater": (getattr(args, "freeze_gater", False) or None) if gated else None,
+            "num_classes": len(data.classes), "image_size": data.image_size}
+
+
+def _restore(ckpt: dict[str, Any], path: Path, inner: nn.Module, optimizer: Any, scheduler: Any,
+             scaler: Any, data: Data, dist: Dist) -> None:
+    try:
+        inner.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise GatekitError(f"checkpoint {path} does not fit this model "
+                           f"({str(e).splitlines()[0]}); resume with the flags it was written with") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt["rank_states"]
+    if ckpt.get("world_size") == dist.world_size:
+        checkpoint.set_rng_state(states[dist.rank]["rng"])
+        data.train.load_state_dict(states[dist.rank]["data"])
+    elif dist.is_main:
+        print(f"warning: {path} was written by {ckpt.get('world_size')} processes, this run has "
+              f"{dist.world_size}; weights and optimiser are restored, random streams start anew",
+              file=sys.stderr)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v))
+            for k, v in d.items() if not callable(v)}
+
+
+def _parameter_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for _, p in model.named_parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
+                  epoch_seconds: list[float], wall: float) -> dict[str, Any] | None:
+    inner, dist = run.inner, run.dist
+    stats = gatekit.GateStats.for_model(inner, num_classes=len(data.classes)) if run.gated else None
+    final = evaluate(run, data.val, stats=stats, desc="final eval")
+    # DDP keeps ranks in step; the digests let a user (and the tests) check it bit for bit.
+    digests = dist.gather_objects(_parameter_digest(inner))
+    if stats is not None:
+        merged = dist.gather_objects(stats)
+        stats = merged[0]
+        for other in merged[1:]:
+            stats.merge(other)
+    if not dist.is_main:
+        return None
+    results: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "arch": args.arch, "gated": run.gated, "gater": args.gater if run.gated else None,
+        "data": data.source, "classes": data.classes, "epochs": args.epochs, "seed": args.seed,
+        "world_size": dist.world_size, "device": str(dist.device),
+        "val_acc": final["acc"], "val_error": 1.0 - final["acc"], "val_loss": final["loss"],
+        "best_val_acc": best, "params": models.param_counts(inner),
+        "train_seconds_per_epoch": (sum(epoch_seconds) / len(epoch_seconds)) if epoch_seconds else None,
+        "wall_seconds": wall, **data.extra,
+        "rank_parameter_sha256": digests,
+        "parameter_names": [name for name, _ in inner.named_parameters()],
+    }
+    if stats is not None:
+        results["val_open_fraction"] = final["open"]
+        results["gate_stats"] = gate_report(stats, out_dir, data.classes)
+        results["gate_stats_1_99"] = gate_report_1_99(stats)
+    if run.gate_losses is not None:
+        results["gate_losses"] = run.gate_losses.describe()
+    results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
+                             "init_gater": bool(getattr(args, "init_gater", False)),
+                             "backbone_weights": getattr(args, "backbone_weights", None)}
+    results["flops"] = flop_counts(inner, data.image_size, stats,
+                                   downstream=bool(getattr(args, "count_downstream", False)))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
+                   "val_loss": final["loss"], "wall_seconds": wall})
+    gate = f", {100 * final['open']:.1f}% of gates open" if run.gated else ""
+    print(f"\nfinal: {100 * final['acc']:.2f}% accuracy ({100 * (1 - final['acc']):.2f}% error) "
+          f"on {data.val.dataset_size} evaluation images{gate}; "
+          f"{results['flops']['dense'] / 1e6:.1f} MFLOPs/image dense; wall time {wall:.0f}s")
+    print(f"outputs in {out_dir}/: checkpoint.pt, metrics.jsonl, results.json"
+          f"{', gates_*.png' if run.gated else ''}", flush=True)
+    return results
