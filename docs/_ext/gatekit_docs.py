@@ -213,7 +213,8 @@ def _columns(text: str) -> list[tuple[str, str, str]]:
 class JsonTableDirective(SphinxDirective):
     """``.. gatekit-json-table:: FILE [FILE ...]``: a table of measured numbers from JSON.
 
-    With ``:rows:`` (one file), the rows are the list of records at that dotted key (a dict
+    With ``:rows:`` (one file), the rows are the list of records at that dotted key (``.``:
+    the file's top level; a dict
     of values gives ``key``/``value`` rows, a dict of dicts one row per key with the inner
     keys as columns; ``:where: key=value`` filters them).  Without it each file
     is one row, labelled by the dotted key ``:label:`` or by the file's name.  Files that
@@ -256,7 +257,8 @@ class JsonTableDirective(SphinxDirective):
         if facts:
             lines += ["Measured with " + "; ".join(facts) + ".", ""]
         if len(paths) == 1 and "rows" in self.options:
-            records = _lookup(first, self.options["rows"])
+            rows_key = self.options["rows"].strip()
+            records = first if rows_key == "." else _lookup(first, rows_key)
             if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
                 records = [{"key": k, **v} for k, v in records.items()]  # {row: {column: value}}
             elif isinstance(records, dict):  # {name: value} reads as rows of (key, value)
