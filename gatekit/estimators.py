@@ -140,6 +140,30 @@ def saturating_sigmoid(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
+def _check_semhash_args(noise_std: Any, discrete_prob: Any, fn: str) -> tuple[float, float]:
+    """The one check of improved SemHash's arguments (class and function alike)."""
+    noise = _as_float(noise_std, "noise_std")
+    if not 0.0 <= noise < math.inf:
+        raise GatekitError(f"{fn} expects noise_std finite and >= 0, got {noise_std!r}")
+    prob = _as_float(discrete_prob, "discrete_prob")
+    if not 0.0 <= prob <= 1.0:
+        raise GatekitError(f"{fn} expects discrete_prob in [0, 1], got {discrete_prob!r}")
+    return noise, prob
+
+
+def _check_st_backward(backward: Any, fn: str) -> str:
+    """The one check of the straight-through sigmoid's ``backward`` (class and function)."""
+    if backward not in ("sigmoid", "identity"):
+        raise GatekitError(f"{fn} expects backward 'sigmoid' or 'identity', got {backward!r}")
+    return backward
+
+
+def _check_tau(tau: Any, fn: str) -> None:
+    """A temperature given to a function: a tensor (scheduled, checked by its maker) or > 0."""
+    if not isinstance(tau, Tensor) and not tau > 0:
+        raise GatekitError(f"{fn} expects tau > 0, got {tau}")
+
+
 def semhash(
     logits: Tensor,
     *,
@@ -172,11 +196,7 @@ def semhash(
             return _binary(logits)
         x = logits.to(_compute_dtype(logits.dtype))
         return straight_through(saturating_sigmoid(x), (x > 0).to(x.dtype)).to(logits.dtype)
-    if not (0.0 <= noise_std < math.inf and 0.0 <= discrete_prob <= 1.0):
-        raise GatekitError(
-            f"semhash expects finite noise_std >= 0 and 0 <= discrete_prob <= 1, "
-            f"got noise_std={noise_std}, discrete_prob={discrete_prob}"
-        )
+    _check_semhash_args(noise_std, discrete_prob, "semhash")
     x = logits.to(_compute_dtype(logits.dtype))
     if noise_std > 0:
         x = x + noise_std * torch.randn_like(x)
@@ -210,8 +230,7 @@ def st_sigmoid(
     tensor([0.1966, 0.1050])
     """
     _check_logits(logits, "st_sigmoid")
-    if backward not in ("sigmoid", "identity"):
-        raise GatekitError(f"st_sigmoid backward must be 'sigmoid' or 'identity', got {backward!r}")
+    _check_st_backward(backward, "st_sigmoid")
     if not training:
         return _binary(logits)
     x = logits.to(_compute_dtype(logits.dtype))
@@ -245,8 +264,7 @@ def gumbel_sigmoid(
     _check_logits(logits, "gumbel_sigmoid")
     if not training:
         return _binary(logits)
-    if not isinstance(tau, Tensor) and not tau > 0:
-        raise GatekitError(f"gumbel_sigmoid expects tau > 0, got {tau}")
+    _check_tau(tau, "gumbel_sigmoid")
     x = logits.to(_compute_dtype(logits.dtype))
     noisy = x + _logistic_noise(x)
     soft = torch.sigmoid(noisy / tau)
@@ -278,8 +296,7 @@ def hard_concrete(
     low, high = _check_stretch(stretch)
     if not training:
         return _binary(logits)
-    if not isinstance(tau, Tensor) and not tau > 0:
-        raise GatekitError(f"hard_concrete expects tau > 0, got {tau}")
+    _check_tau(tau, "hard_concrete")
     x = logits.to(_compute_dtype(logits.dtype))
     s = torch.sigmoid((x + _logistic_noise(x)) / tau)
     return torch.clamp(s * (high - low) + low, 0.0, 1.0).to(logits.dtype)
@@ -435,14 +452,8 @@ class ImprovedSemHash(Gate):
 
     def __init__(self, noise_std: float = 1.0, discrete_prob: float = 0.5, per_sample: bool = True):
         super().__init__()
-        noise_std_f = _as_float(noise_std, "noise_std")
-        if not 0.0 <= noise_std_f < math.inf:
-            raise GatekitError(f"noise_std must be finite and >= 0, got {noise_std!r}")
-        discrete_prob_f = _as_float(discrete_prob, "discrete_prob")
-        if not 0.0 <= discrete_prob_f <= 1.0:
-            raise GatekitError(f"discrete_prob must lie in [0, 1], got {discrete_prob!r}")
-        self.noise_std = noise_std_f
-        self.discrete_prob = discrete_prob_f
+        self.noise_std, self.discrete_prob = _check_semhash_args(noise_std, discrete_prob,
+                                                                 "ImprovedSemHash")
         self.per_sample = bool(per_sample)
 
     def forward(self, logits: Tensor) -> Tensor:
@@ -489,9 +500,7 @@ class StraightThroughSigmoid(Gate):
 
     def __init__(self, backward: str = "sigmoid", stochastic: bool = False):
         super().__init__()
-        if backward not in ("sigmoid", "identity"):
-            raise GatekitError(f"backward must be 'sigmoid' or 'identity', got {backward!r}")
-        self.backward_mode = backward
+        self.backward_mode = _check_st_backward(backward, "StraightThroughSigmoid")
         self.stochastic = bool(stochastic)
 
     def forward(self, logits: Tensor) -> Tensor:
