@@ -89,9 +89,12 @@ def plot_class_heatmap(stats: GateStats, path: str | Path | None = None,
     im = ax.imshow(frac.numpy(), aspect="auto", interpolation="nearest", vmin=0, vmax=1,
                    cmap="viridis")
     _class_ticks(ax, frac.shape[0], class_names)
-    for layer in stats.layers()[1:]:
-        ax.axvline(layer.offset - 0.5, color="white", linewidth=0.3)
-    ax.set_xlabel("gate (layers separated by lines)")
+    layers = stats.layers()
+    for layer in layers[1:]:
+        ax.axvline(layer.offset - 0.5, color="red", linewidth=_SEPARATOR)
+    ax.set_xticks([layer.offset + (layer.num_gates - 1) / 2 for layer in layers])
+    ax.set_xticklabels([layer.name for layer in layers], rotation=90, fontsize=6)
+    ax.set_xlabel("gate, by layer (layers separated by red lines)")
     ax.set_title("per-class open fraction of each gate")
     fig.colorbar(im, ax=ax)
     return _finish(fig, path)
@@ -159,7 +162,7 @@ def plot_class_gates(stats: GateStats, path: str | Path | None = None,
                    cmap="viridis")
     _class_ticks(ax, frac.shape[0], class_names)
     for _, start, _ in spans[1:]:
-        ax.axvline(start - 0.5, color="white", linewidth=0.8)
+        ax.axvline(start - 0.5, color="red", linewidth=_SEPARATOR)
     ax.set_xticks([(start + stop - 1) / 2 for _, start, stop in spans])
     ax.set_xticklabels([f"{name} ({stop - start})" for name, start, stop in spans],
                        rotation=90, fontsize=6)
@@ -192,6 +195,10 @@ def save_plots(stats: GateStats, directory: str | Path, class_names: Sequence[st
         paths.append(directory / f"{prefix}class_gates.png")
         plot_class_gates(stats, paths[-1], class_names)
     return paths
+
+
+# Layer separators: red (outside viridis) and wide enough to see among 336 gate columns.
+_SEPARATOR = 1.5
 
 
 def _class_ticks(ax: Any, num_classes: int, class_names: Sequence[str] | None) -> None:

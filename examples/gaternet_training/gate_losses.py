@@ -38,7 +38,8 @@ class GateLosses:
         self.target_rate_weight = as_ramp(args.target_rate_weight)
         self.budget = args.budget
         self.budget_weight = as_ramp(args.budget_weight)
-        self.batch_shaping = as_ramp(args.batch_shaping) if args.batch_shaping is not None else None
+        shaping = as_ramp(args.batch_shaping) if args.batch_shaping is not None else None
+        self.batch_shaping = shaping if shaping is not None and shaping.active else None
         self.prior = tuple(args.batch_shaping_prior)
         self.count_downstream = bool(args.count_downstream)
         if self.target_rate is not None and not 0.0 <= self.target_rate <= 1.0:
@@ -57,7 +58,7 @@ class GateLosses:
     @property
     def active(self) -> bool:
         return bool(self.l1.active or self.target_rate is not None or self.budget is not None
-                    or (self.batch_shaping is not None and self.batch_shaping.active))
+                    or self.batch_shaping is not None)
 
     def weights(self, epoch: float, total: float) -> dict[str, float]:
         """Each active loss's weight at ``epoch`` (fractional)."""
@@ -68,7 +69,7 @@ class GateLosses:
             out["target_rate"] = self.target_rate_weight.at(epoch, total)
         if self.budget is not None:
             out["budget"] = self.budget_weight.at(epoch, total)
-        if self.batch_shaping is not None and self.batch_shaping.active:
+        if self.batch_shaping is not None:
             out["batch_shaping"] = self.batch_shaping.at(epoch, total)
         return out
 
