@@ -265,6 +265,35 @@ def test_torchrun_two_processes_keep_parameters_identical(tmp_path: Path) -> Non
     assert results["gate_stats"]["num_samples"] == 15
 
 
+def test_two_processes_train_as_one_on_the_same_global_batch(tmp_path: Path) -> None:
+    """DDP with half the batch per rank equals one process on the whole batch, and the two
+    ranks see disjoint samples whose union is what the one process saw (tests/ddp_harness.py
+    takes out what may differ between ranks: BatchNorm, augmentation, gate noise)."""
+    harness = ROOT / "tests" / "ddp_harness.py"
+    env = _env(tmp_path)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(harness), str(tmp_path / "two")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = subprocess.run([sys.executable, str(harness), str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr
+    r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "one" / "rank0.pt")
+    assert (r0["world_size"], r1["world_size"], single["world_size"]) == (2, 2, 1)
+    seen0, seen1 = set(r0["seen"]), set(r1["seen"])
+    assert len(seen0) == len(r0["seen"]) == len(seen1) == len(r1["seen"]) == 48
+    assert not seen0 & seen1, "the two ranks trained on the same samples"
+    assert seen0 | seen1 == set(single["seen"])
+    # Same weights up to the order of floating-point reductions (6 SGD steps, float32).
+    for name, p in single["params"].items():
+        torch.testing.assert_close(r0["params"][name], p, rtol=1e-4, atol=1e-5, msg=name)
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    # It trained: the weights moved from their initial values by far more than the tolerance.
+    moved = max(float((p - single["initial"][k]).abs().max()) for k, p in single["params"].items())
+    assert moved > 1e-2
+
+
 # --------------------------------------------------------------------------------------
 # bad input: a clear message, and no checkpoint ever overwritten
 # --------------------------------------------------------------------------------------
