@@ -33,7 +33,8 @@ from gatekit import GatekitError
 
 DEFAULTS = dict(
     arch="resnet20", gater="resnet20", epochs=160, batch_size=128, lr=0.1, weight_decay=5e-4,
-    warmup_epochs=1, label_smoothing=0.0, gate_loss_weight=0.0, workers=2, log_every=50,
+    warmup_epochs=1, label_smoothing=0.0, gate_loss_weight=0.0, init_bias=0.0, batch_shaping=0.0,
+    workers=2, log_every=50,
     name="cifar_gaternet", channels_last_cpu=True,
 )
 

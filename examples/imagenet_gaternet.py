@@ -33,14 +33,19 @@ from gaternet_training.train import Data
 
 IMAGENET = dict(
     arch="resnet50", gater="resnet18", epochs=90, batch_size=64, lr=0.1, weight_decay=1e-4,
-    warmup_epochs=5, label_smoothing=0.1, gate_loss_weight=0.0, image_size=224, workers=8,
+    warmup_epochs=5, label_smoothing=0.1, gate_loss_weight=0.0, init_bias=0.0, batch_shaping=0.0,
+    image_size=224, workers=8,
     log_every=100, name="imagenet_gaternet", channels_last_cpu=False,
 )
+# On the stand-in the gates start open and batch shaping keeps each gate's decisions spread
+# over the batch, so the gates end up depending on the image (see docs: recipe).
+STANDIN_INIT_BIAS, STANDIN_BATCH_SHAPING = 1.5, 2.0
 # The stand-in is 32x32: the CIFAR ResNet-20 suits it (torchvision's ResNet-18 stem shrinks
 # it to 8x8 and barely learns in the ~300 steps a 3-minute CPU budget allows).
 STANDIN = dict(
     arch="resnet20", gater="resnet20", epochs=4, batch_size=32, lr=0.1,
     weight_decay=5e-4, warmup_epochs=0.5, label_smoothing=0.1, gate_loss_weight=0.0,
+    init_bias=STANDIN_INIT_BIAS, batch_shaping=STANDIN_BATCH_SHAPING,
     image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
     channels_last_cpu=False, standin_train=2560, standin_val=1000,
 )

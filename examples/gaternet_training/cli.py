@@ -50,8 +50,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                    help="gate estimator for gatekit.get_gate (default: %(default)s)")
     m.add_argument("--bottleneck", type=int, default=8, help="gater head bottleneck (default: 8)")
     m.add_argument("--group-size", type=int, default=1, help="channels per gate (default: 1)")
-    m.add_argument("--init-bias", type=float, default=0.0,
-                   help="initial bias of the gate logits; > 0 starts with gates open (default: 0)")
+    m.add_argument("--init-bias", type=float,
+                   help="initial bias of the gate logits; > 0 starts with gates open "
+                        f"(default: {h('init_bias')})")
     m.add_argument("--gater-resolution", type=int, default=None, metavar="R",
                    help="the gater sees the image resized to RxR (antialiased bilinear): a "
                         "cheaper gater (default: the full image)")
@@ -101,10 +102,11 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                         "saves in the ungated convs that read its channel "
                         "(gatekit.gate_costs(downstream=True); exact for --sites inner of basic "
                         "blocks)")
-    r.add_argument("--batch-shaping", type=ramp_arg, default=None, metavar="W",
+    r.add_argument("--batch-shaping", type=ramp_arg, metavar="W",
                    help="weight of gatekit.batch_shaping_loss on the gates' open probabilities "
                         "(GaterNet.last_probs): each gate's distribution over the batch is "
-                        "pulled to a Beta prior, so it cannot sit always on or always off")
+                        "pulled to a Beta prior, so it cannot sit always on or always off "
+                        f"(default: {h('batch_shaping')}; 0 turns it off)")
     r.add_argument("--batch-shaping-prior", type=prior_arg, default=(0.6, 0.4), metavar="A,B",
                    help="the Beta(A, B) prior of batch shaping (default: 0.6,0.4)")
 

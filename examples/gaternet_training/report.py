@@ -69,7 +69,8 @@ def gate_report_1_99(stats: gatekit.GateStats) -> dict[str, Any]:
     summary without the per-class matrix (``gate_stats`` has it)."""
     s = stats.with_thresholds(always_on=0.99, always_off=0.01)
     print("at GaterNet's thresholds (input-dependent: open for 1% < fraction < 99% of images):")
-    print("\n".join(s.table().splitlines()[-1:]))
+    lines = s.table().splitlines()
+    print("\n".join([lines[0], *(line for line in lines if line.startswith("total"))]))
     summary = s.summary()
     summary.pop("class_open_fraction", None)
     return summary
