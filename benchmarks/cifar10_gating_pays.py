@@ -93,7 +93,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             ax.plot([backbone / 1e6, total / 1e6], [acc, acc], color=color, linewidth=0.8)
     ax.set_xlabel("FLOPs per image (millions; gated: at the test set's open gates)")
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
-    ax.set_title("accuracy against FLOPs, ResNet-20 fine-tuned from one plain start")
+    ax.set_title("CIFAR-10, ResNet-20 fine-tuned from one plain start", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=120)
