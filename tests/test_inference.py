@@ -226,13 +226,18 @@ class TinyNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_unsliceable_sites_run_dense_and_pooling_passes_through():
+def tiny_gated_net() -> gatekit.GaterNet:
+    """TinyNet with random BatchNorm statistics, every conv gated, float64, eval mode."""
     torch.manual_seed(0)
     backbone = TinyNet()
     randomise_batchnorm(backbone)
-    net = gatekit.gate_model(
+    return gatekit.gate_model(
         backbone.double(), resnet20_gater().double(), sites="all", gater_features=64
     ).eval()
+
+
+def test_unsliceable_sites_run_dense_and_pooling_passes_through():
+    net = tiny_gated_net()
     fast = gatekit.skip_compute(net)
     routes = {name: (mode, consumer) for name, mode, consumer, _ in fast.routes}
     assert routes["dw"][0] == "dense" and routes["conv_gn"][0] == "dense"
@@ -430,12 +435,7 @@ def test_skip_computes_only_open_channels_residual_sites(gated_nets):
 
 
 def test_both_transforms_return_a_gaternet_saying_what_each_site_became():
-    torch.manual_seed(0)
-    backbone = TinyNet()
-    randomise_batchnorm(backbone)
-    net = gatekit.gate_model(
-        backbone.double(), resnet20_gater().double(), sites="all", gater_features=64
-    ).eval()
+    net = tiny_gated_net()
     fast, fused = gatekit.skip_compute(net), gatekit.fuse_gated_convs(net, op="reference")
     names = [s.name for s in net.sites]
     for result in (fast, fused):

@@ -193,13 +193,6 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("call,word", BAD, ids=[f"{i}-{w}" for i, (_, w) in enumerate(BAD)])
-def test_bad_inputs_raise_gatekit_error(call, word):
-    with pytest.raises(GatekitError, match=word) as info:
-        call()
-    assert "got" in str(info.value)
-
-
 # --------------------------------------------------------------------------------------
 # flops_budget_loss
 # --------------------------------------------------------------------------------------
@@ -419,8 +412,9 @@ BAD_NEW = [
 ]
 
 
-@pytest.mark.parametrize("call,word", BAD_NEW, ids=[f"{i}-{w}" for i, (_, w) in enumerate(BAD_NEW)])
-def test_bad_inputs_of_budget_and_shaping_losses_raise(call, word):
+@pytest.mark.parametrize("call,word", BAD + BAD_NEW,
+                         ids=[f"{i}-{w}" for i, (_, w) in enumerate(BAD + BAD_NEW)])
+def test_bad_inputs_raise_gatekit_error(call, word):
     with pytest.raises(GatekitError, match=word) as info:
         call()
     assert "got" in str(info.value)
