@@ -18,3 +18,11 @@ class GatekitError(ValueError):
     ...     print(type(e).__name__)
     GatekitError
     """
+
+
+class InputShapeError(GatekitError, RuntimeError):
+    """A :class:`GatekitError` for an input a gated model cannot read (wrong rank or channels).
+
+    It is also a :class:`RuntimeError`, the class of the conv error PyTorch raised for such an
+    input before gatekit checked it, so code that caught that keeps working.
+    """

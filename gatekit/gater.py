@@ -6,12 +6,13 @@ Data flow: ``x -> gater -> head -> logits -> estimator -> gates -> gated backbon
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, fx, nn
 
-from ._errors import GatekitError
+from ._errors import GatekitError, InputShapeError
+from ._graph import is_conv
 from .estimators import Gate
 from .sites import GateSite
 
@@ -60,6 +61,35 @@ class GaterHead(nn.Module):
         return self.fc2(self.relu(self.bn(self.fc1(features))))
 
 
+class InputSpec(NamedTuple):
+    """What the backbone's first conv reads: the conv's name, input rank and channels."""
+
+    conv: str
+    ndim: int
+    channels: int
+
+
+def input_spec(backbone: nn.Module) -> InputSpec | None:
+    """The spec of the conv that reads the backbone's input directly, if exactly one does.
+
+    None when the input first goes through anything else (a normalisation, a resize): then
+    the model says nothing about the input's shape, and the check is left to that code.
+    """
+    if not isinstance(backbone, fx.GraphModule):
+        return None
+    inputs = [n for n in backbone.graph.nodes if n.op == "placeholder" and n.target != "gates"]
+    if not inputs:
+        return None
+    modules = dict(backbone.named_modules())
+    readers = {(user.target, modules.get(user.target)) for user in inputs[0].users
+               if user.op == "call_module" and user.args and user.args[0] is inputs[0]}
+    convs = [(name, m) for name, m in readers if is_conv(m)]
+    if len(convs) != 1 or len(readers) != 1:
+        return None
+    name, conv = convs[0]
+    return InputSpec(str(name), len(conv.kernel_size) + 2, conv.in_channels)
+
+
 def _site_counts(sites: Sequence[GateSite], limit: int = 4) -> str:
     shown = ", ".join(f"{s.name}: {s.num_gates}" for s in sites[:limit])
     more = f", ... ({len(sites)} sites)" if len(sites) > limit else ""
@@ -82,6 +112,13 @@ class GaterNet(nn.Module):
     it; in training the soft gates turn NaN and so does the loss).  ``check_finite=True``
     raises :class:`GatekitError` in eager mode (the check is skipped inside
     ``torch.compile``).
+
+    Input checks, on entry, before the gater runs: when one conv of the backbone reads the
+    input directly, an input whose rank or channel count that conv cannot read raises
+    :class:`GatekitError` (also a :class:`RuntimeError`, the class of the conv error it
+    replaces).  Gates given as ``gates=g`` are checked for shape, dtype, device and, in eager
+    mode, for NaN and inf (one ``isfinite`` over ``g``; skipped inside ``torch.compile``,
+    as the logits check is): the error names the first bad site and sample.
 
     Attributes: ``backbone`` (an fx GraphModule called as ``backbone(x, gates=g)``),
     ``gater``, ``head`` (:class:`GaterHead`), ``estimator`` (:class:`gatekit.Gate`),
@@ -119,6 +156,7 @@ class GaterNet(nn.Module):
         self.check_finite = bool(check_finite)
         self.last_gates = None
         self.last_logits = None
+        self.input_spec = input_spec(backbone)
 
     @property
     def last_probs(self) -> Tensor | None:
@@ -179,6 +217,7 @@ class GaterNet(nn.Module):
         return logits
 
     def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+        self._check_input(x)
         if gates is None:
             logits = self.gate_logits(x)
             gates = self.estimator(logits)
@@ -188,6 +227,29 @@ class GaterNet(nn.Module):
         self.last_logits = logits
         self.last_gates = gates
         return self.backbone(x, gates=gates)
+
+    def _check_input(self, x: Any) -> None:
+        spec = self.input_spec
+        if spec is None or not isinstance(x, Tensor):
+            return
+        spatial = {3: "L", 4: "H, W", 5: "D, H, W"}.get(spec.ndim, "...")
+        expected = f"(N, {spec.channels}, {spatial})"
+        fix = ""
+        if x.ndim == spec.ndim - 1 and x.shape[0] == spec.channels:
+            fix = "; add the batch dimension with x.unsqueeze(0)"
+        elif x.ndim == spec.ndim and x.shape[-1] == spec.channels:
+            fix = "; the channels look last: permute to channels first (channels_last is a memory format, not a shape)"
+        if x.ndim != spec.ndim:
+            raise InputShapeError(
+                f"the gated model expects a {spec.ndim}-d input {expected} (its backbone's "
+                f"{spec.conv} reads it), got shape {tuple(x.shape)}{fix}"
+            )
+        if x.shape[1] != spec.channels:
+            raise InputShapeError(
+                f"the gated model expects an input with {spec.channels} channels {expected} "
+                f"(its backbone's {spec.conv} has in_channels={spec.channels}), got "
+                f"{x.shape[1]} channels in shape {tuple(x.shape)}{fix}"
+            )
 
     def _check_gates(self, x: Any, gates: Any) -> None:
         expected = f"(N, {self.num_gates}) ({_site_counts(self.sites)})"
@@ -213,6 +275,18 @@ class GaterNet(nn.Module):
                 f"gates are on {gates.device} but the input is on {x.device}; "
                 f"move them with gates.to(x.device)"
             )
+        if not torch.compiler.is_compiling():
+            finite = torch.isfinite(gates)
+            if not bool(finite.all()):
+                sample, column = (int(i) for i in (~finite).nonzero()[0])
+                site = next(s for s in self.sites if s.offset <= column < s.stop)
+                value = gates[sample, column].item()
+                raise GatekitError(
+                    f"gates must be finite, got {value} for sample {sample}, gate {column} "
+                    f"(site {site.name}, its gate {column - site.offset}) and "
+                    f"{int((~finite).sum())} non-finite values in all; pass gates in [0, 1], "
+                    f"e.g. (logits > 0).float()"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         # Non-leaf tensors with a graph cannot be deep-copied; copies start without them.

@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 
 import pytest
 import torch
+import torchvision
 from hook_oracle import hooked_forward, perturb_norms
 from torch import nn
 
@@ -355,6 +357,88 @@ def net() -> gatekit.GaterNet:
 def test_bad_gates(net, gates, match) -> None:
     with pytest.raises(GatekitError, match=match):
         net(torch.randn(2, 3, 32, 32), gates=gates)
+
+
+# ResNet-20's residual sites, written out by hand: (name, gates) in the order they run.
+_RESNET20_RESIDUAL = [(f"stage{s}.block{b}.conv2", 16 * 2 ** (s - 1)) for s in (1, 2, 3) for b in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(("sample", "column"), [(0, 0), (1, 20), (1, 47), (0, 48), (1, 335)])
+def test_non_finite_gates(net, value, sample, column) -> None:
+    gates = torch.ones(2, 336)
+    gates[sample, column] = value
+    gates[1, 335] = value  # a later bad value: the message names the first one
+    starts = [sum(n for _, n in _RESNET20_RESIDUAL[:i]) for i in range(len(_RESNET20_RESIDUAL))]
+    i = max(i for i, start in enumerate(starts) if start <= column)
+    name, local = _RESNET20_RESIDUAL[i][0], column - starts[i]
+    count = 1 if (sample, column) == (1, 335) else 2
+    with pytest.raises(GatekitError, match=(
+        rf"got {value} for sample {sample}, gate {column} \(site {re.escape(name)}, its gate "
+        rf"{local}\) and {count} non-finite values in all")):
+        net(torch.randn(2, 3, 32, 32), gates=gates)
+
+
+def test_non_finite_gates_unchecked_when_compiled(net) -> None:
+    # The documented rule for checks that need the values: skipped inside torch.compile
+    # (fullgraph=True would fail on the data-dependent branch if it were not).
+    compiled = torch.compile(net.eval(), backend="eager", fullgraph=True)
+    gates = torch.ones(2, 336)
+    gates[0, 5] = float("nan")
+    out = compiled(torch.randn(2, 3, 32, 32), gates=gates)
+    assert out.shape == (2, 10)
+
+
+class _CountingGater(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.inner = resnet20_gater()
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((3, 32, 32), r"expects a 4-d input \(N, 3, H, W\) \(its backbone's conv reads it\), got "
+                      r"shape \(3, 32, 32\); add the batch dimension with x.unsqueeze\(0\)"),
+        ((2, 1, 32, 32), r"expects an input with 3 channels \(N, 3, H, W\) \(its backbone's conv has "
+                         r"in_channels=3\), got 1 channels in shape \(2, 1, 32, 32\)$"),
+        ((2, 32, 32, 3), r"got 32 channels in shape \(2, 32, 32, 3\); the channels look last"),
+        ((2, 3, 1, 32, 32), r"expects a 4-d input .*got shape \(2, 3, 1, 32, 32\)$"),
+    ],
+)
+def test_bad_input_shape(shape, match) -> None:
+    net = gate_model(resnet20(), _CountingGater())
+    net.gater.calls = 0
+    with pytest.raises(GatekitError, match=match) as info:
+        net(torch.randn(shape))
+    # Also the RuntimeError torch's conv raised before, so old handlers still catch it.
+    assert isinstance(info.value, RuntimeError)
+    assert net.gater.calls == 0  # checked on entry, before the gater runs
+    with pytest.raises(RuntimeError, match=match):  # the same with given gates
+        net(torch.randn(shape), gates=torch.ones(shape[0], 336))
+
+
+def test_input_shape_other_backbones() -> None:
+    tv = gate_model(torchvision.models.resnet18(num_classes=10), resnet20_gater())
+    with pytest.raises(GatekitError, match=r"its backbone's conv1 has in_channels=3\), got 4 channels"):
+        tv(torch.randn(1, 4, 64, 64))
+    one_d = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 3))
+    gater_1d = nn.Sequential(nn.Conv1d(2, 8, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
+    net = gate_model(one_d, gater_1d, sites="all")
+    assert net(torch.randn(2, 2, 16)).shape == (2, 4, 12)
+    with pytest.raises(GatekitError, match=r"expects a 3-d input \(N, 2, L\) \(its backbone's 0 reads"):
+        net(torch.randn(2, 2, 4, 4))
+    # A backbone whose input goes through something else first says nothing of the shape:
+    # no check, so nothing a model could accept is refused.
+    scaled = nn.Sequential(nn.Upsample(scale_factor=2), resnet20())
+    net = gate_model(scaled, resnet20_gater())
+    assert net.input_spec is None
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
 class _Features(nn.Module):

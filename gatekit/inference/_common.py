@@ -76,6 +76,7 @@ class InferenceGaterNet(GaterNet):
             check_finite=net.check_finite,
         )
         self.routes = tuple(routes)
+        self.input_spec = net.input_spec  # the rewritten backbone's first conv may be fused
         self.eval()
 
     def forward(self, x: Any, gates: Tensor | None = None) -> Any:
