@@ -9,7 +9,7 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :class:`GumbelSigmoid`, :class:`HardConcrete`, :func:`get_gate`;
 - gate losses: :func:`gate_l1_loss`, :func:`target_rate_loss`, :func:`expected_l0_loss`,
   :func:`flops_budget_loss` (with :func:`gate_costs`, the FLOPs each gate saves) and
-  :func:`batch_shaping_loss`;
+  :func:`batch_shaping_loss`; :func:`distillation_loss` from a trained dense teacher;
 - functional forms in :mod:`gatekit.functional`;
 - gate statistics over an evaluation pass: :class:`GateStats`; their plots in
   :mod:`gatekit.plots`;
@@ -23,6 +23,7 @@ tensor([[1., 0.]])
 from . import functional, plots
 from ._errors import GatekitError
 from .costs import gate_costs
+from .distillation import distillation_loss
 from .estimators import (
     Gate,
     GumbelSigmoid,
@@ -59,6 +60,7 @@ __all__ = [
     "SkipComputeNet",
     "StraightThroughSigmoid",
     "batch_shaping_loss",
+    "distillation_loss",
     "expected_l0_loss",
     "flops_budget_loss",
     "functional",

@@ -6,6 +6,7 @@
 tensor([[1., 0.]])
 """
 
+from .distillation import distillation_loss
 from .estimators import (
     expected_l0,
     gumbel_sigmoid,
@@ -26,6 +27,7 @@ from .losses import (
 
 __all__ = [
     "batch_shaping_loss",
+    "distillation_loss",
     "expected_l0",
     "expected_l0_loss",
     "flops_budget_loss",

@@ -10,10 +10,11 @@ from .ramp import Ramp, ramp_arg
 
 RAMP_HELP = """
 
-Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping) take
-a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
+Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping,
+--distill-weight) and the budget itself (--budget) take a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
 to B over the first K epochs (fractions allowed) and stay at B after: 0:2:3 ramps a weight up
-over three epochs, 1:0:5 anneals it to 0 over five.
+over three epochs, 1:0:5 anneals it to 0 over five; --budget 1:0.56:5 moves the budget from
+every FLOP to 56% over five epochs, as gradual pruning does.
 """
 
 
@@ -25,6 +26,15 @@ def prior_arg(value: str) -> tuple[float, float]:
     if not (a > 0 and b > 0):
         raise argparse.ArgumentTypeError(f"Beta prior parameters must be > 0, got {a},{b}")
     return a, b
+
+
+def budget_arg(value: str) -> Ramp:
+    """``B``, ``A:B`` or ``A:B:K`` with A and B in [0, 1]: a budget that may move."""
+    ramp = ramp_arg(value)
+    if not all(0.0 <= v <= 1.0 for v in (ramp.start, ramp.end) if v is not None):
+        raise argparse.ArgumentTypeError(
+            f"a budget is a fraction of the gated convs' FLOPs in [0, 1], got {value!r}")
+    return ramp
 
 
 def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any], *,
@@ -92,9 +102,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                    help="optional target open fraction (gatekit.target_rate_loss)")
     r.add_argument("--target-rate-weight", type=ramp_arg, default=Ramp(1.0),
                    help="weight of the target-rate loss (default: 1.0)")
-    r.add_argument("--budget", type=float, default=None, metavar="B",
+    r.add_argument("--budget", type=budget_arg, default=None, metavar="B",
                    help="pull the batch's FLOPs-weighted open fraction of the gated convs to B "
-                        "in [0, 1] (gatekit.flops_budget_loss with gatekit.gate_costs)")
+                        "in [0, 1] (gatekit.flops_budget_loss with gatekit.gate_costs); A:B:K "
+                        "moves the budget from A to B over K epochs")
     r.add_argument("--budget-weight", type=ramp_arg, default=Ramp(1.0),
                    help="weight of the budget loss (default: 1.0)")
     r.add_argument("--count-downstream", action="store_true",
@@ -109,6 +120,17 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                         f"(default: {h('batch_shaping')}; 0 turns it off)")
     r.add_argument("--batch-shaping-prior", type=prior_arg, default=(0.6, 0.4), metavar="A,B",
                    help="the Beta(A, B) prior of batch shaping (default: 0.6,0.4)")
+
+    k = parser.add_argument_group("distillation")
+    k.add_argument("--distill-from", type=Path, default=None, metavar="PATH",
+                   help="distil from a trained dense teacher: a run's checkpoint.pt or a "
+                        "state_dict of --arch (every key checked); the teacher runs in eval mode "
+                        "without gradients, and its cost is not counted in the model's FLOPs")
+    k.add_argument("--distill-weight", type=ramp_arg, default=Ramp(1.0), metavar="W",
+                   help="weight of gatekit.distillation_loss, added to the cross-entropy "
+                        "(default: 1.0)")
+    k.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
+                   help="softening temperature of the distillation loss (default: 4.0)")
 
     parser.epilog = (parser.epilog or "") + RAMP_HELP
 

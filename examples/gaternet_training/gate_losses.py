@@ -4,7 +4,7 @@
 - ``--target-rate``: the batch's open fraction pulled to a rate (:func:`gatekit.target_rate_loss`);
 - ``--budget``: the batch's FLOPs-weighted open fraction pulled to a budget
   (:func:`gatekit.flops_budget_loss`, costs from :func:`gatekit.gate_costs` at the training
-  image size);
+  image size); the budget itself may move (``1:0.56:5``, a :class:`Ramp`);
 - ``--batch-shaping``: each gate's open probability over the batch pulled to a Beta prior
   (:func:`gatekit.batch_shaping_loss` on :attr:`gatekit.GaterNet.last_probs`).
 
@@ -36,7 +36,7 @@ class GateLosses:
         self.l1 = as_ramp(args.gate_loss_weight)
         self.target_rate = args.target_rate
         self.target_rate_weight = as_ramp(args.target_rate_weight)
-        self.budget = args.budget
+        self.budget: Ramp | None = as_ramp(args.budget) if args.budget is not None else None
         self.budget_weight = as_ramp(args.budget_weight)
         shaping = as_ramp(args.batch_shaping) if args.batch_shaping is not None else None
         self.batch_shaping = shaping if shaping is not None and shaping.active else None
@@ -44,7 +44,8 @@ class GateLosses:
         self.count_downstream = bool(args.count_downstream)
         if self.target_rate is not None and not 0.0 <= self.target_rate <= 1.0:
             raise GatekitError(f"--target-rate must lie in [0, 1], got {self.target_rate}")
-        if self.budget is not None and not 0.0 <= self.budget <= 1.0:
+        if self.budget is not None and not all(
+                0.0 <= v <= 1.0 for v in (self.budget.start, self.budget.end) if v is not None):
             raise GatekitError(f"--budget must lie in [0, 1] (a fraction of the gated convs' "
                                f"FLOPs), got {self.budget}")
         self.costs: Tensor | None = None
@@ -85,7 +86,7 @@ class GateLosses:
             elif name == "target_rate":
                 term = gatekit.target_rate_loss(gates, self.target_rate)
             elif name == "budget":
-                term = gatekit.flops_budget_loss(gates, self.costs, self.budget)
+                term = gatekit.flops_budget_loss(gates, self.costs, self.budget.at(epoch, total))
             else:
                 probs = model.last_probs
                 assert probs is not None
@@ -99,7 +100,9 @@ class GateLosses:
         if self.target_rate is not None:
             out.update(target_rate=self.target_rate, target_rate_weight=str(self.target_rate_weight))
         if self.budget is not None:
-            out.update(budget=self.budget, budget_weight=str(self.budget_weight),
+            # a constant budget stays a number in results.json; a moving one is its A:B:K
+            budget = self.budget.start if self.budget.end is None else str(self.budget)
+            out.update(budget=budget, budget_weight=str(self.budget_weight),
                        count_downstream=self.count_downstream)
         if self.batch_shaping is not None:
             out.update(batch_shaping_weight=str(self.batch_shaping),

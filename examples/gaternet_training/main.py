@@ -12,7 +12,7 @@ import torch
 from gatekit import GatekitError
 
 from . import cli
-from .train import train
+from .train import Backbone, train
 
 
 def _error_text(e: BaseException) -> str:
@@ -40,7 +40,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(parser: argparse.ArgumentParser, defaults: Callable[[argparse.Namespace], dict[str, Any]],
-         load_data: Callable[..., Any], argv: list[str] | None = None) -> int:
+         load_data: Callable[..., Any], argv: list[str] | None = None,
+         backbone: Callable[[argparse.Namespace], Backbone] | None = None) -> int:
     """Run the script; returns the process exit status (2 for bad input)."""
     args = parser.parse_args(argv)
     cli.fill_defaults(args, defaults(args))
@@ -50,7 +51,7 @@ def main(parser: argparse.ArgumentParser, defaults: Callable[[argparse.Namespace
                              else uses_cuda or args.channels_last_cpu)
     try:
         _check(args)
-        train(args, load_data)
+        train(args, load_data, backbone(args) if backbone is not None else None)
     except GatekitError as e:
         print(f"error: {_error_text(e)}", file=sys.stderr, flush=True)
         return 2

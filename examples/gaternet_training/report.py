@@ -14,7 +14,7 @@ import gatekit.plots
 
 
 def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None, *,
-                downstream: bool = False) -> dict[str, Any]:
+                downstream: bool = False, dense_backbone: nn.Module | None = None) -> dict[str, Any]:
     """FLOPs per image, counted by ``FlopCounterMode`` on a CPU copy in eval mode.
 
     For a gated model, ``dense`` counts gater and backbone with every gate open;
@@ -24,18 +24,20 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
     an inner gate save more: ``downstream=True`` counts that too, as
     ``gate_costs(downstream=True)`` does, and ``downstream`` records it).  ``backbone_fraction`` is the
     backbone's share at that open fraction, ``(at_open_fraction - gater) / backbone_dense``.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
 
+    A statically pruned plain model is counted against the dense model it was pruned from
+    (``dense_backbone``): ``backbone_dense`` is that model's FLOPs, ``dense`` and
+    ``at_open_fraction`` the pruned model's, ``backbone_fraction`` their ratio.
+    """
     cpu = copy.deepcopy(model).float().cpu().eval()
     x = torch.zeros(1, 3, image_size, image_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        cpu(x)
-    out: dict[str, Any] = {"dense": int(counter.get_total_flops())}
+    out: dict[str, Any] = {"dense": _count(cpu, x)}
+    if dense_backbone is not None:
+        out["backbone_dense"] = _count(copy.deepcopy(dense_backbone).float().cpu().eval(), x)
+        out["at_open_fraction"] = out["dense"]
+        out["backbone_fraction"] = out["dense"] / out["backbone_dense"]
     if isinstance(cpu, gatekit.GaterNet):
-        with FlopCounterMode(display=False) as gater_counter, torch.no_grad():
-            cpu.gate_logits(x)
-        out["gater"] = int(gater_counter.get_total_flops())
+        out["gater"] = _count(cpu.gate_logits, x)
         out["backbone_dense"] = out["dense"] - out["gater"]
         if stats is not None and stats.num_samples:
             costs = gatekit.gate_costs(cpu, x, downstream=downstream)
@@ -46,6 +48,14 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
             out["backbone_fraction"] = ((out["at_open_fraction"] - out["gater"])
                                         / out["backbone_dense"])
     return out
+
+
+def _count(fn: Any, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn(x)
+    return int(counter.get_total_flops())
 
 
 def gate_report(stats: gatekit.GateStats, out_dir: Any, class_names: list[str]) -> dict[str, Any]:

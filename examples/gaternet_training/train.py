@@ -37,6 +37,7 @@ import gatekit
 from gatekit import GatekitError
 
 from . import checkpoint, models
+from .distill import Distillation, load_distillation
 from .distributed import Dist, setup, teardown
 from .gate_losses import GateLosses
 from .optim import make_optimizer, make_scheduler
@@ -70,6 +71,7 @@ class Run:
     amp_dtype: torch.dtype | None
     label_smoothing: float
     gate_losses: GateLosses | None  # None for a plain backbone
+    distillation: Distillation | None  # --distill-from: a dense teacher's term
     log_every: int
     step: int = 0
 
@@ -83,16 +85,33 @@ class Run:
         return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
 
 
-def train(args: Any, load_data: Callable[[Any, Dist], Data]) -> dict[str, Any] | None:
+@dataclass
+class Backbone:
+    """How a script builds its backbone when not by ``--arch`` name alone (a pruned model).
+
+    ``build(args, num_classes)`` returns the backbone (deterministic in ``args``, so that
+    ``--resume`` rebuilds the same one); ``dense(num_classes)`` the dense model whose FLOPs
+    the reported ``backbone_dense`` counts, so that a smaller backbone is compared with the
+    model it was made from.
+    """
+
+    build: Callable[[Any, int], nn.Module]
+    dense: Callable[[int], nn.Module]
+    info: dict[str, Any] = field(default_factory=dict)  # what build did, for results.json
+
+
+def train(args: Any, load_data: Callable[[Any, Dist], Data],
+          backbone: Backbone | None = None) -> dict[str, Any] | None:
     """Train as ``args`` say; returns the results dict on rank 0 (None on other ranks)."""
     dist = setup(args.device)
     try:
-        return _train(args, dist, load_data)
+        return _train(args, dist, load_data, backbone)
     finally:
         teardown()
 
 
-def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dict[str, Any] | None:
+def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
+           build: Backbone | None) -> dict[str, Any] | None:
     start = time.perf_counter()
     out_dir, ckpt_path, resume = _paths(args)
     ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
@@ -117,7 +136,8 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dic
     # numbers (a cache hit draws none), so the initial weights depend on the seed alone.
     random.seed(args.seed + dist.rank)
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    backbone = models.classifier(args.arch, len(data.classes))
+    backbone = (build.build(args, len(data.classes)) if build is not None
+                else models.classifier(args.arch, len(data.classes)))
     if args.no_gate:
         inner: nn.Module = backbone
     else:
@@ -132,6 +152,7 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dic
         inner = inner.to(memory_format=torch.channels_last)
     # The gate losses the flags ask for (none for a plain backbone); checked before any write.
     gate_losses = None if args.no_gate else GateLosses(args, inner, data.image_size, dist.device)
+    distillation = load_distillation(args, len(data.classes), dist.device, args.channels_last_on)
 
     # 3. The optimiser and schedule, stepped every iteration.
     steps_per_epoch = len(data.train)
@@ -162,7 +183,7 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dic
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)
     run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, args.label_smoothing,
-              gate_losses, args.log_every, step=start_epoch * steps_per_epoch)
+              gate_losses, distillation, args.log_every, step=start_epoch * steps_per_epoch)
     if dist.is_main:
         kind = "plain" if args.no_gate else f"gated by {args.gater} ({inner.num_gates} gates)"
         print(f"{args.arch} {kind}, {models.count_params(inner):,} parameters; "
@@ -207,12 +228,13 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data]) -> dic
 
     # 6. The gate statistics, FLOPs and results.json.
     return _final_report(args, run, data, out_dir, metrics, best, epoch_seconds,
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, build)
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
                     epochs: int) -> dict[str, float]:
-    """One pass over ``batches``: the step is forward, task + gate losses, backward, update.
+    """One pass over ``batches``: the step is forward, task + gate (+ distillation) losses,
+    backward, update.
 
     Metrics are summed on the device and synchronised only when shown or at the end of the
     epoch, so the loop never waits on the device per step.  Sums are reduced over ranks.
@@ -227,6 +249,10 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: i
             logits = run.model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.label_smoothing)
             opened = None
+            if run.distillation is not None:
+                term = run.distillation(logits, images, run.step / steps, epochs)
+                if term is not None:
+                    loss = loss + term
             if run.gate_losses is not None:
                 # Gate losses read the gates of this forward pass from the GaterNet itself.
                 loss = loss + run.gate_losses(run.inner, run.step / steps, epochs)
@@ -372,7 +398,8 @@ def _parameter_digest(model: nn.Module) -> str:
 
 
 def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
-                  epoch_seconds: list[float], wall: float) -> dict[str, Any] | None:
+                  epoch_seconds: list[float], wall: float,
+                  build: Backbone | None) -> dict[str, Any] | None:
     inner, dist = run.inner, run.dist
     stats = gatekit.GateStats.for_model(inner, num_classes=len(data.classes)) if run.gated else None
     final = evaluate(run, data.val, stats=stats, desc="final eval")
@@ -403,11 +430,16 @@ def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: Metri
         results["gate_stats_1_99"] = gate_report_1_99(stats)
     if run.gate_losses is not None:
         results["gate_losses"] = run.gate_losses.describe()
+    if run.distillation is not None:
+        results["distillation"] = run.distillation.describe()
+    if build is not None and build.info:
+        results["backbone_build"] = build.info
     results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
                              "init_gater": bool(getattr(args, "init_gater", False)),
                              "backbone_weights": getattr(args, "backbone_weights", None)}
     results["flops"] = flop_counts(inner, data.image_size, stats,
-                                   downstream=bool(getattr(args, "count_downstream", False)))
+                                   downstream=bool(getattr(args, "count_downstream", False)),
+                                   dense_backbone=build.dense(len(data.classes)) if build else None)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
                    "val_loss": final["loss"], "wall_seconds": wall})

@@ -29,22 +29,23 @@ from . import checkpoint, models
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """``(backbone_state, gater_trunk_state_or_None)`` from a checkpoint or state_dict file."""
+def read_state_dict(path: Path, flag: str = "--init-from") -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """``(backbone_state, gater_trunk_state_or_None)`` from a checkpoint or state_dict file;
+    ``flag`` names the option that gave ``path`` in error messages."""
     path = Path(path)
     if not path.is_file():
-        raise GatekitError(f"--init-from {path}: no such file; expected a checkpoint.pt of these "
+        raise GatekitError(f"{flag} {path}: no such file; expected a checkpoint.pt of these "
                            "scripts or a file saved with torch.save(model.state_dict(), path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise GatekitError(f"--init-from {path}: cannot be read as a torch file "
+        raise GatekitError(f"{flag} {path}: cannot be read as a torch file "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise GatekitError(f"--init-from {path}: expected a state_dict (names to tensors) or a "
+        raise GatekitError(f"{flag} {path}: expected a state_dict (names to tensors) or a "
                            f"checkpoint of these scripts, got {type(obj).__name__}")
     if any(k.startswith("backbone.") for k in obj):  # a gated run's GaterNet
         backbone = _strip(obj, "backbone.")

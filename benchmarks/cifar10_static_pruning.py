@@ -1,0 +1,137 @@
+"""The baseline a user would pick instead of gating: static channel pruning with Torch-Pruning.
+
+    pip install -e ".[examples,baselines]"
+    python benchmarks/cifar10_static_pruning.py --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --prune-from ../shared/checkpoints/cifar10-resnet20-plain-30ep/checkpoint.pt \\
+        --flops 0.56 --epochs 10 --workers 0 --output-dir runs/static
+
+Starts from a trained plain CIFAR ResNet (``--prune-from``: a run's ``checkpoint.pt`` or a
+``state_dict``, every key checked), prunes it once with Torch-Pruning (DepGraph) to the
+requested fraction of its FLOPs, then fine-tunes the smaller dense model with exactly the
+training loop, recipe and augmentation of ``examples/cifar_gaternet.py`` (all of its flags
+apply: ``--epochs``, ``--lr``, ``--distill-from``, ...).
+
+Pruning: magnitude (L1) importance, every conv pruned by the same ratio (Torch-Pruning's
+local pruning), channels coupled through the residual additions as its dependency graph
+finds them, the classifier kept whole.  The ratio is found by bisection so that the pruned
+model's FLOPs, counted by ``FlopCounterMode`` as the example scripts count them, are within
+0.005 of ``--flops`` times the dense model's.  ``results.json`` records, as the example
+scripts do, ``flops.backbone_dense`` (the dense model), ``flops.at_open_fraction`` (the pruned
+model) and ``flops.backbone_fraction`` (their ratio), and ``backbone_build`` (the ratio and
+each conv's width).  ``benchmarks/cifar10_evaluate.py`` rebuilds the pruned model from its
+state_dict alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# The example scripts' training code is the baseline's too (one loop for every run).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import cifar_gaternet
+from gaternet_training import models
+from gaternet_training.main import main
+from gaternet_training.train import Backbone
+from gaternet_training.warm_start import load_into, read_state_dict
+from torch.utils.flop_counter import FlopCounterMode
+
+from gatekit import GatekitError
+
+TOLERANCE = 0.005
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cifar_gaternet.parser()
+    p.description = __doc__.split("\n\n")[0]
+    p.epilog = __doc__.split("\n\n", 1)[1]
+    g = p.add_argument_group("static pruning")
+    g.add_argument("--prune-from", type=Path, required=True, metavar="PATH",
+                   help="the trained plain model to prune: a run's checkpoint.pt or a state_dict")
+    g.add_argument("--flops", type=float, required=True, metavar="F",
+                   help="keep this fraction of the dense model's FLOPs, in (0, 1)")
+    return p
+
+
+def flops(model: nn.Module, image_size: int = 32) -> int:
+    model = copy.deepcopy(model).float().cpu().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return int(counter.get_total_flops())
+
+
+def _prune(dense: nn.Module, ratio: float, image_size: int) -> nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).eval()
+    pruner = tp.pruner.MagnitudePruner(
+        model, torch.zeros(1, 3, image_size, image_size),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio, ignored_layers=[model.fc], global_pruning=False,
+    )
+    pruner.step()
+    return model
+
+
+def prune_to_flops(dense: nn.Module, fraction: float, image_size: int = 32) -> tuple[nn.Module, float]:
+    """The model pruned to ``fraction`` of ``dense``'s FLOPs (within 0.005), and the ratio."""
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        raise GatekitError("the static-pruning baseline needs Torch-Pruning: pip install -e "
+                           "\".[baselines]\"") from None
+    if not 0.0 < fraction < 1.0:
+        raise GatekitError(f"--flops must lie in (0, 1), got {fraction}")
+    full = flops(dense, image_size)
+    low, high = 0.0, 0.95
+    for _ in range(40):
+        ratio = (low + high) / 2
+        pruned = _prune(dense, ratio, image_size)
+        got = flops(pruned, image_size) / full
+        if abs(got - fraction) <= TOLERANCE:
+            return pruned, ratio
+        low, high = (ratio, high) if got > fraction else (low, ratio)
+    raise GatekitError(f"could not prune to {fraction:.3f} of the FLOPs within {TOLERANCE} "
+                       f"(closest {got:.4f}); channel counts are too coarse: pick another --flops")
+
+
+def backbone(args: argparse.Namespace) -> Backbone:
+    if not args.no_gate:
+        raise GatekitError("the static-pruning baseline trains a plain model: add --no-gate")
+    if args.init_from is not None:
+        raise GatekitError("--prune-from gives the starting weights; drop --init-from")
+    state, _ = read_state_dict(args.prune_from, flag="--prune-from")
+
+    def build(args: Any, num_classes: int) -> nn.Module:
+        dense = models.classifier(args.arch, num_classes)
+        load_into(dense, state, what=f"model ({args.arch})", source=f"--prune-from {args.prune_from}")
+        pruned, ratio = prune_to_flops(dense, args.flops)
+        widths = {name: m.out_channels for name, m in pruned.named_modules()
+                  if isinstance(m, nn.Conv2d)}
+        print(f"pruned {args.arch} with Torch-Pruning (L1, ratio {ratio:.4f}): "
+              f"{flops(pruned) / flops(dense):.4f} of its FLOPs", flush=True)
+        result.info.update(pruning="torch-pruning MagnitudePruner, L1, local", ratio=ratio,
+                           conv_widths=widths)
+        return pruned
+
+    result = Backbone(build=build, dense=lambda n: models.classifier(args.arch, n))
+    return result
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--no-gate" not in argv:
+        argv.append("--no-gate")  # the baseline is a plain model; said in the results' command
+    return main(parser(), lambda a: cifar_gaternet.DEFAULTS, cifar_gaternet.load_data, argv,
+                backbone=backbone)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
