@@ -33,7 +33,7 @@ def budget_arg(value: str) -> Ramp:
     ramp = ramp_arg(value)
     if not all(0.0 <= v <= 1.0 for v in (ramp.start, ramp.end) if v is not None):
         raise argparse.ArgumentTypeError(
-            f"a budget is a fraction of the gated convs' FLOPs in [0, 1], got {value!r}")
+            f"must lie in [0, 1] (a fraction of the gated convs' FLOPs), got {value!r}")
     return ramp
 
 

@@ -1,0 +1,157 @@
+"""Recheck a CIFAR-10 run from its committed weights: rebuild, evaluate, print one JSON line.
+
+    python benchmarks/cifar10_evaluate.py benchmarks/results/cifar10/budget_s0.pt \\
+        --data ../shared/data/cifar10-jpeg.tar.gz
+
+``WEIGHTS`` is a run's ``state_dict`` (``torch.save(model.state_dict(), path)``, as
+``--export-weights`` of this script or the runs' ``checkpoint.pt`` give it); the run's
+results file is ``WEIGHTS`` with the suffix ``.json`` (or ``--results``).  The model is
+rebuilt from the command recorded there, with the flags of ``examples/cifar_gaternet.py``
+(or of ``benchmarks/cifar10_static_pruning.py``, whose pruned widths are read from the
+weights' shapes, so Torch-Pruning is not needed), and evaluated on the full test split in
+float32 with the run's evaluation batches.  Printed: ``test_error``, and the FLOPs fractions
+counted as the run counted them: ``backbone_flops_fraction`` (``flops.backbone_fraction``)
+and ``total_flops_fraction_of_plain`` (``flops.at_open_fraction`` / ``flops.backbone_dense``,
+gater included).
+
+``--export-weights OUT`` instead writes the model weights of a run's ``checkpoint.pt``
+(``WEIGHTS``) to ``OUT``, without the optimiser state: what the results folder commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import cifar_gaternet
+from gaternet_training import models
+from gaternet_training.distributed import setup
+from gaternet_training.report import flop_counts
+
+import gatekit
+
+STATIC_SCRIPT = "cifar10_static_pruning.py"
+
+
+def _run_args(results: dict[str, Any], data: Path, cache_dir: Path | None) -> argparse.Namespace:
+    """The run's flags, parsed as its script parsed them, with this machine's data path."""
+    argv = shlex.split(results["command"])[1:]
+    parser = cifar_gaternet.parser()
+    if Path(shlex.split(results["command"])[0]).name == STATIC_SCRIPT:
+        parser.add_argument("--prune-from")
+        parser.add_argument("--flops", type=float)
+        argv.append("--no-gate")
+    args, _ = parser.parse_known_args(argv)
+    args.data, args.cache_dir, args.limit, args.limit_val = data, cache_dir, None, None
+    for key, value in cifar_gaternet.DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.sites = [s for s in args.sites.split(",") if s] if "," in args.sites else args.sites
+    args.channels_last_on = args.channels_last if args.channels_last is not None else True
+    return args
+
+
+def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Give every conv, norm and linear layer of ``model`` the shapes its weights have in ``state``
+    (a statically pruned model keeps its layers and their order; only widths change)."""
+    for name, module in list(model.named_modules()):
+        if not name or f"{name}.weight" not in state:
+            continue
+        w = state[f"{name}.weight"]
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if isinstance(module, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(w.shape[1] * module.groups, w.shape[0], module.kernel_size,
+                                       stride=module.stride, padding=module.padding,
+                                       dilation=module.dilation, groups=module.groups,
+                                       bias=module.bias is not None)
+        elif isinstance(module, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(w.shape[0])
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(w.shape[1], w.shape[0], bias=module.bias is not None)
+        else:
+            continue
+        setattr(parent, name.rpartition(".")[2], new)
+    return model
+
+
+def rebuild(results: dict[str, Any], args: argparse.Namespace, state: dict[str, torch.Tensor],
+            num_classes: int) -> nn.Module:
+    """The run's model with its weights (``load_state_dict`` strict)."""
+    backbone = models.classifier(args.arch, num_classes)
+    if "backbone_build" in results:
+        backbone = _resize_to(backbone, state)
+    model = backbone if not results["gated"] else gatekit.gate_model(
+        backbone, models.gater_trunk(args), sites=args.sites, estimator=args.estimator,
+        bottleneck=args.bottleneck, group_size=args.group_size)
+    model.load_state_dict(state)
+    return model
+
+
+def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path | None) -> dict[str, float]:
+    results = json.loads(results_path.read_text())
+    args = _run_args(results, data, cache_dir)
+    dist = setup("cpu")
+    loaded = cifar_gaternet.load_data(args, dist)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model = rebuild(results, args, state, len(loaded.classes)).eval()
+    if args.channels_last_on:
+        model = model.to(memory_format=torch.channels_last)
+    gated = isinstance(model, gatekit.GaterNet)
+    stats = gatekit.GateStats.for_model(model, num_classes=len(loaded.classes)) if gated else None
+    correct = count = 0
+    with torch.no_grad():
+        for images, labels in loaded.val:
+            logits = model(images)
+            correct += int((logits.argmax(1) == labels).sum())
+            count += labels.shape[0]
+            if stats is not None:
+                stats.update(model.last_gates, labels)
+    flops = flop_counts(model, loaded.image_size, stats, downstream=bool(args.count_downstream),
+                        dense_backbone=models.classifier(args.arch, len(loaded.classes))
+                        if "backbone_build" in results else None)
+    fraction = flops.get("backbone_fraction", 1.0)
+    total = flops.get("at_open_fraction", flops["dense"]) / flops.get("backbone_dense", flops["dense"])
+    return {"test_error": 1.0 - correct / count, "backbone_flops_fraction": fraction,
+            "total_flops_fraction_of_plain": total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("weights", type=Path)
+    p.add_argument("--data", type=Path, help="the CIFAR-10 data (as for cifar_gaternet.py --data)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="the run's results JSON (default: WEIGHTS with suffix .json)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--export-weights", type=Path, default=None, metavar="OUT")
+    args = p.parse_args(argv)
+    try:
+        if args.export_weights is not None:
+            ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
+            torch.save(ckpt["model"], args.export_weights)
+            print(f"wrote {args.export_weights} ({args.export_weights.stat().st_size / 1e6:.2f} MB)")
+            return 0
+        if args.data is None:
+            raise gatekit.GatekitError("--data is needed to evaluate (the CIFAR-10 test split)")
+        results_path = args.results or args.weights.with_suffix(".json")
+        if not results_path.is_file():
+            raise gatekit.GatekitError(f"no results file {results_path}; pass --results")
+        print(json.dumps(evaluate_run(args.weights, results_path, args.data, args.cache_dir)))
+    except gatekit.GatekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

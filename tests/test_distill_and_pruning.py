@@ -1,0 +1,194 @@
+"""The example scripts' distillation (--distill-from), the moving budget (--budget A:B:K) and
+the static-pruning baseline (benchmarks/cifar10_static_pruning.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from gaternet_training.distill import Distillation
+from gaternet_training.gate_losses import GateLosses
+from gaternet_training.ramp import Ramp
+from test_examples import CIFAR, IMAGENET, ROOT, TINY_CIFAR, TINY_STANDIN, _main, _write_tree
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import gatekit
+from gatekit.models import resnet20, resnet20_gater
+
+# --------------------------------------------------------------------------------------
+# the moving budget
+# --------------------------------------------------------------------------------------
+
+
+def _loss_args(**kw) -> SimpleNamespace:
+    base = dict(gate_loss_weight=Ramp(0.0), target_rate=None, target_rate_weight=Ramp(1.0),
+                budget=None, budget_weight=Ramp(1.0), batch_shaping=None,
+                batch_shaping_prior=(0.6, 0.4), count_downstream=False)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize(("epoch", "budget"), [(0.0, 1.0), (1.0, 0.75), (1.5, 0.625), (2.0, 0.5),
+                                               (7.0, 0.5)])
+def test_budget_moves_linearly_then_stays(epoch: float, budget: float) -> None:
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
+    losses = GateLosses(_loss_args(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0)), net, 32,
+                        torch.device("cpu"))
+    net(torch.randn(4, 3, 32, 32))
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
+    got = losses(net, epoch, 10)
+    want = 3.0 * gatekit.flops_budget_loss(net.last_gates, costs.float(), budget)
+    torch.testing.assert_close(got, want)
+    assert losses.describe()["budget"] == "1:0.5:2"
+
+
+@pytest.mark.parametrize("bad", ["1.5", "1:1.5:2", "-0.1"])
+def test_budget_outside_0_1_is_a_usage_error(tmp_path: Path, capsys, bad: str) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        _main(IMAGENET, [*TINY_STANDIN, f"--budget={bad}", "--output-dir", str(out)], capsys)
+    assert e.value.code == 2
+    assert "must lie in [0, 1]" in capsys.readouterr().err or bad == "-0.1"
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# distillation
+# --------------------------------------------------------------------------------------
+
+
+class _Teacher(nn.Module):
+    """Records the mode and grad mode it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(12, 5)
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return self.lin(x.flatten(1))
+
+
+def test_distillation_term_runs_the_teacher_in_eval_without_grad() -> None:
+    torch.manual_seed(0)
+    teacher = _Teacher().eval()
+    term = Distillation(teacher, Ramp.parse("0:2:4"), 3.0, "teacher.pt")
+    images, student = torch.randn(6, 3, 2, 2), torch.randn(6, 5, requires_grad=True)
+    assert term(student, images, 0.0, 10) is None and teacher.calls == []  # weight 0: no teacher run
+    got = term(student, images, 1.0, 10)
+    want = 0.5 * gatekit.distillation_loss(student, teacher.lin(images.flatten(1)).detach(), 3.0)
+    torch.testing.assert_close(got, want)
+    assert teacher.calls == [(False, False)]
+    got.backward()
+    assert student.grad is not None and teacher.lin.weight.grad is None
+
+
+@pytest.fixture()
+def teacher_state(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    torch.save(resnet20(num_classes=10).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["gated", "plain"])
+def test_run_with_distillation_reports_it(tmp_path: Path, capsys, teacher_state: Path, plain: bool) -> None:
+    out = tmp_path / "run"
+    argv = [*TINY_STANDIN, "--distill-from", str(teacher_state), "--distill-weight", "0:1",
+            "--distill-temperature", "2", "--output-dir", str(out), *(["--no-gate"] if plain else [])]
+    status, err = _main(IMAGENET, argv, capsys)
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["distillation"] == {"from": str(teacher_state), "weight": "0:1", "temperature": 2.0}
+    # the teacher is a training cost: the reported FLOPs are the model's alone
+    with FlopCounterMode(display=False) as counter:
+        resnet20(num_classes=10).eval()(torch.zeros(1, 3, 16, 16))
+    backbone = results["flops"]["dense"] - results["flops"].get("gater", 0)
+    assert backbone == counter.get_total_flops()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--distill-from", "nope.pt"], "--distill-from nope.pt: no such file"),
+    (["--distill-temperature", "0"], "--distill-temperature must be > 0"),
+])
+def test_bad_distillation_flags(tmp_path: Path, capsys, teacher_state: Path, argv, message) -> None:
+    if "--distill-from" not in argv:
+        argv = [*argv, "--distill-from", str(teacher_state)]
+    out = tmp_path / "run"
+    status, err = _main(IMAGENET, [*TINY_STANDIN, *argv, "--output-dir", str(out)], capsys)
+    assert status == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_teacher_that_does_not_fit_lists_the_keys(tmp_path: Path, capsys) -> None:
+    state = resnet20(num_classes=10).state_dict()
+    state["fc.weight"] = torch.zeros(7, 64)
+    state.pop("stage3.block3.bn2.bias")
+    torch.save(state, tmp_path / "bad.pt")
+    out = tmp_path / "run"
+    status, err = _main(IMAGENET, [*TINY_STANDIN, "--distill-from", str(tmp_path / "bad.pt"),
+                                   "--output-dir", str(out)], capsys)
+    assert status == 2, err
+    assert "--distill-from" in err and "does not fit the teacher (resnet20)" in err
+    assert "missing in the file: stage3.block3.bn2.bias" in err
+    assert "fc.weight: (7, 64) in the file, (10, 64) in the model" in err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# the static-pruning baseline
+# --------------------------------------------------------------------------------------
+
+STATIC = ROOT / "benchmarks" / "cifar10_static_pruning.py"
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_static_pruning_run(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    start = resnet20(num_classes=3)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    data = _write_tree(tmp_path / "data", {"train": 8, "test": 4})
+    out = tmp_path / "run"
+    status = _load(STATIC).cli_main(["--data", str(data), *TINY_CIFAR, "--output-dir", str(out),
+                                     "--prune-from", str(tmp_path / "start.pt"), "--flops", "0.5",
+                                     "--distill-from", str(tmp_path / "start.pt")])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    results = json.loads((out / "results.json").read_text())
+    flops = results["flops"]
+    # the dense model's FLOPs, counted independently, and the pruned one within 0.005 of half
+    with FlopCounterMode(display=False) as counter:
+        resnet20(num_classes=3).eval()(torch.zeros(1, 3, 32, 32))
+    assert flops["backbone_dense"] == counter.get_total_flops()
+    assert abs(flops["at_open_fraction"] / flops["backbone_dense"] - 0.5) <= 0.005
+    assert flops["backbone_fraction"] == flops["at_open_fraction"] / flops["backbone_dense"]
+    # the saved weights are the pruned model's: fewer channels than the start
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    widths = results["backbone_build"]["conv_widths"]
+    assert saved["stage3.block1.conv1.weight"].shape[0] == widths["stage3.block1.conv1"] < 64
+    assert results["gated"] is False
+
+
+def test_static_pruning_refuses_a_gated_run(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torch_pruning")
+    torch.save(resnet20(num_classes=3).state_dict(), tmp_path / "start.pt")
+    data = _write_tree(tmp_path / "data", {"train": 4, "test": 2})
+    status = _load(STATIC).cli_main(["--data", str(data), *TINY_CIFAR, "--prune-from",
+                                     str(tmp_path / "start.pt"), "--flops", "1.5",
+                                     "--output-dir", str(tmp_path / "run")])
+    assert status == 2 and "--flops must lie in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
