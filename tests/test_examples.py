@@ -471,6 +471,24 @@ def test_backbone_weights_corrupt_cached_file(offline: list[str], tmp_path: Path
     assert not out.exists() and cached.read_bytes() == content
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_download_without_network(offline: list[str], tmp_path: Path, capsys,
+                                        dataset: str) -> None:
+    datasets = pytest.importorskip("torchvision.datasets")
+    url = (datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100).url
+    data, out = tmp_path / "datasets", tmp_path / "run"
+    status, err = _main(CIFAR, ["--data", str(data), "--download", "--dataset", dataset,
+                                *TINY_CIFAR, "--output-dir", str(out)], capsys)
+    assert status == 2 and offline and set(offline) == {url}
+    line = _one_error_line(err)
+    assert f"--download: torchvision could not download CIFAR{dataset[5:]} from {url}" in line
+    assert "(URLError: <urlopen error [Errno -2] Name or service not known>)" in line
+    tv_dir = "cifar-10-batches-py/" if dataset == "cifar10" else "cifar-100-python/"
+    assert ("pass --data a local ImageFolder tree (train/, test/), its .tar.gz, or a directory "
+            f"that already holds torchvision's CIFAR download ({tv_dir})") in line
+    assert not out.exists() and not any(data.rglob("*"))  # no half-downloaded archive
+
+
 def test_help_lists_both_defaults() -> None:
     out = io.StringIO()
     _load_script(IMAGENET).parser().print_help(out)
