@@ -14,9 +14,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -387,6 +390,103 @@ def test_unknown_model_name(tmp_path: Path, capsys, flag: str) -> None:
     what = "model" if flag == "--arch" else "gater"
     assert status == 2 and f"unknown {what} 'resnet9000'" in err
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------------------
+# downloads without a network: a clear message, nothing written (the network never used)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """No network, as on a cluster without internet access: every download torch.hub or
+    torchvision starts fails as a failed DNS look-up does.  Returns the URLs tried.
+
+    torch.hub's cache is an empty ``$TORCH_HOME`` under ``tmp_path``, so a file cached on
+    this machine is never read.
+    """
+    tried: list[str] = []
+
+    def fail(url, *args, **kwargs):
+        tried.append(getattr(url, "full_url", url))  # urlopen takes a Request or a URL
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr(urllib.request, "urlopen", fail)  # torchvision.datasets' downloads
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("GATEKIT_CACHE", str(tmp_path / "cache"))
+    return tried
+
+
+def _resnet18_weights() -> tuple[str, Path]:
+    """The URL of torchvision's ResNet-18 IMAGENET1K_V1 weights and where torch.hub caches it."""
+    torchvision = pytest.importorskip("torchvision")
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+WEIGHTS_ARGS = [*TINY_STANDIN, "--arch", "resnet18", "--backbone-weights", "IMAGENET1K_V1"]
+
+
+def test_backbone_weights_without_network(offline: list[str], tmp_path: Path, capsys) -> None:
+    url, cached = _resnet18_weights()
+    out = tmp_path / "run"
+    status, err = _main(IMAGENET, [*WEIGHTS_ARGS, "--output-dir", str(out)], capsys)
+    assert status == 2 and offline == [url]
+    line = _one_error_line(err)
+    assert f"could not download {cached.name} from {url} (URLError: " in line
+    assert cached == tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"copy that file to {cached} " in line and "$TORCH_HOME/hub/checkpoints/" in line
+    assert "pass --init-from PATH with a local state_dict file of resnet18" in line
+    assert not out.exists() and not cached.exists()
+
+
+def _truncated_torch_file() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, buf)
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+@pytest.mark.parametrize("content", [b"not weights", _truncated_torch_file()],
+                         ids=["a-few-bytes", "truncated"])
+def test_backbone_weights_corrupt_cached_file(offline: list[str], tmp_path: Path, capsys,
+                                              content: bytes) -> None:
+    url, cached = _resnet18_weights()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    out = tmp_path / "run"
+    status, err = _main(IMAGENET, [*WEIGHTS_ARGS, "--output-dir", str(out)], capsys)
+    assert status == 2
+    assert offline == []  # the cached file is read, not downloaded again
+    line = _one_error_line(err)
+    assert f"the cached file {cached} cannot be read as torch weights (" in line
+    assert "truncated or corrupt; delete it and run again to download it anew from " + url in line
+    assert "pass --init-from PATH with a local state_dict file of resnet18" in line
+    assert not out.exists() and cached.read_bytes() == content
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_download_without_network(offline: list[str], tmp_path: Path, capsys,
+                                        dataset: str) -> None:
+    datasets = pytest.importorskip("torchvision.datasets")
+    url = (datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100).url
+    data, out = tmp_path / "datasets", tmp_path / "run"
+    status, err = _main(CIFAR, ["--data", str(data), "--download", "--dataset", dataset,
+                                *TINY_CIFAR, "--output-dir", str(out)], capsys)
+    assert status == 2 and offline and set(offline) == {url}
+    line = _one_error_line(err)
+    assert f"--download: torchvision could not download CIFAR{dataset[5:]} from {url}" in line
+    assert "(URLError: <urlopen error [Errno -2] Name or service not known>)" in line
+    tv_dir = "cifar-10-batches-py/" if dataset == "cifar10" else "cifar-100-python/"
+    assert ("pass --data a local ImageFolder tree (train/, test/), its .tar.gz, or a directory "
+            f"that already holds torchvision's CIFAR download ({tv_dir})") in line
+    assert not out.exists() and not any(data.rglob("*"))  # no half-downloaded archive
 
 
 def test_help_lists_both_defaults() -> None:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,17 @@ def load_cifar(data: Path, *, dataset: str, cache_dir: Path, download: bool, wor
         from torchvision import datasets
 
         cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-        splits = [cls(str(data), train=t, download=download) for t in (True, False)]
+        try:
+            splits = [cls(str(data), train=t, download=download) for t in (True, False)]
+        except (OSError, HTTPException) as e:  # URLError, timeouts, a dropped connection
+            if not download:
+                raise
+            raise GatekitError(
+                f"--download: torchvision could not download {cls.__name__} from {cls.url} into "
+                f"{data} ({type(e).__name__}: {e}); without internet access, pass --data a local "
+                f"ImageFolder tree ({train_dir}/, {val_dir}/), its .tar.gz, or a directory that "
+                f"already holds torchvision's CIFAR download ({tv_dir}/), without --download"
+            ) from None
         return {
             "classes": list(splits[0].classes), "source": str(data / tv_dir),
             "train_x": torch.from_numpy(splits[0].data), "train_y": torch.tensor(splits[0].targets),

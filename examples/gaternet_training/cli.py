@@ -81,7 +81,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     if torchvision_weights:
         w.add_argument("--backbone-weights", default=None, metavar="NAME",
                        help="load torchvision's pretrained weights NAME into the backbone, e.g. "
-                            "IMAGENET1K_V2 or DEFAULT (downloaded by torchvision on first use)")
+                            "IMAGENET1K_V2 or DEFAULT (downloaded by torchvision on first use "
+                            "into $TORCH_HOME/hub/checkpoints/; offline, copy the file there or "
+                            "use --init-from)")
 
     r = parser.add_argument_group("recipe")
     r.add_argument("--epochs", type=int, help=f"(default: {h('epochs')})")

@@ -6,7 +6,8 @@ Sources, all read before anything is written:
   a gated run, the backbone part (``backbone.*``) and the gater trunk part (``gater.*``);
 - a bare ``state_dict`` file (``torch.save(model.state_dict(), path)``);
 - torchvision weights by name (``--backbone-weights IMAGENET1K_V2``, downloaded by torchvision
-  on first use).
+  on first use into ``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``;
+  a file already there is read, so a copy placed there works offline).
 
 Keys must match exactly: a missing or unexpected key, or a shape that differs, raises one
 :class:`GatekitError` that lists them all.  The only keys that may be left over are those of
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +60,12 @@ def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message``, to quote an exception in a one-line error."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def torchvision_state_dict(arch: str, weights: str) -> dict[str, Tensor]:
     """torchvision's ``weights`` (e.g. ``IMAGENET1K_V2``) for ``arch``; downloads on first use."""
     import torchvision
@@ -74,7 +82,23 @@ def torchvision_state_dict(arch: str, weights: str) -> dict[str, Tensor]:
     else:
         raise GatekitError(f"--backbone-weights {weights!r} is not a weight set of {arch}; "
                            f"expected one of {', '.join([*names, 'DEFAULT'])}")
-    return chosen.get_state_dict(progress=True)
+    # Where torch.hub keeps the file (it follows $TORCH_HOME): read from there when present,
+    # downloaded there otherwise.
+    url = chosen.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    offline = f"pass --init-from PATH with a local state_dict file of {arch}"
+    try:
+        return chosen.get_state_dict(progress=True)
+    except Exception as e:  # a failed download and a damaged file both come in many types
+        if not cached.is_file():  # nothing was cached: the download failed
+            raise GatekitError(
+                f"--backbone-weights {weights}: torchvision could not download {cached.name} "
+                f"from {url} ({_why(e)}); without internet access, copy that file to {cached} "
+                f"(torch.hub's cache, $TORCH_HOME/hub/checkpoints/), or {offline}") from None
+        raise GatekitError(
+            f"--backbone-weights {weights}: the cached file {cached} cannot be read as torch "
+            f"weights ({_why(e)}), as happens when it is truncated or corrupt; delete it and run "
+            f"again to download it anew from {url}, or {offline}") from None
 
 
 def load_into(module: nn.Module, state: dict[str, Tensor], *, what: str, source: str,
