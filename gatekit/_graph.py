@@ -1,6 +1,6 @@
 """The rules about fx graph nodes, in one place: what counts as a conv, an addition, an
-activation, a global pooling, a channel-wise op that keeps zeros zero, and how often a
-module runs.
+activation, a global pooling, a channel-wise op that keeps zeros zero, which node is a
+site's gate multiply, and how often a module runs.
 
 Used by site finding (:mod:`gatekit.sites`), the transform, gate costs and the inference
 rewrites (:mod:`gatekit.inference`), so that they agree on what they see.
@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from ._errors import GatekitError
 
 __all__: list[str] = []
 
@@ -172,6 +175,101 @@ def keeps_zero_channels(node: fx.Node, source: fx.Node, modules: dict[str, nn.Mo
     if node.op == "call_function":
         return node.target in _ZERO_KEEPING_FUNCTIONS
     return node.op == "call_method" and node.target in _ZERO_KEEPING_METHODS
+
+
+# --------------------------------------------------------------------------------------
+# Gate multiplies
+# --------------------------------------------------------------------------------------
+
+#: The ``node.meta`` key that :func:`gatekit.gate_model` sets on each gate multiply it
+#: inserts (``after * gates[...]``): the site's index in ``GaterNet.sites``.  Gate costs
+#: and the inference planner find a site's gate by this mark, never by the shape of the
+#: nodes around it.
+GATE_SITE = "gatekit_site"
+
+#: The GraphModule attribute that carries the marks through pickling.  Unpickling a
+#: GraphModule re-traces its generated code, which makes new nodes without their meta (and
+#: node names may change); the ``operator.mul`` calls keep their order, so the marks are
+#: kept as ``(number of mul calls, ((rank among them, site index), ...))`` and put back by
+#: gatekit's tracer (:func:`restore_gate_marks`).
+GATE_MARKS_ATTR = "_gatekit_gate_marks"
+
+
+def mark_gate(node: fx.Node, index: int) -> None:
+    """Mark ``node`` as the gate multiply of site ``index``."""
+    node.meta[GATE_SITE] = index
+
+
+def _muls(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target is operator.mul]
+
+
+def save_gate_marks(graph_module: fx.GraphModule) -> None:
+    """Record the graph's gate marks on ``graph_module`` (call after the last graph edit)."""
+    muls = _muls(graph_module.graph)
+    marks = tuple((rank, n.meta[GATE_SITE]) for rank, n in enumerate(muls) if GATE_SITE in n.meta)
+    setattr(graph_module, GATE_MARKS_ATTR, (len(muls), marks))
+
+
+def restore_gate_marks(root: Any, graph: fx.Graph) -> None:
+    """Put back the marks recorded on ``root`` (the module a graph is re-traced from).
+
+    Nothing is put back when ``root`` has no record or when the graph's ``mul`` calls are
+    not the recorded ones; the readers (:func:`gate_nodes`) then raise.
+    """
+    record = getattr(root, GATE_MARKS_ATTR, None)
+    if record is None:
+        return
+    count, marks = record
+    muls = _muls(graph)
+    if len(muls) != count:
+        return
+    for rank, index in marks:
+        mark_gate(muls[rank], index)
+
+
+def gate_nodes(graph: fx.Graph, site_names: Sequence[str], who: str) -> list[fx.Node]:
+    """The gate multiply of each site, in site order, found by its :data:`GATE_SITE` mark.
+
+    Raises :class:`GatekitError` when a site has no marked node, or one has several.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
+    >>> muls = gate_nodes(net.backbone.graph, [s.name for s in net.sites], "a test")
+    >>> muls[0].args[0].target, muls[0].meta[GATE_SITE]
+    ('stage1.block1.bn1', 0)
+    """
+    found: dict[int, list[fx.Node]] = {}
+    unknown: list[str] = []
+    for node in graph.nodes:
+        if GATE_SITE in node.meta:
+            mark = node.meta[GATE_SITE]
+            if isinstance(mark, int) and 0 <= mark < len(site_names):
+                found.setdefault(mark, []).append(node)
+            else:
+                unknown.append(f"mark {mark!r} on {node.name}")
+    missing = [name for i, name in enumerate(site_names) if i not in found]
+    if missing:
+        raise GatekitError(
+            f"{who} expects each gate multiply of the backbone's graph to carry its site's "
+            f"mark (node.meta[{GATE_SITE!r}], set by gatekit.gate_model), got none for the "
+            f"sites {missing[:3]} ({len(missing)} of {len(site_names)}); build the model with "
+            f"gatekit.gate_model and leave its graph as it made it"
+        )
+    repeated = [
+        f"site {i} marked on {', '.join(n.name for n in nodes)}"
+        for i, nodes in found.items()
+        if len(nodes) > 1
+    ]
+    if repeated or unknown:
+        raise GatekitError(
+            f"{who} expects one marked gate multiply per site of the model "
+            f"({len(site_names)} sites), got {'; '.join((repeated + unknown)[:3])} "
+            f"(node.meta[{GATE_SITE!r}]); build the model with gatekit.gate_model and leave "
+            f"its graph as it made it"
+        )
+    return [found[i][0] for i in range(len(site_names))]
 
 
 # --------------------------------------------------------------------------------------

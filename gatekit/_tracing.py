@@ -27,7 +27,7 @@ from typing import Any
 from torch import fx, nn
 
 from ._errors import GatekitError
-from ._graph import ANY_CONV_TYPES
+from ._graph import ANY_CONV_TYPES, restore_gate_marks
 
 __all__ = ["ModeFlag", "trace"]
 
@@ -96,6 +96,13 @@ class _GateTracer(fx.Tracer):
             raise
         finally:
             self.stack.pop()
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        graph = super().trace(root, concrete_args)
+        # Unpickling a gated backbone re-traces its code with this tracer: the gate marks
+        # come back from the record the GraphModule carries (see gatekit._graph).
+        restore_gate_marks(root, graph)
+        return graph
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)

@@ -15,7 +15,6 @@ the gated convs (and, with downstream=True, on the convs they feed) -> costs``.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ._errors import GatekitError
-from ._graph import CONV_TYPES
+from ._graph import CONV_TYPES, gate_nodes
 from .gater import GaterNet
 
 __all__ = ["gate_costs"]
@@ -64,24 +63,6 @@ def _passes_zero(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) 
     if node.op == "call_function":
         return node.target in _ZERO_PRESERVING_FUNCTIONS
     return node.op == "call_method" and node.target in _ZERO_PRESERVING_METHODS
-
-
-def _gated_node(graph: fx.Graph, after: str) -> fx.Node | None:
-    """The ``after * gates[...]`` node that gate_model inserted after module ``after``."""
-    found = [
-        n
-        for n in graph.nodes
-        if n.op == "call_function"
-        and n.target is operator.mul
-        and len(n.args) == 2
-        and isinstance(n.args[0], fx.Node)
-        and n.args[0].op == "call_module"
-        and n.args[0].target == after
-        and isinstance(n.args[1], fx.Node)
-        and n.args[1].op == "call_method"
-        and n.args[1].target == "type_as"
-    ]
-    return found[0] if len(found) == 1 else None
 
 
 def _consumers(gated: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
@@ -177,9 +158,9 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
     consumers: dict[int, list[fx.Node]] = {}
     site_names = {s.name for s in model.sites}
     if downstream:
-        for i, site in enumerate(model.sites):
-            gated = _gated_node(graph, site.after)
-            found = [] if gated is None else _consumers(gated, modules)
+        gate_muls = gate_nodes(graph, [s.name for s in model.sites], "gate_costs")
+        for i, gated in enumerate(gate_muls):
+            found = _consumers(gated, modules)
             # A reader that is gated itself saves (in, out) pairs that both gates would
             # claim: left out, so that summed costs never count a multiply-add twice.
             consumers[i] = [c for c in found if c.target not in site_names]

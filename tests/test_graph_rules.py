@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import operator
+import pickle
 
 import pytest
 import torch
 from torch import fx, nn
 
-from gatekit import _graph
+import gatekit
+from gatekit import GatekitError, _graph
 
 
 @pytest.mark.parametrize(
@@ -55,3 +58,69 @@ def test_convs_and_call_counts():
     assert _graph.call_counts(gm.graph) == {"conv": 2, "up": 1}
     assert _graph.is_conv(modules["conv"]) and not _graph.is_conv(modules["up"])
     assert isinstance(modules["up"], _graph.ANY_CONV_TYPES)
+
+
+# --------------------------------------------------------------------------------------
+# Gate marks
+# --------------------------------------------------------------------------------------
+
+
+class Scaled(nn.Module):
+    """A multiply of its own between two gates: the ``mul`` nodes' names shift when the
+    gated graph is re-traced (unpickled), their order does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.b(y) * torch.sigmoid(y)
+        return self.c(z) * 2
+
+
+def scaled_net() -> gatekit.GaterNet:
+    torch.manual_seed(0)
+    return gatekit.gate_model(Scaled(), nn.Flatten(), sites=["b", "c"], gater_features=48).eval()
+
+
+def test_gate_model_marks_each_gate_multiply_with_its_site():
+    net = scaled_net()
+    muls = _graph.gate_nodes(net.backbone.graph, [s.name for s in net.sites], "test")
+    assert [m.meta[_graph.GATE_SITE] for m in muls] == [0, 1]
+    assert [m.target for m in muls] == [operator.mul] * 2
+    assert [m.args[0].target for m in muls] == [s.after for s in net.sites]
+    # The model's own multiplies carry no mark.
+    own = [n for n in net.backbone.graph.nodes if n.target is operator.mul and n not in muls]
+    assert len(own) == 2 and not any(_graph.GATE_SITE in n.meta for n in own)
+
+
+def test_gate_marks_survive_copies_and_pickling():
+    net = scaled_net()
+    x = torch.randn(2, 3, 4, 4)
+    gates = (torch.rand(2, net.num_gates) < 0.5).float()
+    names = [s.name for s in net.sites]
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        muls = _graph.gate_nodes(other.backbone.graph, names, "test")
+        assert [m.args[0].target for m in muls] == [s.after for s in net.sites]
+        costs = gatekit.gate_costs(other, x, downstream=True)
+        assert torch.equal(costs, gatekit.gate_costs(net, x, downstream=True))
+        assert gatekit.skip_compute(other).routes == gatekit.skip_compute(net).routes
+        torch.testing.assert_close(other(x, gates=gates), net(x, gates=gates))
+
+
+def test_missing_repeated_and_unknown_marks_raise():
+    net = scaled_net()
+    graph, names = net.backbone.graph, [s.name for s in net.sites]
+    first, second = _graph.gate_nodes(graph, names, "test")
+    del second.meta[_graph.GATE_SITE]
+    with pytest.raises(GatekitError, match=r"expects each gate multiply.*none for the sites \['c'\]"):
+        _graph.gate_nodes(graph, names, "test")
+    second.meta[_graph.GATE_SITE] = 1
+    own = next(n for n in graph.nodes if n.target is operator.mul and n not in (first, second))
+    own.meta[_graph.GATE_SITE] = 0
+    with pytest.raises(GatekitError, match=rf"one marked gate .*got site 0 marked on .*{own.name}"):
+        _graph.gate_nodes(graph, names, "test")
+    own.meta[_graph.GATE_SITE] = 7
+    with pytest.raises(GatekitError, match=rf"got mark 7 on {own.name} "):
+        _graph.gate_nodes(graph, names, "test")

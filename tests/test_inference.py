@@ -277,6 +277,16 @@ def test_errors(gated_nets):
         gatekit.fuse_gated_convs(copy.deepcopy(net).train())
 
 
+def test_a_gate_multiply_without_its_mark_is_an_error():
+    net = tiny_gated_net()
+    gated = next(n for n in net.backbone.graph.nodes if n.meta.get("gatekit_site") == 2)
+    del gated.meta["gatekit_site"]
+    with pytest.raises(gatekit.GatekitError, match=r"skip_compute expects .*mark.*\['conv_pool'\]"):
+        gatekit.skip_compute(net)
+    with pytest.raises(gatekit.GatekitError, match=r"fuse_gated_convs expects .*\['conv_pool'\]"):
+        gatekit.fuse_gated_convs(net, op="reference")
+
+
 # ---- fuse_gated_convs ---------------------------------------------------------------
 
 

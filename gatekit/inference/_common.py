@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, fx, nn
 
+from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 
@@ -121,6 +122,8 @@ def check_binary(gates: Tensor, fn: str) -> None:
 
 def finish_graph(gm: fx.GraphModule) -> None:
     """The common end: drop what the rewrite left unused, check and regenerate the code."""
+    # The gate marks' pickling record describes gate_model's graph, not this rewrite.
+    gm.__dict__.pop(_graph.GATE_MARKS_ATTR, None)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()

@@ -161,5 +161,5 @@ def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> InferenceGaterN
     """
     check_eval_net(net, "fuse_gated_convs", "BatchNorm is folded with its running statistics")
     backbone = copy.deepcopy(net.backbone)
-    routes = _fuse(backbone, plan_sites(backbone, net.sites), op)
+    routes = _fuse(backbone, plan_sites(backbone, net.sites, "fuse_gated_convs"), op)
     return InferenceGaterNet(net, backbone, routes)

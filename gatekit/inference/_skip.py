@@ -355,7 +355,7 @@ def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     if batching not in ("pattern", "union"):
         raise GatekitError(f'batching must be "pattern" or "union", got {batching!r}')
     graph = copy.deepcopy(net.backbone)
-    plans = plan_sites(graph, net.sites)
+    plans = plan_sites(graph, net.sites, "skip_compute")
     _rewrite(graph, plans)
     live = [p.mode != "dense" for p in plans]
     backbone = SkipBackbone(graph, net.sites, live, batching)
