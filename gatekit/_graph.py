@@ -143,35 +143,71 @@ def is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in GLOBAL_POOL_METHODS
 
 
-# Channel-wise modules and functions with f(0) == 0 and no per-channel parameters (so not
-# PReLU): a closed (all-zero) channel stays zero through them, and a tensor holding only
-# the open channels can flow through unchanged.
+# Channel-wise modules, functions and tensor methods with f(0) == 0 in eval mode (where gate
+# costs and skip_compute run them; AlphaDropout keeps zeros in eval mode only): a closed
+# (all-zero) channel is all zero after them.  Norms are not here: BatchNorm maps a zero
+# channel to a constant.  PReLU is, see _keeps_zero_module.
 _ZERO_KEEPING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
 )  # fmt: skip
 _ZERO_KEEPING_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
-    F.mish, F.hardswish, torch.tanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
+    F.gelu, F.silu, F.mish, F.hardswish, torch.tanh, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+    F.avg_pool3d,
 }  # fmt: skip
-_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_"}
+_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_", "clone", "contiguous"}
+
+#: The submodule through which a gated graph reads its own train/eval mode (a
+#: :class:`gatekit._tracing.ModeFlag`, as in ``F.dropout(x, training=gatekit_mode())``):
+#: a bool at run time, not a tensor.
+MODE_FLAG = "gatekit_mode"
 
 
-def keeps_zero_channels(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _is_tensor_arg(arg: object) -> bool:
+    return isinstance(arg, fx.Node) and not (arg.op == "call_module" and arg.target == MODE_FLAG)
+
+
+def _keeps_zero_module(module: nn.Module, compact: bool) -> bool:
+    if isinstance(module, nn.Hardtanh):  # ReLU6 included
+        return module.min_val <= 0 <= module.max_val
+    if isinstance(module, nn.PReLU):  # a * 0 == 0, but one weight per channel unless 1
+        return not compact or module.num_parameters == 1
+    return isinstance(module, _ZERO_KEEPING_MODULES)
+
+
+def keeps_zero_channels(
+    node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], *, compact: bool = False
+) -> bool:
     """``node`` is channel-wise with ``f(0) == 0`` and takes ``source`` as its only tensor:
-    a channel of ``source`` that is all zero is all zero in ``node``'s output."""
+    a channel of ``source`` that is all zero is all zero in ``node``'s output.
+
+    The one rule for both readers of zeros: gate costs count a closed channel's work in the
+    convs it reaches through such nodes (:func:`gatekit.gate_costs`), and skip_compute
+    runs such nodes on the open channels alone (``compact=True``).  ``compact=True`` also
+    asks that ``node`` run unchanged on a tensor holding only some of ``source``'s channels,
+    ``f(x[:, idx]) == f(x)[:, idx]``: a module with one parameter per channel
+    (``nn.PReLU(num_parameters=C)``) keeps zeros but fails that.
+
+    >>> import torch
+    >>> from torch import fx, nn
+    >>> gm = fx.symbolic_trace(nn.Sequential(nn.PReLU(4), nn.MaxPool2d(2)))
+    >>> x, prelu, pool = list(gm.graph.nodes)[:3]
+    >>> modules = dict(gm.named_modules())
+    >>> keeps_zero_channels(prelu, x, modules), keeps_zero_channels(prelu, x, modules, compact=True)
+    (True, False)
+    >>> keeps_zero_channels(pool, prelu, modules, compact=True)
+    True
+    """
     if not node.args or node.args[0] is not source:
         return False
-    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+    if any(_is_tensor_arg(a) for a in (*node.args[1:], *node.kwargs.values())):
         return False
     if node.op == "call_module":
-        module = modules[node.target]
-        if isinstance(module, nn.Hardtanh):  # ReLU6 included
-            return module.min_val <= 0 <= module.max_val
-        return isinstance(module, _ZERO_KEEPING_MODULES)
+        return _keeps_zero_module(modules[node.target], compact)
     if node.op == "call_function":
         return node.target in _ZERO_KEEPING_FUNCTIONS
     return node.op == "call_method" and node.target in _ZERO_KEEPING_METHODS

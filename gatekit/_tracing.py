@@ -27,7 +27,7 @@ from typing import Any
 from torch import fx, nn
 
 from ._errors import GatekitError
-from ._graph import ANY_CONV_TYPES, restore_gate_marks
+from ._graph import ANY_CONV_TYPES, MODE_FLAG, restore_gate_marks
 
 __all__ = ["ModeFlag", "trace"]
 
@@ -197,7 +197,7 @@ class ModeFlag(nn.Module):
         return self.training != negate
 
 
-_MODE_FLAG = "gatekit_mode"
+_MODE_FLAG = MODE_FLAG
 
 
 def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:

@@ -116,7 +116,7 @@ def plan_sites(
         chain, node = [], mul
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if _graph.keeps_zero_channels(user, node, modules):
+            if _graph.keeps_zero_channels(user, node, modules, compact=True):
                 chain.append(user)
                 node = user
                 continue
