@@ -21,9 +21,11 @@ from torch import fx, nn
 
 from .. import _graph
 from ..sites import GateSite
+from ._common import DENSE, SCATTER, SLICED
 from ._folding import foldable_batchnorm
 
 __all__: list[str] = []
+
 
 @dataclass
 class SitePlan:
@@ -87,32 +89,32 @@ def plan_sites(
         if node.op == "call_module":
             by_target.setdefault(node.target, node)
     muls = _graph.gate_nodes(gm.graph, [s.name for s in sites], who)
-    routes = []
+    plans = []
     for index, (site, mul) in enumerate(zip(sites, muls)):
         conv = by_target.get(site.name)
         after = by_target.get(site.after)
         norm = after if site.norm is not None and after is not conv else None
-        route = SitePlan(index, site, conv, norm, mul, (), None, "dense", "")
-        routes.append(route)
+        plan = SitePlan(index, site, conv, norm, mul, (), None, DENSE, "")
+        plans.append(plan)
         if conv is None or after is None or mul.args[0] is not after:
-            route.reason = "graph does not read conv -> [norm] -> gate multiply"
+            plan.reason = "graph does not read conv -> [norm] -> gate multiply"
             continue
         conv_module = _module(gm, conv)
         if calls[site.name] != 1 or (norm is not None and calls[norm.target] != 1):
-            route.reason = "module called more than once"
+            plan.reason = "module called more than once"
         elif not sliceable_conv(conv_module):
-            route.reason = "grouped, non-zero-padded or non-Conv1d/2d/3d conv"
+            plan.reason = "grouped, non-zero-padded or non-Conv1d/2d/3d conv"
         elif norm is not None and not foldable_batchnorm(_module(gm, norm)):
-            route.reason = f"norm {site.norm} is not an eval-mode BatchNorm (cannot fold)"
+            plan.reason = f"norm {site.norm} is not an eval-mode BatchNorm (cannot fold)"
         elif set(after.users) - {mul, mul.args[1]} or (
             norm is not None and (len(conv.users) != 1 or norm.args != (conv,) or norm.kwargs)
         ):
-            route.reason = "conv or norm output has other users"
+            plan.reason = "conv or norm output has other users"
         elif site.channel_dim != 1:
-            route.reason = "channels-last site"
-        if route.reason:
+            plan.reason = "channels-last site"
+        if plan.reason:
             continue
-        route.mode, route.reason = "scatter", "gated output feeds a non-conv op"
+        plan.mode, plan.reason = SCATTER, "gated output feeds a non-conv op"
         chain, node = [], mul
         while len(node.users) == 1:
             user = next(iter(node.users))
@@ -128,7 +130,7 @@ def plan_sites(
                 and calls[user.target] == 1
                 and sliceable_conv(_module(gm, user))
             ):
-                route.mode, route.reason, route.consumer = "sliced", "", user
+                plan.mode, plan.reason, plan.consumer = SLICED, "", user
             break
-        route.chain = tuple(chain)
-    return routes
+        plan.chain = tuple(chain)
+    return plans
