@@ -197,9 +197,6 @@ class ModeFlag(nn.Module):
         return self.training != negate
 
 
-_MODE_FLAG = MODE_FLAG
-
-
 def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:
     """Where the graphs differ only by a bool that is True in train and False in eval (or
     the reverse), as in ``F.dropout(x, training=self.training)``, ask a :class:`ModeFlag`
@@ -210,10 +207,10 @@ def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:
 
     def mode_node(negate: bool) -> fx.Node:
         if negate not in cache:
-            if not hasattr(graph_module, _MODE_FLAG):
-                graph_module.add_submodule(_MODE_FLAG, ModeFlag())
+            if not hasattr(graph_module, MODE_FLAG):
+                graph_module.add_submodule(MODE_FLAG, ModeFlag())
             with graph.inserting_after(placeholders[-1] if placeholders else None):
-                cache[negate] = graph.call_module(_MODE_FLAG, (), {"negate": True} if negate else {})
+                cache[negate] = graph.call_module(MODE_FLAG, (), {"negate": True} if negate else {})
         return cache[negate]
 
     def merge(t: Any, e: Any) -> Any:
@@ -291,8 +288,8 @@ def trace(
     _follow_mode(graph_module, graphs[False])
     # Not .train(): the leaves are the caller's modules, with their own flags.
     graph_module.training = module.training
-    if hasattr(graph_module, _MODE_FLAG):
-        getattr(graph_module, _MODE_FLAG).training = module.training
+    if hasattr(graph_module, MODE_FLAG):
+        getattr(graph_module, MODE_FLAG).training = module.training
     return graph_module
 
 
