@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 from torch import Tensor
 
 from ..sites import GateSite
-from ._conv import SkipConv
+from ._conv import Channels, SkipConv
 
 __all__: list[str] = []
 
@@ -36,7 +36,7 @@ class Backbone(Protocol):
         dense site, computed in full)."""
         ...
 
-    def run(self, x: Any, gates: Tensor, channels: Any) -> Any:
+    def run(self, x: Any, gates: Tensor, channels: Channels) -> Any:
         """One pass of the rewritten graph over ``x`` with ``channels``."""
         ...
 

@@ -35,7 +35,7 @@ from ._common import (
     check_eval_net,
     finish_graph,
 )
-from ._conv import FULL, SkipConv
+from ._conv import FULL, Channels, SkipConv
 from ._folding import foldable_batchnorm
 from ._pattern import PatternBatching
 from ._plan import SitePlan, plan_sites
@@ -238,7 +238,7 @@ class SkipBackbone(nn.Module):
             result.append(idx)
         return result
 
-    def run(self, x: Any, gates: Tensor, channels: Any) -> Any:
+    def run(self, x: Any, gates: Tensor, channels: Channels) -> Any:
         """One pass of the rewritten graph over ``x`` with the run's ``channels``."""
         return self.graph_module(x, gates=gates, channels=channels)
 
