@@ -1,6 +1,6 @@
 """The rules about fx graph nodes, in one place: what counts as a conv, an addition, an
-activation, a global pooling, a channel-wise op that keeps zeros zero, and how often a
-module runs.
+activation, a global pooling, a channel-wise op that keeps zeros zero, which node is a
+site's gate multiply, and how often a module runs.
 
 Used by site finding (:mod:`gatekit.sites`), the transform, gate costs and the inference
 rewrites (:mod:`gatekit.inference`), so that they agree on what they see.
@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from ._errors import GatekitError
 
 __all__: list[str] = []
 
@@ -140,38 +143,169 @@ def is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in GLOBAL_POOL_METHODS
 
 
-# Channel-wise modules and functions with f(0) == 0 and no per-channel parameters (so not
-# PReLU): a closed (all-zero) channel stays zero through them, and a tensor holding only
-# the open channels can flow through unchanged.
+# Channel-wise modules, functions and tensor methods with f(0) == 0 in eval mode (where gate
+# costs and skip_compute run them; AlphaDropout keeps zeros in eval mode only): a closed
+# (all-zero) channel is all zero after them.  Norms are not here: BatchNorm maps a zero
+# channel to a constant.  PReLU is, see _keeps_zero_module.
 _ZERO_KEEPING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
 )  # fmt: skip
 _ZERO_KEEPING_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
-    F.mish, F.hardswish, torch.tanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
+    F.gelu, F.silu, F.mish, F.hardswish, torch.tanh, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+    F.avg_pool3d,
 }  # fmt: skip
-_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_"}
+_ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_", "clone", "contiguous"}
+
+#: The submodule through which a gated graph reads its own train/eval mode (a
+#: :class:`gatekit._tracing.ModeFlag`, as in ``F.dropout(x, training=gatekit_mode())``):
+#: a bool at run time, not a tensor.
+MODE_FLAG = "gatekit_mode"
 
 
-def keeps_zero_channels(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _is_tensor_arg(arg: object) -> bool:
+    return isinstance(arg, fx.Node) and not (arg.op == "call_module" and arg.target == MODE_FLAG)
+
+
+def _keeps_zero_module(module: nn.Module, compact: bool) -> bool:
+    if isinstance(module, nn.Hardtanh):  # ReLU6 included
+        return module.min_val <= 0 <= module.max_val
+    if isinstance(module, nn.PReLU):  # a * 0 == 0, but one weight per channel unless 1
+        return not compact or module.num_parameters == 1
+    return isinstance(module, _ZERO_KEEPING_MODULES)
+
+
+def keeps_zero_channels(
+    node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], *, compact: bool = False
+) -> bool:
     """``node`` is channel-wise with ``f(0) == 0`` and takes ``source`` as its only tensor:
-    a channel of ``source`` that is all zero is all zero in ``node``'s output."""
+    a channel of ``source`` that is all zero is all zero in ``node``'s output.
+
+    The one rule for both readers of zeros: gate costs count a closed channel's work in the
+    convs it reaches through such nodes (:func:`gatekit.gate_costs`), and skip_compute
+    runs such nodes on the open channels alone (``compact=True``).  ``compact=True`` also
+    asks that ``node`` run unchanged on a tensor holding only some of ``source``'s channels,
+    ``f(x[:, idx]) == f(x)[:, idx]``: a module with one parameter per channel
+    (``nn.PReLU(num_parameters=C)``) keeps zeros but fails that.
+
+    >>> import torch
+    >>> from torch import fx, nn
+    >>> gm = fx.symbolic_trace(nn.Sequential(nn.PReLU(4), nn.MaxPool2d(2)))
+    >>> x, prelu, pool = list(gm.graph.nodes)[:3]
+    >>> modules = dict(gm.named_modules())
+    >>> keeps_zero_channels(prelu, x, modules), keeps_zero_channels(prelu, x, modules, compact=True)
+    (True, False)
+    >>> keeps_zero_channels(pool, prelu, modules, compact=True)
+    True
+    """
     if not node.args or node.args[0] is not source:
         return False
-    if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+    if any(_is_tensor_arg(a) for a in (*node.args[1:], *node.kwargs.values())):
         return False
     if node.op == "call_module":
-        module = modules[node.target]
-        if isinstance(module, nn.Hardtanh):  # ReLU6 included
-            return module.min_val <= 0 <= module.max_val
-        return isinstance(module, _ZERO_KEEPING_MODULES)
+        return _keeps_zero_module(modules[node.target], compact)
     if node.op == "call_function":
         return node.target in _ZERO_KEEPING_FUNCTIONS
     return node.op == "call_method" and node.target in _ZERO_KEEPING_METHODS
+
+
+# --------------------------------------------------------------------------------------
+# Gate multiplies
+# --------------------------------------------------------------------------------------
+
+#: The ``node.meta`` key that :func:`gatekit.gate_model` sets on each gate multiply it
+#: inserts (``after * gates[...]``): the site's index in ``GaterNet.sites``.  Gate costs
+#: and the inference planner find a site's gate by this mark, never by the shape of the
+#: nodes around it.
+GATE_SITE = "gatekit_site"
+
+#: The GraphModule attribute that carries the marks through pickling.  Unpickling a
+#: GraphModule re-traces its generated code, which makes new nodes without their meta (and
+#: node names may change); the ``operator.mul`` calls keep their order, so the marks are
+#: kept as ``(number of mul calls, ((rank among them, site index), ...))`` and put back by
+#: gatekit's tracer (:func:`restore_gate_marks`).
+GATE_MARKS_ATTR = "_gatekit_gate_marks"
+
+
+def mark_gate(node: fx.Node, index: int) -> None:
+    """Mark ``node`` as the gate multiply of site ``index``."""
+    node.meta[GATE_SITE] = index
+
+
+def _muls(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and n.target is operator.mul]
+
+
+def save_gate_marks(graph_module: fx.GraphModule) -> None:
+    """Record the graph's gate marks on ``graph_module`` (call after the last graph edit)."""
+    muls = _muls(graph_module.graph)
+    marks = tuple((rank, n.meta[GATE_SITE]) for rank, n in enumerate(muls) if GATE_SITE in n.meta)
+    setattr(graph_module, GATE_MARKS_ATTR, (len(muls), marks))
+
+
+def restore_gate_marks(root: Any, graph: fx.Graph) -> None:
+    """Put back the marks recorded on ``root`` (the module a graph is re-traced from).
+
+    Nothing is put back when ``root`` has no record or when the graph's ``mul`` calls are
+    not the recorded ones; the readers (:func:`gate_nodes`) then raise.
+    """
+    record = getattr(root, GATE_MARKS_ATTR, None)
+    if record is None:
+        return
+    count, marks = record
+    muls = _muls(graph)
+    if len(muls) != count:
+        return
+    for rank, index in marks:
+        mark_gate(muls[rank], index)
+
+
+def gate_nodes(graph: fx.Graph, site_names: Sequence[str], who: str) -> list[fx.Node]:
+    """The gate multiply of each site, in site order, found by its :data:`GATE_SITE` mark.
+
+    Raises :class:`GatekitError` when a site has no marked node, or one has several.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
+    >>> muls = gate_nodes(net.backbone.graph, [s.name for s in net.sites], "a test")
+    >>> muls[0].args[0].target, muls[0].meta[GATE_SITE]
+    ('stage1.block1.bn1', 0)
+    """
+    found: dict[int, list[fx.Node]] = {}
+    unknown: list[str] = []
+    for node in graph.nodes:
+        if GATE_SITE in node.meta:
+            mark = node.meta[GATE_SITE]
+            if isinstance(mark, int) and 0 <= mark < len(site_names):
+                found.setdefault(mark, []).append(node)
+            else:
+                unknown.append(f"mark {mark!r} on {node.name}")
+    missing = [name for i, name in enumerate(site_names) if i not in found]
+    if missing:
+        raise GatekitError(
+            f"{who} expects each gate multiply of the backbone's graph to carry its site's "
+            f"mark (node.meta[{GATE_SITE!r}], set by gatekit.gate_model), got none for the "
+            f"sites {missing[:3]} ({len(missing)} of {len(site_names)}); build the model with "
+            f"gatekit.gate_model and leave its graph as it made it"
+        )
+    repeated = [
+        f"site {i} marked on {', '.join(n.name for n in nodes)}"
+        for i, nodes in found.items()
+        if len(nodes) > 1
+    ]
+    if repeated or unknown:
+        raise GatekitError(
+            f"{who} expects one marked gate multiply per site of the model "
+            f"({len(site_names)} sites), got {'; '.join((repeated + unknown)[:3])} "
+            f"(node.meta[{GATE_SITE!r}]); build the model with gatekit.gate_model and leave "
+            f"its graph as it made it"
+        )
+    return [found[i][0] for i in range(len(site_names))]
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 from torch import fx, nn
 
 from ._errors import GatekitError
-from ._graph import ANY_CONV_TYPES
+from ._graph import ANY_CONV_TYPES, MODE_FLAG, restore_gate_marks
 
 __all__ = ["ModeFlag", "trace"]
 
@@ -96,6 +96,13 @@ class _GateTracer(fx.Tracer):
             raise
         finally:
             self.stack.pop()
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        graph = super().trace(root, concrete_args)
+        # Unpickling a gated backbone re-traces its code with this tracer: the gate marks
+        # come back from the record the GraphModule carries (see gatekit._graph).
+        restore_gate_marks(root, graph)
+        return graph
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -190,9 +197,6 @@ class ModeFlag(nn.Module):
         return self.training != negate
 
 
-_MODE_FLAG = "gatekit_mode"
-
-
 def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:
     """Where the graphs differ only by a bool that is True in train and False in eval (or
     the reverse), as in ``F.dropout(x, training=self.training)``, ask a :class:`ModeFlag`
@@ -203,10 +207,10 @@ def _follow_mode(graph_module: fx.GraphModule, eval_graph: fx.Graph) -> None:
 
     def mode_node(negate: bool) -> fx.Node:
         if negate not in cache:
-            if not hasattr(graph_module, _MODE_FLAG):
-                graph_module.add_submodule(_MODE_FLAG, ModeFlag())
+            if not hasattr(graph_module, MODE_FLAG):
+                graph_module.add_submodule(MODE_FLAG, ModeFlag())
             with graph.inserting_after(placeholders[-1] if placeholders else None):
-                cache[negate] = graph.call_module(_MODE_FLAG, (), {"negate": True} if negate else {})
+                cache[negate] = graph.call_module(MODE_FLAG, (), {"negate": True} if negate else {})
         return cache[negate]
 
     def merge(t: Any, e: Any) -> Any:
@@ -284,8 +288,8 @@ def trace(
     _follow_mode(graph_module, graphs[False])
     # Not .train(): the leaves are the caller's modules, with their own flags.
     graph_module.training = module.training
-    if hasattr(graph_module, _MODE_FLAG):
-        getattr(graph_module, _MODE_FLAG).training = module.training
+    if hasattr(graph_module, MODE_FLAG):
+        getattr(graph_module, MODE_FLAG).training = module.training
     return graph_module
 
 

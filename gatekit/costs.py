@@ -15,33 +15,16 @@ the gated convs (and, with downstream=True, on the convs they feed) -> costs``.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ._errors import GatekitError
-from ._graph import CONV_TYPES
+from ._graph import CONV_TYPES, gate_nodes, keeps_zero_channels
 from .gater import GaterNet
 
 __all__ = ["gate_costs"]
-
-# Elementwise layers that map 0 to 0, so a closed (all-zero) channel is still all zero after
-# them.  Norms are not here: BatchNorm maps a zero channel to a constant, not to zero.
-_ZERO_PRESERVING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-    nn.Dropout3d,
-)  # fmt: skip
-_ZERO_PRESERVING_FUNCTIONS = {
-    torch.relu, torch.relu_, torch.tanh, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu,
-    F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.dropout, F.dropout1d, F.dropout2d,
-    F.dropout3d,
-}  # fmt: skip
-_ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "tanh_", "clone", "contiguous"}
-
 
 def _channel_flops(conv: nn.Module, out_shape: torch.Size) -> int:
     """FLOPs per image of one output channel of ``conv`` (FlopCounterMode's count / C_out)."""
@@ -55,37 +38,8 @@ def _input_channel_flops(conv: nn.Module, out_shape: torch.Size) -> int:
     return 2 * math.prod(spatial) * (conv.out_channels // conv.groups) * math.prod(conv.kernel_size)
 
 
-def _passes_zero(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``node`` is elementwise on ``source`` (its first argument) and keeps zeros zero."""
-    if not node.args or node.args[0] is not source:
-        return False
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _ZERO_PRESERVING_MODULES)
-    if node.op == "call_function":
-        return node.target in _ZERO_PRESERVING_FUNCTIONS
-    return node.op == "call_method" and node.target in _ZERO_PRESERVING_METHODS
-
-
-def _gated_node(graph: fx.Graph, after: str) -> fx.Node | None:
-    """The ``after * gates[...]`` node that gate_model inserted after module ``after``."""
-    found = [
-        n
-        for n in graph.nodes
-        if n.op == "call_function"
-        and n.target is operator.mul
-        and len(n.args) == 2
-        and isinstance(n.args[0], fx.Node)
-        and n.args[0].op == "call_module"
-        and n.args[0].target == after
-        and isinstance(n.args[1], fx.Node)
-        and n.args[1].op == "call_method"
-        and n.args[1].target == "type_as"
-    ]
-    return found[0] if len(found) == 1 else None
-
-
 def _consumers(gated: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
-    """Conv call nodes whose input is ``gated`` through zero-preserving elementwise nodes."""
+    """Conv call nodes whose input is ``gated`` through channel-wise nodes that keep zeros."""
     found, frontier, seen = [], [gated], {gated}
     while frontier:
         node = frontier.pop()
@@ -100,7 +54,7 @@ def _consumers(gated: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
                 and user.args[0] is node
             ):
                 found.append(user)
-            elif _passes_zero(user, node, modules):
+            elif keeps_zero_channels(user, node, modules):
                 frontier.append(user)
     return found
 
@@ -130,15 +84,16 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
 
     With ``downstream=True`` a gate also counts the work its zeroed channels would take in
     the convs that read them directly: convs whose input is the gated output itself or
-    reached from it through elementwise layers that keep zeros zero (ReLU, ReLU6,
-    LeakyReLU, PReLU, ELU, CELU, SELU, GELU, SiLU, Mish, Hardswish, Tanh, Identity, dropout;
-    modules, functions or tensor methods).  Each such conv adds
+    reached from it through channel-wise ops that keep zeros zero (ReLU, ReLU6, LeakyReLU,
+    PReLU, ELU, CELU, SELU, GELU, SiLU, Mish, Hardswish, Tanh and the shrinks, Identity,
+    dropout, max and average pooling, ``clone``/``contiguous``; modules, functions or tensor
+    methods: the rule skip_compute slices by).  Each such conv adds
     ``group_size * 2 * prod(its out_spatial) * (its out_channels / its groups) *
     prod(its kernel_size)``.  That is exact: a closed channel is zero at that conv's input,
     so its multiply-adds can be skipped.  Nothing is counted through anything else: a
     residual addition (the shortcut keeps the channel alive, as for the "residual"
-    sites), a norm (BatchNorm turns a zero channel into a constant), pooling, concatenation
-    or channels-last permutes.  In practice the "inner" sites (``conv -> BN -> gate -> ReLU
+    sites), a norm (BatchNorm turns a zero channel into a constant), concatenation or
+    channels-last permutes.  In practice the "inner" sites (``conv -> BN -> gate -> ReLU
     -> conv``) gain, the "residual" sites do not.
 
     A reader that is itself a gate site is not counted: the multiply-adds of its closed
@@ -177,9 +132,9 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
     consumers: dict[int, list[fx.Node]] = {}
     site_names = {s.name for s in model.sites}
     if downstream:
-        for i, site in enumerate(model.sites):
-            gated = _gated_node(graph, site.after)
-            found = [] if gated is None else _consumers(gated, modules)
+        gate_muls = gate_nodes(graph, [s.name for s in model.sites], "gate_costs")
+        for i, gated in enumerate(gate_muls):
+            found = _consumers(gated, modules)
             # A reader that is gated itself saves (in, out) pairs that both gates would
             # claim: left out, so that summed costs never count a multiply-add twice.
             consumers[i] = [c for c in found if c.target not in site_names]

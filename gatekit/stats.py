@@ -23,7 +23,11 @@ from torch import Tensor
 
 from ._errors import GatekitError
 
-__all__ = ["GateStats", "LayerStats"]
+__all__ = ["OPEN_THRESHOLD", "GateStats", "LayerStats"]
+
+#: A gate counts as open when its value is above this: the default ``open_threshold`` of
+#: :class:`GateStats`, for binary gates (eval mode) and soft ones alike.
+OPEN_THRESHOLD = 0.5
 
 
 class _Site(Protocol):
@@ -66,7 +70,8 @@ class GateStats:
             the first batch.
         num_classes: number of classes for the per-class open fractions; grown to fit the
             labels seen when omitted.
-        open_threshold: a gate counts as open when its value is above this.
+        open_threshold: a gate counts as open when its value is above this
+            (:data:`OPEN_THRESHOLD` by default).
         always_on: a gate is *always on* when its open fraction is at least this.
         always_off: a gate is *always off* when its open fraction is at most this.
         track_patterns: count distinct gate patterns (costs one packed row per pattern).
@@ -97,16 +102,14 @@ class GateStats:
         *,
         num_gates: int | None = None,
         num_classes: int | None = None,
-        open_threshold: float = 0.5,
+        open_threshold: float = OPEN_THRESHOLD,
         always_on: float = 1.0,
         always_off: float = 0.0,
         track_patterns: bool = True,
     ) -> None:
-        if not 0.0 <= always_off < always_on <= 1.0:
-            raise GatekitError(
-                "GateStats expects 0 <= always_off < always_on <= 1, got "
-                f"always_off={always_off}, always_on={always_on}"
-            )
+        self.always_on_threshold, self.always_off_threshold = _thresholds(
+            always_on, always_off, "GateStats"
+        )
         self.sites: tuple[Any, ...] | None = tuple(sites) if sites is not None else None
         if self.sites is not None:
             site_total = sum(int(s.num_gates) for s in self.sites)
@@ -119,8 +122,6 @@ class GateStats:
         self.num_gates = num_gates
         self.num_classes = num_classes
         self.open_threshold = float(open_threshold)
-        self.always_on_threshold = float(always_on)
-        self.always_off_threshold = float(always_off)
         self.track_patterns = track_patterns
         self.num_samples = 0
         self._open_counts: Tensor | None = None  # (G,) int64
@@ -140,19 +141,11 @@ class GateStats:
         >>> s.input_dependent_count, s.with_thresholds(always_on=0.99, always_off=0.01).input_dependent_count
         (1, 0)
         """
-        if not 0.0 <= always_off < always_on <= 1.0:
-            raise GatekitError(
-                "with_thresholds expects 0 <= always_off < always_on <= 1, got "
-                f"always_off={always_off}, always_on={always_on}"
-            )
-        other = copy.copy(self)
-        other.always_on_threshold = float(always_on)
-        other.always_off_threshold = float(always_off)
-        for name in ("_open_counts", "_class_open", "_class_counts"):
-            value = getattr(self, name)
-            setattr(other, name, None if value is None else value.clone())
-        other._per_sample = list(self._per_sample)
-        other._patterns = set(self._patterns)
+        thresholds = _thresholds(always_on, always_off, "with_thresholds")
+        # Every field is copied, whatever fields there are, so that updating the copy leaves
+        # these counts alone; the sites describe the model and are shared.
+        other = copy.deepcopy(self, {id(self.sites): self.sites})
+        other.always_on_threshold, other.always_off_threshold = thresholds
         return other
 
     # ----------------------------------------------------------------------------------
@@ -456,6 +449,17 @@ class GateStats:
     def __repr__(self) -> str:
         return (f"GateStats(num_gates={self.num_gates}, num_samples={self.num_samples}, "
                 f"num_classes={self.num_classes})")
+
+
+def _thresholds(always_on: float, always_off: float, who: str) -> tuple[float, float]:
+    """``(always_on, always_off)`` as floats, checked: ``0 <= always_off < always_on <= 1``."""
+    if not 0.0 <= always_off < always_on <= 1.0:
+        raise GatekitError(
+            f"{who} expects 0 <= always_off < always_on <= 1, got always_off={always_off}, "
+            f"always_on={always_on}; e.g. always_off=0.01, always_on=0.99 (GaterNet's count "
+            f"of input-dependent gates)"
+        )
+    return float(always_on), float(always_off)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ each site's ``after`` node the graph multiplies by that site's chunk of the gate
 ``group_size > 1`` the chunk is ``repeat_interleave``-d first; the chunk takes the
 activation's dtype, so autocast keeps half precision).  These are one view and one
 multiply per site, the same work a hand-written gated model does, so the transform adds no
-run-time cost.
+run-time cost.  Each multiply is marked with its site's index
+(``node.meta["gatekit_site"]``): gate costs and the inference transforms find it by that
+mark.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import _graph
 from ._errors import GatekitError
 from ._graph import ANY_CONV_TYPES
 from ._tracing import trace
@@ -49,7 +52,7 @@ def _insert_gates(graph_module: fx.GraphModule, sites: list[tuple[GateSite, fx.N
     with anchor:
         gates = graph.placeholder("gates")
     everything = slice(None)
-    for site, after in sites:
+    for site_index, (site, after) in enumerate(sites):
         ones = (None,) * site.spatial_dims
         chunk_slice = slice(site.offset, site.stop)
         with graph.inserting_after(after):
@@ -67,9 +70,11 @@ def _insert_gates(graph_module: fx.GraphModule, sites: list[tuple[GateSite, fx.N
                 typed = graph.call_method("type_as", (chunk, after))
             with graph.inserting_after(typed):
                 gated = graph.call_function(operator.mul, (after, typed))
+            _graph.mark_gate(gated, site_index)
         after.replace_all_uses_with(gated, delete_user_cb=lambda user, keep=(gated, typed): user not in keep)
     graph.lint()
     graph_module.recompile()
+    _graph.save_gate_marks(graph_module)
 
 
 def _probe_features(gater: nn.Module) -> int:

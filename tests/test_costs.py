@@ -250,6 +250,18 @@ def test_result_is_per_image_and_model_state_is_kept():
 # Errors
 # --------------------------------------------------------------------------------------
 
+
+def test_a_gate_multiply_without_its_mark_is_an_error():
+    # downstream=True reads each site's gate multiply by its mark; none is guessed.
+    net = toy_net(2, sites=["a", "c", "e"])
+    x = torch.randn(1, 4, *SIZES[2])
+    gated = next(n for n in net.backbone.graph.nodes if n.meta.get("gatekit_site") == 1)
+    del gated.meta["gatekit_site"]
+    assert gate_costs(net, x).shape == (net.num_gates,)  # a conv's own cost needs no mark
+    with pytest.raises(GatekitError, match=r"gate_costs expects each gate multiply.*sites \['c'\]"):
+        gate_costs(net, x, downstream=True)
+
+
 BAD = [
     (lambda: gate_costs(resnet20(), torch.zeros(1, 3, 32, 32)), "GaterNet"),
     (lambda: gate_costs(toy_net(2), [[0.0]]), "batched tensor"),

@@ -165,6 +165,42 @@ def test_union_batching_runs_one_pass(gated_nets):
         gatekit.skip_compute(net, batching="per_sample")
 
 
+class CountingChannels(gatekit.inference._batching.SharedChannels):
+    """Shared channels that count the SkipConv calls they run."""
+
+    calls = 0
+
+    def conv(self, conv, x, out_site, in_site, residual):
+        CountingChannels.calls += 1
+        return super().conv(conv, x, out_site, in_site, residual)
+
+
+class OneByOne(gatekit.inference._batching.Batching):
+    """A batching mode written outside gatekit: each sample alone, with its own Channels."""
+
+    name = "one_by_one"
+
+    def run_mixed(self, backbone, x, gates):
+        outputs = [
+            backbone.run(x[i : i + 1], gates[i : i + 1], CountingChannels(backbone.open_channels(g)))
+            for i, g in enumerate(gates)
+        ]
+        return torch.cat(outputs)
+
+
+def test_a_batching_mode_is_one_class(gated_nets, monkeypatch):
+    # The seam: a Batching subclass (and, if it needs one, its Channels), listed by name.
+    net, size = gated_nets("resnet20", "all", 4)
+    monkeypatch.setitem(gatekit.inference._skip.BATCHINGS, OneByOne.name, OneByOne)
+    fast = gatekit.skip_compute(net, batching="one_by_one")
+    assert fast.backbone.batching == "one_by_one" and "batching='one_by_one'" in repr(fast)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = random_gates(3, net.num_gates, seed=12)
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+    skip_convs = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
+    assert CountingChannels.calls == 3 * len(skip_convs)  # every SkipConv asks the run's Channels
+
+
 def test_float32_close_to_dense():
     torch.manual_seed(0)
     net = gatekit.gate_model(
@@ -275,6 +311,16 @@ def test_errors(gated_nets):
         copy.deepcopy(fast).train()(x, gates=soft.round())
     with pytest.raises(gatekit.GatekitError, match="eval"):
         gatekit.fuse_gated_convs(copy.deepcopy(net).train())
+
+
+def test_a_gate_multiply_without_its_mark_is_an_error():
+    net = tiny_gated_net()
+    gated = next(n for n in net.backbone.graph.nodes if n.meta.get("gatekit_site") == 2)
+    del gated.meta["gatekit_site"]
+    with pytest.raises(gatekit.GatekitError, match=r"skip_compute expects .*mark.*\['conv_pool'\]"):
+        gatekit.skip_compute(net)
+    with pytest.raises(gatekit.GatekitError, match=r"fuse_gated_convs expects .*\['conv_pool'\]"):
+        gatekit.fuse_gated_convs(net, op="reference")
 
 
 # ---- fuse_gated_convs ---------------------------------------------------------------

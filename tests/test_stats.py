@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import gatekit.plots
+import gatekit.stats
 from gatekit import GatekitError, GateStats
 
 
@@ -197,6 +199,56 @@ def test_with_thresholds_reclassifies_the_same_counts() -> None:
     assert stats.num_samples == 5 and moved.num_samples == 10
     with pytest.raises(GatekitError, match="always_off < always_on"):
         stats.with_thresholds(always_on=0.2, always_off=0.2)
+
+
+def _fields(stats: GateStats) -> dict[str, object]:
+    """Every field of ``stats``, copied (tensors cloned), to compare later."""
+    return copy.deepcopy(vars(stats))
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_with_thresholds_copies_every_field() -> None:
+    stats = _filled()
+    stats._a_field_added_later = [1]  # a new field must be copied too, not shared
+    before = _fields(stats)
+    moved = stats.with_thresholds(always_on=0.8, always_off=0.2)
+    assert vars(moved).keys() == vars(stats).keys()
+    changed = {k for k in vars(stats) if not _same(vars(moved)[k], vars(stats)[k])}
+    assert changed == {"always_on_threshold", "always_off_threshold"}
+    assert moved.sites is stats.sites  # what the model is, shared
+    moved._a_field_added_later.append(2)
+    moved.update(GATES, LABELS)
+    moved.merge(_filled())
+    for name, value in before.items():  # updating the copy leaves every field of the original
+        assert _same(vars(stats)[name], value), name
+
+
+def test_thresholds_are_checked_the_same_way_everywhere() -> None:
+    filled = _filled()
+    for who, make in (
+        ("GateStats", lambda on, off: GateStats(always_on=on, always_off=off)),
+        ("with_thresholds", lambda on, off: filled.with_thresholds(always_on=on, always_off=off)),
+    ):
+        for on, off in ((0.2, 0.2), (0.5, -0.1), (1.5, 0.0)):
+            expected = rf"{who} expects 0 <= always_off < always_on <= 1, got always_off={off}"
+            with pytest.raises(GatekitError, match=expected):
+                make(on, off)
+        assert make(1.0, 0.0).always_on_threshold == 1.0
+
+
+def test_the_open_threshold_is_named_once() -> None:
+    assert gatekit.stats.OPEN_THRESHOLD == 0.5
+    assert GateStats().open_threshold == gatekit.stats.OPEN_THRESHOLD
+    s = GateStats()
+    s.update(torch.tensor([[0.5, 0.51]]))  # above the threshold is open, at it is not
+    assert s.per_sample_open.tolist() == [1]
 
 
 def test_missing_matplotlib_says_how_to_install(monkeypatch) -> None:

@@ -10,11 +10,13 @@
 - :func:`fold_batchnorm`: the conv weight and bias equal to ``bn(conv(x))``.
 
 Layout (private modules): ``_common`` holds what both transforms share (the eval-mode
-check, the graph clean-up, the returned class), ``_plan`` reads the gated graph (which
-sites can be sliced, where their zeros go), ``_conv`` is the sliced convolution,
-``_skip`` rewrites the graph and runs it per gate pattern, ``_fuse`` rewrites it for the
-fused op, ``_folding`` holds the BatchNorm algebra; the rules about graph nodes they
-share with site finding live in ``gatekit._graph``.
+check, the graph clean-up, the returned class, the route mode names), ``_plan`` reads the
+gated graph (which sites can be sliced, where their zeros go), ``_conv`` is the sliced
+convolution, ``_skip`` rewrites the graph and runs it, ``_batching`` is the seam for
+batching modes (how a batch of mixed gate patterns runs), one module each: ``_pattern``,
+``_union``; ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
+BatchNorm algebra; the rules about graph nodes they share with site finding live in
+``gatekit._graph``.
 
 How skipping pays on the CPU (ResNet-50, inner sites, 50% open, batch 1, 2 threads: about
 2x the dense gated model; ``benchmarks/skip_inference_cpu.py``): BatchNorm is folded once,

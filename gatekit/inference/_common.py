@@ -14,10 +14,18 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, fx, nn
 
+from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 
 __all__ = ["InferenceGaterNet", "SiteRoute"]
+
+# What a gate site became under a transform (``SiteRoute.mode``); each name is written here
+# once.  skip_compute: SLICED, SCATTER or DENSE; fuse_gated_convs: FUSED or DENSE.
+SLICED = "sliced"  # only the open filters computed; the consumer conv reads only them
+SCATTER = "scatter"  # only the open filters computed, then placed into zeros
+DENSE = "dense"  # computed as in the gated model
+FUSED = "fused"  # one gatekit.ops.gated_conv2d call
 
 
 class SiteRoute(NamedTuple):
@@ -88,11 +96,15 @@ class InferenceGaterNet(GaterNet):
             )
         return super().forward(x, gates)
 
-    _MODES: tuple[str, ...] = ("fused", "dense")
+    #: The route modes this transform gives, counted in the repr.
+    _MODES: tuple[str, ...] = (FUSED, DENSE)
+
+    def _repr_fields(self) -> list[str]:
+        """What the repr adds to GaterNet's: one count per route mode (subclasses extend)."""
+        return [f"{m}={sum(r.mode == m for r in self.routes)}" for m in self._MODES]
 
     def extra_repr(self) -> str:
-        counts = (f"{m}={sum(r.mode == m for r in self.routes)}" for m in self._MODES)
-        return ", ".join([super().extra_repr(), *counts])
+        return ", ".join([super().extra_repr(), *self._repr_fields()])
 
 
 def check_eval_net(net: Any, fn: str, why: str) -> None:
@@ -122,6 +134,8 @@ def check_binary(gates: Tensor, fn: str) -> None:
 
 def finish_graph(gm: fx.GraphModule) -> None:
     """The common end: drop what the rewrite left unused, check and regenerate the code."""
+    # The gate marks' pickling record describes gate_model's graph, not this rewrite.
+    gm.__dict__.pop(_graph.GATE_MARKS_ATTR, None)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()

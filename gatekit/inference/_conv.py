@@ -3,15 +3,22 @@
 One module covers every case a conv is in after planning: its output filters computed in
 full, only the open ones (*sliced*), or only the open ones placed back into zeros
 (*scatter*); its input either full or the compact tensor of a previous site's open
-channels.  Weights are gathered per call with ``index_select`` into contiguous buffers
-(cheap next to the convolution itself).  A 1x1 conv on a 4-d input runs as one ``addmm``
-on the channels-last view of the activation (the gathered rows are already the GEMM's
-operand; a stride first subsamples the input), everything else through
+channels.  Which channels are open comes per run of the rewritten graph, as a
+:class:`Channels` object made by the batching mode (``_batching``); :meth:`SkipConv.forward`
+hands the work to it, and the modes whose samples share one set of channels per site run
+:meth:`SkipConv.run_shared`, built from the steps below.
+
+Steps: weights are gathered per call with ``index_select`` into contiguous buffers (cheap
+next to the convolution itself).  A 1x1 conv on a 4-d input runs as one ``addmm`` on the
+channels-last view of the activation (the gathered rows are already the GEMM's operand; a
+stride first subsamples the input), everything else through
 ``torch.nn.functional.conv{1,2,3}d``.  Where the output is added to a residual that
 nothing reads later, the GEMM accumulates into the residual in place.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,28 +26,50 @@ from torch import Tensor, nn
 
 from .._errors import GatekitError
 from .._graph import conv_output_size
+from ._common import SCATTER, SLICED
 from ._folding import fold_batchnorm
 
 __all__: list[str] = []
 
-_OUT_MODES = ("full", "sliced", "scatter")
+FULL = "full"  # every output filter computed (a conv that is not a sliced site's producer)
+_OUT_MODES = (FULL, SLICED, SCATTER)
 _CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
+
+
+class Channels(Protocol):
+    """What one run of the rewritten graph computes at each site, made per run by the
+    batching mode: it runs every :class:`SkipConv` of that run."""
+
+    def conv(
+        self,
+        conv: SkipConv,
+        x: Tensor,
+        out_site: int | None,
+        in_site: int | None,
+        residual: Tensor | None,
+    ) -> Tensor:
+        """``conv``'s output for ``x``; ``out_site``/``in_site``: the site whose open
+        channels it computes / ``x`` holds (None: all channels)."""
+        ...
 
 
 class SkipConv(nn.Module):
     """``bn(conv(x))`` folded into one conv, computing only the channels it is told to.
 
-    ``forward(x, out_idx, in_idx)``: ``out_idx`` (sorted open output channels; used when
-    ``out_mode`` is ``"sliced"`` or ``"scatter"``), ``in_idx`` (the original channel
-    numbers of ``x``'s channels when ``in_sliced``; ``x`` then holds only those).  Both
-    are ``None`` otherwise.  The result of ``"sliced"`` has ``len(out_idx)`` channels in
-    that order; ``"full"`` and ``"scatter"`` give all ``out_channels``.
+    ``out_mode``: ``"full"``, ``"sliced"`` or ``"scatter"`` (see the module docstring);
+    ``in_sliced``: ``x`` holds only the open channels of the site before.  In the rewritten
+    graph it is called as ``skip(x, channels, out_site, in_site, residual=None)`` and the
+    run's :class:`Channels` computes.  :meth:`run_shared` computes given the channels
+    themselves: ``out_idx`` (sorted open output channels; used when ``out_mode`` is
+    ``"sliced"`` or ``"scatter"``), ``in_idx`` (the original channel numbers of ``x``'s
+    channels when ``in_sliced``).  The result of ``"sliced"`` has ``len(out_idx)``
+    channels in that order; ``"full"`` and ``"scatter"`` give all ``out_channels``.
 
     >>> conv = nn.Conv2d(4, 6, 1)
     >>> skip = SkipConv(conv, None, out_mode="sliced", in_sliced=True)
     >>> x = torch.randn(1, 4, 5, 5)
     >>> out_idx, in_idx = torch.tensor([1, 4]), torch.tensor([0, 2])
-    >>> y = skip(x[:, in_idx], out_idx, in_idx)
+    >>> y = skip.run_shared(x[:, in_idx], out_idx, in_idx)
     >>> x_gated = x * torch.tensor([1.0, 0, 1, 0])[:, None, None]
     >>> torch.allclose(y, conv(x_gated)[:, out_idx], atol=1e-6)
     True
@@ -49,7 +78,10 @@ class SkipConv(nn.Module):
     def __init__(self, conv: nn.Module, bn: nn.Module | None, *, out_mode: str, in_sliced: bool):
         super().__init__()
         if out_mode not in _OUT_MODES:
-            raise GatekitError(f"out_mode must be one of {_OUT_MODES}, got {out_mode!r}")
+            raise GatekitError(
+                f"SkipConv expects out_mode to be one of {_OUT_MODES}, got {out_mode!r}; "
+                f"pass one of them"
+            )
         weight, bias = fold_batchnorm(conv, bn)
         self.out_mode = out_mode
         self.in_sliced = bool(in_sliced)
@@ -67,7 +99,7 @@ class SkipConv(nn.Module):
         )
         # Store each weight in the layout whose *rows* the per-call gather selects, so
         # index_select copies whole contiguous rows.
-        self.transposed = self.use_mm and self.in_sliced and out_mode == "full"
+        self.transposed = self.use_mm and self.in_sliced and out_mode == FULL
         if self.use_mm:
             weight = weight.flatten(1)
             weight = weight.t() if self.transposed else weight
@@ -75,12 +107,55 @@ class SkipConv(nn.Module):
         self.register_buffer("bias", bias)
         self._taps = int(torch.tensor(self.kernel_size).prod())
 
-    def _weights(
+    def forward(
+        self,
+        x: Tensor,
+        channels: Channels,
+        out_site: int | None = None,
+        in_site: int | None = None,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        """The conv's output for this run (``residual``: see :meth:`run_shared`)."""
+        return channels.conv(self, x, out_site, in_site, residual)
+
+    def run_shared(
+        self,
+        x: Tensor,
+        out_idx: Tensor | None = None,
+        in_idx: Tensor | None = None,
+        out_mask: Tensor | None = None,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        """The output when every sample computes the channels ``out_idx`` from ``in_idx``.
+
+        ``out_mask`` ``(N, len(out_idx))``: per-sample gates of the computed channels, for
+        a batch whose samples open different channels (their union is computed).  With
+        ``residual``, ``residual + output``, written into ``residual`` where it fits:
+        ``residual`` must be a tensor nothing else reads afterwards (the rewrite checks the
+        graph); a shape or layout that does not fit falls back to an out-of-place sum.
+        """
+        w, b = self.weights(out_idx, in_idx)
+        if out_mask is None and self.out_mode != SCATTER:
+            accumulated = self.accumulate(x, w, b, residual)
+            if accumulated is not None:
+                return accumulated
+        y = self.convolve(x, w, b)
+        if out_mask is not None and self.out_mode != FULL:
+            y = y * out_mask.to(y.dtype).view(*out_mask.shape, *[1] * (y.ndim - 2))
+        if self.out_mode == SCATTER:
+            y = self.scatter(y, out_idx)
+        return add_residual(y, residual)
+
+    # ---- steps --------------------------------------------------------------------------
+
+    def weights(
         self, out_idx: Tensor | None, in_idx: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
+        """The folded weight and bias, cut to the output rows ``out_idx`` (when this conv
+        computes open filters only) and the input channels ``in_idx`` (when ``in_sliced``)."""
         w, b = self.weight, self.bias
         cut_out = (
-            out_idx is not None and self.out_mode != "full" and out_idx.numel() < self.out_channels
+            out_idx is not None and self.out_mode != FULL and out_idx.numel() < self.out_channels
         )
         cut_in = in_idx is not None and self.in_sliced and in_idx.numel() < self.in_channels
         if cut_out and b is not None:
@@ -98,25 +173,47 @@ class SkipConv(nn.Module):
             w = w.index_select(1, in_idx)
         return w, b
 
-    def forward(
-        self,
-        x: Tensor,
-        out_idx: Tensor | None = None,
-        in_idx: Tensor | None = None,
-        out_mask: Tensor | None = None,
-        residual: Tensor | None = None,
-    ) -> Tensor:
-        """The conv's output; with ``residual``, ``residual + output`` written into ``residual``.
+    def _k_out(self, w: Tensor) -> int:
+        return w.shape[1] if self.transposed else w.shape[0]
 
-        ``out_mask`` ``(N, len(out_idx))``: per-sample gates of the computed channels, for
-        a batch whose samples open different channels (their union is computed).
-        ``residual`` must be a tensor nothing else reads afterwards (the rewrite checks the
-        graph); a shape or layout that does not fit falls back to an out-of-place sum.
-        """
-        w, b = self._weights(out_idx, in_idx)
-        k_out = w.shape[1] if self.transposed else w.shape[0]
-        k_in = x.shape[1]
-        if k_in == 0 or k_out == 0:
+    def _strided(self, x: Tensor) -> Tensor:
+        """A 1x1 conv's input at its output's resolution (a view)."""
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        return x
+
+    @staticmethod
+    def _rows(x: Tensor) -> Tensor:
+        """GEMM rows ``(N * H * W, C)`` of a 4-d tensor: a view for channels-last input."""
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+    def accumulate(
+        self, x: Tensor, w: Tensor, b: Tensor | None, residual: Tensor | None
+    ) -> Tensor | None:
+        """``residual += conv(x)`` as one GEMM with beta=1 straight into ``residual`` (no
+        output tensor, no extra add), when this is a 1x1 GEMM conv and ``residual`` is a
+        channels-last tensor of the output's shape; else None, and nothing is done."""
+        if not (self.use_mm and isinstance(residual, Tensor)) or x.shape[1] == 0:
+            return None
+        x = self._strided(x)
+        k_out = self._k_out(w)
+        n, _, h, width = x.shape
+        if (
+            k_out == 0
+            or residual.shape != (n, k_out, h, width)
+            or not residual.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return None
+        acc = residual.permute(0, 2, 3, 1).view(-1, k_out)
+        acc.addmm_(self._rows(x), w if self.transposed else w.t())
+        if b is not None:
+            acc.add_(b)
+        return residual
+
+    def convolve(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """The convolution of ``x`` with the gathered ``w`` and ``b``."""
+        k_out = self._k_out(w)
+        if x.shape[1] == 0 or k_out == 0:
             # Nothing to convolve (all gates closed): the output is the bias alone.
             size = conv_output_size(
                 x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
@@ -127,42 +224,23 @@ class SkipConv(nn.Module):
                 if b is None
                 else b.view(1, -1, *[1] * (len(shape) - 2)).expand(shape)
             )
-            y = y.contiguous(memory_format=_memory_format(y))
-        elif self.use_mm:
-            if self.stride != (1, 1):
-                x = x[:, :, :: self.stride[0], :: self.stride[1]]
-            n, c, h, width = x.shape
-            rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view for channels-last input
-            wt = w if self.transposed else w.t()
-            if (
-                isinstance(residual, Tensor)
-                and out_mask is None
-                and self.out_mode != "scatter"
-                and residual.shape == (n, k_out, h, width)
-                and residual.is_contiguous(memory_format=torch.channels_last)
-            ):
-                # GEMM with beta=1 straight into the residual: no output tensor, no extra add.
-                acc = residual.permute(0, 2, 3, 1).view(-1, k_out)
-                acc.addmm_(rows, wt)
-                if b is not None:
-                    acc.add_(b)
-                return residual
+            return y.contiguous(memory_format=memory_format(y))
+        if self.use_mm:
+            x = self._strided(x)
+            n, _, h, width = x.shape
+            rows, wt = self._rows(x), (w if self.transposed else w.t())
             y = torch.mm(rows, wt) if b is None else torch.addmm(b, rows, wt)
-            y = y.view(n, h, width, k_out).permute(0, 3, 1, 2)
-        else:
-            conv = _CONV_FUNCTIONS[x.ndim - 3]
-            y = conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-        if out_mask is not None and self.out_mode != "full":
-            y = y * out_mask.to(y.dtype).view(*out_mask.shape, *[1] * (y.ndim - 2))
-        if self.out_mode == "scatter" and k_out < self.out_channels:
-            full = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
-            full = full.contiguous(memory_format=_memory_format(full))
-            y = full.index_copy_(1, out_idx, y)
-        if residual is None:
+            return y.view(n, h, width, k_out).permute(0, 3, 1, 2)
+        conv = _CONV_FUNCTIONS[x.ndim - 3]
+        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def scatter(self, y: Tensor, out_idx: Tensor | None) -> Tensor:
+        """The computed channels ``y`` placed at ``out_idx`` among ``out_channels`` zeros."""
+        if out_idx is None or y.shape[1] == self.out_channels:
             return y
-        if isinstance(residual, Tensor) and residual.shape == y.shape:
-            return residual.add_(y)
-        return residual + y
+        full = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
+        full = full.contiguous(memory_format=memory_format(full))
+        return full.index_copy_(1, out_idx, y)
 
     def extra_repr(self) -> str:
         return (
@@ -172,7 +250,18 @@ class SkipConv(nn.Module):
         )
 
 
-def _memory_format(t: Tensor) -> torch.memory_format:
+def add_residual(y: Tensor, residual: Tensor | None) -> Tensor:
+    """``residual + y``, written into ``residual`` when the shapes match (see
+    :meth:`SkipConv.run_shared` for when that is allowed)."""
+    if residual is None:
+        return y
+    if isinstance(residual, Tensor) and residual.shape == y.shape:
+        return residual.add_(y)
+    return residual + y
+
+
+def memory_format(t: Tensor) -> torch.memory_format:
+    """The channels-last format of a 4-d or 5-d tensor, else contiguous."""
     if t.ndim == 4:
         return torch.channels_last
     if t.ndim == 5:

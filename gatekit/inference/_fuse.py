@@ -18,7 +18,7 @@ from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
-from ._common import InferenceGaterNet, SiteRoute, check_eval_net, finish_graph
+from ._common import DENSE, FUSED, InferenceGaterNet, SiteRoute, check_eval_net, finish_graph
 from ._folding import batchnorm_scale_shift
 from ._plan import SitePlan, plan_sites
 
@@ -113,9 +113,9 @@ def _fuse(gm: fx.GraphModule, plans: list[SitePlan], op: str | None) -> list[Sit
     routes = []
     for plan in plans:
         conv = gm.get_submodule(plan.conv.target) if plan.conv is not None else None
-        if plan.mode == "dense" or type(conv) is not nn.Conv2d:
-            reason = plan.reason if plan.mode == "dense" else "not a plain nn.Conv2d"
-            routes.append(SiteRoute(plan.site.name, "dense", None, reason))
+        if plan.mode == DENSE or type(conv) is not nn.Conv2d:
+            reason = plan.reason if plan.mode == DENSE else "not a plain nn.Conv2d"
+            routes.append(SiteRoute(plan.site.name, DENSE, None, reason))
             continue
         relu = _relu_user(gm, plan)
         source = plan.conv.args[0]
@@ -130,7 +130,7 @@ def _fuse(gm: fx.GraphModule, plans: list[SitePlan], op: str | None) -> list[Sit
         end.replace_all_uses_with(new)
         if relu is not None:
             fused_output[new] = plan
-        routes.append(SiteRoute(plan.site.name, "fused", None, ""))
+        routes.append(SiteRoute(plan.site.name, FUSED, None, ""))
     finish_graph(gm)
     return routes
 
@@ -161,5 +161,5 @@ def fuse_gated_convs(net: GaterNet, *, op: str | None = None) -> InferenceGaterN
     """
     check_eval_net(net, "fuse_gated_convs", "BatchNorm is folded with its running statistics")
     backbone = copy.deepcopy(net.backbone)
-    routes = _fuse(backbone, plan_sites(backbone, net.sites), op)
+    routes = _fuse(backbone, plan_sites(backbone, net.sites, "fuse_gated_convs"), op)
     return InferenceGaterNet(net, backbone, routes)

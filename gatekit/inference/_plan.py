@@ -1,6 +1,7 @@
 """Reading a GaterNet's graph: for each gate site, what can be skipped and where its zeros go.
 
-For each site the gated backbone's fx graph reads ``conv -> [norm] -> mul(gates chunk)``.
+For each site the gated backbone's fx graph reads ``conv -> [norm] -> mul(gates chunk)``,
+the multiply found by the mark :func:`gatekit.gate_model` put on it (``gatekit._graph``).
 A site's *producer* is that conv: when its norm is an eval-mode BatchNorm (or absent) and
 the conv is ungrouped, the BatchNorm folds into it and only the open filters need computing
 (*sliced output*).  Its *consumer* is the next conv, reached from the gate multiply through
@@ -14,16 +15,17 @@ scattered back into zeros (*scatter*).  Sites that fit neither run as in the den
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 from torch import fx, nn
 
 from .. import _graph
 from ..sites import GateSite
+from ._common import DENSE, SCATTER, SLICED
 from ._folding import foldable_batchnorm
 
 __all__: list[str] = []
+
 
 @dataclass
 class SitePlan:
@@ -44,7 +46,7 @@ class SitePlan:
     site: GateSite
     conv: fx.Node
     norm: fx.Node | None
-    mul: fx.Node | None
+    mul: fx.Node
     chain: tuple[fx.Node, ...]
     consumer: fx.Node | None
     mode: str
@@ -65,16 +67,13 @@ def sliceable_conv(module: nn.Module | None) -> bool:
     )
 
 
-def _gate_mul(after: fx.Node) -> fx.Node | None:
-    """The ``after * gates_chunk`` node that gate_model inserted after ``after``."""
-    for user in after.users:
-        if user.op == "call_function" and user.target is operator.mul and user.args[0] is after:
-            return user
-    return None
-
-
-def plan_sites(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SitePlan]:
+def plan_sites(
+    gm: fx.GraphModule, sites: tuple[GateSite, ...], who: str = "plan_sites"
+) -> list[SitePlan]:
     """Classify every site of a gated backbone graph (see the module docstring).
+
+    ``who`` names the caller in the :class:`gatekit.GatekitError` raised when a gate
+    multiply lacks its mark.
 
     >>> import gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
@@ -89,37 +88,37 @@ def plan_sites(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SitePlan
     for node in gm.graph.nodes:
         if node.op == "call_module":
             by_target.setdefault(node.target, node)
-    routes = []
-    for index, site in enumerate(sites):
+    muls = _graph.gate_nodes(gm.graph, [s.name for s in sites], who)
+    plans = []
+    for index, (site, mul) in enumerate(zip(sites, muls)):
         conv = by_target.get(site.name)
         after = by_target.get(site.after)
         norm = after if site.norm is not None and after is not conv else None
-        mul = None if after is None else _gate_mul(after)
-        route = SitePlan(index, site, conv, norm, mul, (), None, "dense", "")
-        routes.append(route)
-        if conv is None or mul is None:
-            route.reason = "graph does not read conv -> [norm] -> gate multiply"
+        plan = SitePlan(index, site, conv, norm, mul, (), None, DENSE, "")
+        plans.append(plan)
+        if conv is None or after is None or mul.args[0] is not after:
+            plan.reason = "graph does not read conv -> [norm] -> gate multiply"
             continue
         conv_module = _module(gm, conv)
         if calls[site.name] != 1 or (norm is not None and calls[norm.target] != 1):
-            route.reason = "module called more than once"
+            plan.reason = "module called more than once"
         elif not sliceable_conv(conv_module):
-            route.reason = "grouped, non-zero-padded or non-Conv1d/2d/3d conv"
+            plan.reason = "grouped, non-zero-padded or non-Conv1d/2d/3d conv"
         elif norm is not None and not foldable_batchnorm(_module(gm, norm)):
-            route.reason = f"norm {site.norm} is not an eval-mode BatchNorm (cannot fold)"
+            plan.reason = f"norm {site.norm} is not an eval-mode BatchNorm (cannot fold)"
         elif set(after.users) - {mul, mul.args[1]} or (
             norm is not None and (len(conv.users) != 1 or norm.args != (conv,) or norm.kwargs)
         ):
-            route.reason = "conv or norm output has other users"
+            plan.reason = "conv or norm output has other users"
         elif site.channel_dim != 1:
-            route.reason = "channels-last site"
-        if route.reason:
+            plan.reason = "channels-last site"
+        if plan.reason:
             continue
-        route.mode, route.reason = "scatter", "gated output feeds a non-conv op"
+        plan.mode, plan.reason = SCATTER, "gated output feeds a non-conv op"
         chain, node = [], mul
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if _graph.keeps_zero_channels(user, node, modules):
+            if _graph.keeps_zero_channels(user, node, modules, compact=True):
                 chain.append(user)
                 node = user
                 continue
@@ -131,7 +130,7 @@ def plan_sites(gm: fx.GraphModule, sites: tuple[GateSite, ...]) -> list[SitePlan
                 and calls[user.target] == 1
                 and sliceable_conv(_module(gm, user))
             ):
-                route.mode, route.reason, route.consumer = "sliced", "", user
+                plan.mode, plan.reason, plan.consumer = SLICED, "", user
             break
-        route.chain = tuple(chain)
-    return routes
+        plan.chain = tuple(chain)
+    return plans

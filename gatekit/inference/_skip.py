@@ -6,7 +6,8 @@ followed by an eval-mode BatchNorm gets the BatchNorm folded in, each gated conv
 only its open filters, and the conv that consumes a gated output reads only the matching
 input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
 any gated backbone: it groups the samples by gate pattern (or takes the union of their
-open filters) and runs the rewritten graph once per group.
+open filters) and runs the rewritten graph once per group.  How it batches is a batching
+mode (``_batching``; one module per mode, listed in :data:`BATCHINGS`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,37 @@ from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
-from ._common import InferenceGaterNet, SiteRoute, check_binary, check_eval_net, finish_graph
-from ._conv import SkipConv
+from ._batching import Batching
+from ._common import (
+    DENSE,
+    SCATTER,
+    SLICED,
+    InferenceGaterNet,
+    SiteRoute,
+    check_binary,
+    check_eval_net,
+    finish_graph,
+)
+from ._conv import FULL, Channels, SkipConv
 from ._folding import foldable_batchnorm
+from ._pattern import PatternBatching
 from ._plan import SitePlan, plan_sites
+from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
+
+#: The batching modes, by name: each a :class:`._batching.Batching` in its own module.
+BATCHINGS: dict[str, type[Batching]] = {b.name: b for b in (PatternBatching, UnionBatching)}
+
+
+def batching_mode(name: Any) -> Batching:
+    """The batching mode called ``name`` (:class:`GatekitError` for an unknown one)."""
+    if name not in BATCHINGS:
+        names = " or ".join(repr(known) for known in BATCHINGS)
+        raise GatekitError(
+            f"skip_compute expects batching to be {names}, got {name!r}; pass one of them"
+        )
+    return BATCHINGS[name]()
 
 
 def _channels_last(x: Any) -> Any:
@@ -45,20 +71,23 @@ def _single_bn_user(gm: fx.GraphModule, conv: fx.Node, calls: dict[str, int]) ->
     return user if foldable_batchnorm(gm.get_submodule(user.target)) else None
 
 
-def _rewrite(gm: fx.GraphModule, routes: list[SitePlan]) -> None:
-    """Replace convs (and their BatchNorms and gate multiplies) by :class:`SkipConv` calls."""
+def _rewrite(gm: fx.GraphModule, plans: list[SitePlan]) -> None:
+    """Replace convs (and their BatchNorms and gate multiplies) by :class:`SkipConv` calls.
+
+    The graph gets a ``channels`` argument (the run's :class:`._conv.Channels`); each
+    SkipConv is called as ``skip(x, channels, out_site, in_site)``, the site numbers
+    constants of the graph.
+    """
     graph = gm.graph
     calls = _graph.call_counts(graph)
-    producers = {r.conv: r for r in routes if r.mode != "dense"}
-    consumers = {r.consumer: r for r in routes if r.mode == "sliced"}
+    producers = {p.conv: p for p in plans if p.mode != DENSE}
+    consumers = {p.consumer: p for p in plans if p.mode == SLICED}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     gates = next(p for p in placeholders if p.target == "gates")
     with graph.inserting_after(gates):
-        open_channels = graph.placeholder("open_channels")
-    with graph.inserting_after(open_channels):
-        open_masks = graph.placeholder("open_masks")
+        channels = graph.placeholder("channels")
     first = placeholders[0]
-    with graph.inserting_after(open_masks):
+    with graph.inserting_after(channels):
         layout = graph.call_function(_channels_last, (first,))
     first.replace_all_uses_with(layout, delete_user_cb=lambda user: user is not layout)
 
@@ -68,32 +97,24 @@ def _rewrite(gm: fx.GraphModule, routes: list[SitePlan]) -> None:
         module = gm.get_submodule(node.target)
         if not _graph.is_conv(module):
             continue
-        out_route, in_route = producers.get(node), consumers.get(node)
-        if out_route is not None:
-            bn_node = out_route.norm
+        out_plan, in_plan = producers.get(node), consumers.get(node)
+        if out_plan is not None:
+            bn_node = out_plan.norm
         elif node.args and len(node.args) == 1 and not node.kwargs:
             bn_node = _single_bn_user(gm, node, calls)
         else:
             bn_node = None
-        if out_route is None and in_route is None and bn_node is None:
+        if out_plan is None and in_plan is None and bn_node is None:
             continue
         bn = None if bn_node is None else gm.get_submodule(bn_node.target)
-        out_mode = "full" if out_route is None else out_route.mode
-        skip = SkipConv(module, bn, out_mode=out_mode, in_sliced=in_route is not None)
+        out_mode = FULL if out_plan is None else out_plan.mode
+        skip = SkipConv(module, bn, out_mode=out_mode, in_sliced=in_plan is not None)
         name = "skip_" + node.target.replace(".", "_")
         gm.add_submodule(name, skip)
+        out_site, in_site = (None if p is None else p.index for p in (out_plan, in_plan))
         with graph.inserting_before(node):
-            idx = [
-                None
-                if r is None
-                else graph.call_function(operator.getitem, (open_channels, r.index))
-                for r in (out_route, in_route)
-            ]
-            mask = None
-            if out_route is not None:
-                mask = graph.call_function(operator.getitem, (open_masks, out_route.index))
-            new = graph.call_module(name, (node.args[0], *idx, mask))
-        replaced = out_route.mul if out_route is not None else (bn_node or node)
+            new = graph.call_module(name, (node.args[0], channels, out_site, in_site))
+        replaced = out_plan.mul if out_plan is not None else (bn_node or node)
         replaced.replace_all_uses_with(new)
     graph.eliminate_dead_code()
     _accumulate_residuals(gm)
@@ -172,12 +193,12 @@ def _accumulate_residuals(gm: fx.GraphModule) -> None:
 class SkipBackbone(nn.Module):
     """The backbone of a :class:`SkipComputeNet`: ``forward(x, gates)`` as a gated backbone.
 
-    It checks that the gates are binary, works out per site the channels to compute, and
-    runs ``graph_module`` (the rewritten gated backbone, taking ``x``,
-    ``gates``, ``open_channels`` and ``open_masks``) once for the batch when all samples
-    share one gate pattern, else per ``batching``: ``"pattern"`` once per group of samples
-    that share a pattern, ``"union"`` once on the filters open in any sample, zeroing
-    them per sample.
+    It checks that the gates are binary and hands the batch to its batching ``mode``
+    (:attr:`batching` is its name), which runs ``graph_module`` (the rewritten
+    gated backbone, taking ``x``, ``gates`` and ``channels``) once for the batch when all
+    samples share one gate pattern, else as the mode says: ``"pattern"`` once per group of
+    samples that share a pattern, ``"union"`` once on the filters open in any sample,
+    zeroing them per sample.
     """
 
     def __init__(
@@ -185,12 +206,12 @@ class SkipBackbone(nn.Module):
         graph_module: fx.GraphModule,
         sites: tuple[GateSite, ...],
         live: list[bool],
-        batching: str = "pattern",
+        mode: Batching,
     ):
         super().__init__()
         self.graph_module = graph_module
         self.sites = sites
-        self.batching = batching
+        self.mode = mode
         self._live = list(live)
         self.register_buffer(
             "_starts", torch.tensor([s.offset for s in sites], dtype=torch.long), persistent=False
@@ -199,8 +220,9 @@ class SkipBackbone(nn.Module):
             "_stops", torch.tensor([s.stop for s in sites], dtype=torch.long), persistent=False
         )
 
-    def _open_channels(self, row: Tensor) -> list[Tensor | None]:
-        """Per site, the sorted channel numbers whose gate is open in ``row``."""
+    def open_channels(self, row: Tensor) -> list[Tensor | None]:
+        """Per site, the sorted channel numbers whose gate is open in ``row`` (None: a dense
+        site, computed in full)."""
         open_gates = row.nonzero().squeeze(1)
         bounds = torch.searchsorted(open_gates, torch.cat([self._starts, self._stops])).tolist()
         n = len(self.sites)
@@ -216,42 +238,18 @@ class SkipBackbone(nn.Module):
             result.append(idx)
         return result
 
-    def _masks(self, gates: Tensor, open_channels: list[Tensor | None]) -> list[Tensor | None]:
-        """Per site, the samples' gates ``(N, k)`` of the ``k`` channels computed (None: all 1)."""
-        masks: list[Tensor | None] = []
-        for site, idx in zip(self.sites, open_channels):
-            if idx is None:
-                masks.append(None)
-                continue
-            chunk = gates[:, site.offset : site.stop]
-            # Channel c belongs to gate c // group_size.
-            mask = chunk.index_select(1, torch.div(idx, site.group_size, rounding_mode="floor"))
-            masks.append(None if bool(mask.all()) else mask)
-        return masks
+    def run(self, x: Any, gates: Tensor, channels: Channels) -> Any:
+        """One pass of the rewritten graph over ``x`` with the run's ``channels``."""
+        return self.graph_module(x, gates=gates, channels=channels)
+
+    @property
+    def batching(self) -> str:
+        """The batching mode's name, as ``skip_compute(net, batching=...)`` took it."""
+        return self.mode.name
 
     def forward(self, x: Any, gates: Tensor) -> Any:
         check_binary(gates, "skip_compute")
-        no_masks = [None] * len(self.sites)
-        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
-            idx = self._open_channels(gates[0])
-            return self.graph_module(x, gates=gates, open_channels=idx, open_masks=no_masks)
-        if self.batching == "union":
-            idx = self._open_channels((gates != 0).any(0))
-            return self.graph_module(x, gates=gates, open_channels=idx, open_masks=self._masks(gates, idx))
-        patterns, group = torch.unique(gates, dim=0, return_inverse=True)
-        outputs, members = [], []
-        for p in range(patterns.shape[0]):
-            idx = (group == p).nonzero().squeeze(1)
-            outputs.append(
-                self.graph_module(
-                    x.index_select(0, idx),
-                    gates=gates.index_select(0, idx),
-                    open_channels=self._open_channels(patterns[p]),
-                    open_masks=no_masks,
-                )
-            )
-            members.append(idx)
-        return _merge(outputs, torch.cat(members))
+        return self.mode(self, x, gates)
 
     def extra_repr(self) -> str:
         return f"batching={self.batching!r}"
@@ -283,38 +281,17 @@ class SkipComputeNet(InferenceGaterNet):
     """
 
     backbone: SkipBackbone
-    _MODES = ("sliced", "scatter", "dense")
+    _MODES = (SLICED, SCATTER, DENSE)
 
     def forward(self, x: Any, gates: Tensor | None = None) -> Any:
         with torch.no_grad():
             return super().forward(x, gates)
 
-    def extra_repr(self) -> str:
-        counts = [f"{m}={sum(r.mode == m for r in self.routes)}" for m in self._MODES]
-        batching = f"batching={self.backbone.batching!r}"
-        return ", ".join([f"num_gates={self.num_gates}, sites={len(self.sites)}", batching, *counts])
+    def _repr_fields(self) -> list[str]:
+        return [f"batching={self.backbone.batching!r}", *super()._repr_fields()]
 
 
-def _merge(outputs: list[Any], order: Tensor) -> Any:
-    """Put per-group outputs back in sample order (tensors, and tuples/lists/dicts of them)."""
-    first = outputs[0]
-    if isinstance(first, Tensor):
-        stacked = torch.cat(outputs)
-        result = torch.empty_like(stacked)
-        result[order] = stacked
-        return result
-    if isinstance(first, (tuple, list)):
-        return type(first)(_merge([o[i] for o in outputs], order) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _merge([o[k] for o in outputs], order) for k in first}
-    raise GatekitError(
-        f"skip_compute can merge per-pattern outputs that are tensors, tuples, lists or "
-        f"dicts of tensors, got {type(first).__name__}; pass samples that share one gate "
-        f"pattern (or one sample) per call"
-    )
-
-
-def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
+def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> SkipComputeNet:
     """Return a copy of an eval-mode ``net`` that computes only the filters whose gates are open.
 
     For each sample, or each group of samples sharing a gate pattern: every eval-mode
@@ -352,13 +329,12 @@ def skip_compute(net: GaterNet, *, batching: str = "pattern") -> SkipComputeNet:
     SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='')
     """
     check_eval_net(net, "skip_compute", "binary gates, BatchNorm with running statistics")
-    if batching not in ("pattern", "union"):
-        raise GatekitError(f'batching must be "pattern" or "union", got {batching!r}')
+    mode = batching_mode(batching)
     graph = copy.deepcopy(net.backbone)
-    plans = plan_sites(graph, net.sites)
+    plans = plan_sites(graph, net.sites, "skip_compute")
     _rewrite(graph, plans)
-    live = [p.mode != "dense" for p in plans]
-    backbone = SkipBackbone(graph, net.sites, live, batching)
+    live = [p.mode != DENSE for p in plans]
+    backbone = SkipBackbone(graph, net.sites, live, mode)
     return SkipComputeNet(net, backbone, [_route(p) for p in plans])
 
 

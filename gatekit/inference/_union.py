@@ -1,0 +1,51 @@
+"""Batching mode ``"union"``: one pass over the filters open in any sample.
+
+Per site, the filters open in at least one sample are computed for the whole batch and
+each sample's closed ones zeroed (``SharedChannels.masks``).  Best for trained gaters whose
+gates mostly agree across samples: always-off filters are skipped at the full batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._batching import Backbone, Batching, SharedChannels
+
+__all__: list[str] = []
+
+
+class UnionBatching(Batching):
+    """Run the graph once, on each site's filters open in any sample."""
+
+    name = "union"
+
+    def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
+        idx = backbone.open_channels((gates != 0).any(0))
+        channels = SharedChannels(idx, masks(backbone, gates, idx))
+        return backbone.run(x, gates, channels)
+
+
+def masks(
+    backbone: Backbone, gates: Tensor, open_channels: list[Tensor | None]
+) -> list[Tensor | None]:
+    """Per site, the samples' gates ``(N, k)`` of the ``k`` channels computed (None: all 1).
+
+    >>> from types import SimpleNamespace
+    >>> site = SimpleNamespace(offset=0, stop=3, group_size=1)
+    >>> gates = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    >>> masks(SimpleNamespace(sites=(site,)), gates, [torch.tensor([0, 1, 2])])[0].tolist()
+    [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    """
+    result: list[Tensor | None] = []
+    for site, idx in zip(backbone.sites, open_channels):
+        if idx is None:
+            result.append(None)
+            continue
+        chunk = gates[:, site.offset : site.stop]
+        # Channel c belongs to gate c // group_size.
+        mask = chunk.index_select(1, torch.div(idx, site.group_size, rounding_mode="floor"))
+        result.append(None if bool(mask.all()) else mask)
+    return result
