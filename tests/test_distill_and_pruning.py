@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,3 +193,48 @@ def test_static_pruning_refuses_a_gated_run(tmp_path: Path, capsys) -> None:
                                      "--output-dir", str(tmp_path / "run")])
     assert status == 2 and "--flops must lie in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------
+# rechecking a run from its weights
+# --------------------------------------------------------------------------------------
+
+EVALUATE = ROOT / "benchmarks" / "cifar10_evaluate.py"
+
+
+@pytest.mark.parametrize("kind", ["budget", "static"])
+def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, monkeypatch,
+                                                        kind: str) -> None:
+    if kind == "static":
+        pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    torch.save(resnet20(num_classes=3).state_dict(), tmp_path / "start.pt")
+    data = _write_tree(tmp_path / "data", {"train": 8, "test": 6})
+    out = tmp_path / "run"
+    common = ["--data", str(data), *TINY_CIFAR, "--output-dir", str(out), "--cache-dir",
+              str(tmp_path / "cache")]
+    if kind == "budget":
+        script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
+                               "--count-downstream", "--gater-resolution", "16", "--budget", "0.5",
+                               "--budget-weight", "50", "--lr", "0.5"]
+    else:
+        script, argv = STATIC, [*common, "--prune-from", str(tmp_path / "start.pt"), "--flops", "0.6"]
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])  # the command results.json records
+    assert _load(script).cli_main(argv) == 0, capsys.readouterr().err
+    evaluate = _load(EVALUATE)
+    weights = tmp_path / "w.pt"
+    assert evaluate.main([str(out / "checkpoint.pt"), "--export-weights", str(weights)]) == 0
+    (tmp_path / "w.json").write_text((out / "results.json").read_text())
+    capsys.readouterr()
+    assert evaluate.main([str(weights), "--data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    flops = results["flops"]
+    assert got["test_error"] == pytest.approx(results["val_error"], abs=1e-4)
+    assert got["backbone_flops_fraction"] == pytest.approx(flops["backbone_fraction"], abs=1e-4)
+    assert got["total_flops_fraction_of_plain"] == pytest.approx(
+        flops["at_open_fraction"] / flops["backbone_dense"], abs=1e-4)
+    if kind == "budget":
+        assert flops["backbone_fraction"] < 0.999  # some gates closed: the fractions are tested
+    state = torch.load(weights, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())  # weights only, no optimiser

@@ -498,23 +498,30 @@ def test_help_lists_both_defaults() -> None:
 
 
 def test_standin_training_learns(tmp_path: Path) -> None:
-    """A short gated run on the built-in stand-in learns: about 45 s on one core.
+    """A short gated run on the built-in stand-in learns: about 35-45 s on one core.
 
-    Chance is 10% (10 balanced classes).  200 evaluation images: at chance the accuracy has
-    a standard deviation of 2.1%, so 25% is 7 deviations above it; this run reaches ~34%.
-    It trains the task alone (GaterNet's released start, no batch shaping), so that the
-    training loss is the task's; the main job's recipe is checked by the slow test below.
+    Chance is 10% (10 balanced classes); at chance, 200 evaluation images give a standard
+    deviation of 2.1%.  The recipe: 2,048 images at 16 px, 6 epochs of batch 32, lr 0.05,
+    gates starting open (init bias 1.5), the task loss alone (no batch shaping, so the
+    training loss is the task's; the main job's recipe is checked by the slow test below).
+    Measured over seeds 0-5 with one thread and 0-4 with two (`OMP_NUM_THREADS`), on a 2-core
+    AMD EPYC: validation accuracy 0.965-0.99 with one thread, 0.81-0.99 with two; minimum
+    0.81.  The threshold, 0.5, is 0.31 below that minimum and 19 deviations above chance.
+    (The recipe it replaces, 1,024 images for 4 epochs at lr 0.1 with half the gates closed,
+    sat on the edge of learning: 0.175-0.34 depending on the processor, 0.23-0.805 over seeds
+    even with open gates.)
     """
     out = tmp_path / "run"
-    _run(IMAGENET, ["--image-size", "16", "--standin-train", "1024", "--standin-val", "200",
-                    "--batch-size", "32", "--epochs", "4", "--log-every", "1000",
-                    "--init-bias", "0", "--batch-shaping", "0",
+    _run(IMAGENET, ["--image-size", "16", "--standin-train", "2048", "--standin-val", "200",
+                    "--batch-size", "32", "--epochs", "6", "--lr", "0.05", "--log-every", "1000",
+                    "--init-bias", "1.5", "--batch-shaping", "0",
                     "--output-dir", str(out)], tmp_path, timeout=900)  # wall time on a busy machine
     results = json.loads((out / "results.json").read_text())
     assert results["gated"] and results["gate_stats"]["num_samples"] == 200
-    assert results["val_acc"] > 0.25, results["val_acc"]
+    assert results["val_acc"] > 0.5, results["val_acc"]
     epochs = [r for r in _records(out) if r["event"] == "epoch"]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # the loss falls: every seed above fell from 2.22-2.39 to 0.69-1.06 (a drop of 1.16 or more)
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] - 0.5
 
 
 @pytest.mark.slow
