@@ -27,9 +27,21 @@ class GaterHead(nn.Module):
     released code has none: ``batchnorm=False`` by default.  ``init_bias`` fills the last
     layer's bias; a positive value (e.g. 3) starts training with most gates open.
 
+    ``budget_input=True`` makes the head read a per-sample compute budget ``b`` in (0, 1]
+    as well (one trained model for any budget).  The budget enters twice, as the feature
+    ``u = 2b - 1``: added to the bottleneck, ``ReLU(BN(fc1(f)) + budget_embed(u))``, so
+    that the image and the budget interact; and as a per-gate shift of the logits,
+    ``+ budget_gate(u)``, one slope per gate, so that each gate can learn the budget above
+    which it opens (a ranking of the filters by budget).  Both start at zero: at
+    initialisation the head computes what the head without a budget computes.  The trunk
+    runs once; only the head sees the budget.
+
     >>> import torch
     >>> head = GaterHead(64, 336, bottleneck=8)
     >>> head(torch.randn(2, 64)).shape
+    torch.Size([2, 336])
+    >>> budgeted = GaterHead(64, 336, budget_input=True)
+    >>> budgeted(torch.randn(2, 64), torch.tensor([0.3, 0.9])).shape
     torch.Size([2, 336])
     """
 
@@ -41,6 +53,7 @@ class GaterHead(nn.Module):
         *,
         batchnorm: bool = False,
         init_bias: float = 0.0,
+        budget_input: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -53,12 +66,30 @@ class GaterHead(nn.Module):
         self.bn = nn.BatchNorm1d(bottleneck, **kw) if batchnorm else nn.Identity()
         self.relu = nn.ReLU()
         self.fc2 = nn.Linear(bottleneck, num_gates, **kw)
+        self.budget_input = bool(budget_input)
+        if self.budget_input:
+            self.budget_embed = nn.Linear(1, bottleneck, **kw)
+            self.budget_gate = nn.Linear(1, num_gates, bias=False, **kw)
         with torch.no_grad():
             self.fc1.bias.zero_()
             self.fc2.bias.fill_(float(init_bias))
+            if self.budget_input:
+                for p in (self.budget_embed.weight, self.budget_embed.bias, self.budget_gate.weight):
+                    p.zero_()
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.fc2(self.relu(self.bn(self.fc1(features))))
+    def forward(self, features: Tensor, budget: Tensor | None = None) -> Tensor:
+        hidden = self.bn(self.fc1(features))
+        if not self.budget_input:
+            if budget is not None:
+                raise GatekitError("this GaterHead takes no budget (built with budget_input=False)")
+            return self.fc2(self.relu(hidden))
+        if budget is None:
+            raise GatekitError("this GaterHead needs a budget (N,) (built with budget_input=True)")
+        u = (2.0 * budget.to(hidden.dtype) - 1.0).unsqueeze(1)
+        return self.fc2(self.relu(hidden + self.budget_embed(u))) + self.budget_gate(u)
+
+    def extra_repr(self) -> str:
+        return "budget_input=True" if self.budget_input else ""
 
 
 class InputSpec(NamedTuple):
@@ -113,6 +144,13 @@ class GaterNet(nn.Module):
     raises :class:`GatekitError` in eager mode (the check is skipped inside
     ``torch.compile``).
 
+    A model built with ``gate_model(..., budget_input=True)`` is called as
+    ``forward(x, budget=b)``: ``b`` is a float or an ``(N,)`` tensor in (0, 1], the
+    fraction of the gated FLOPs each sample may use, read by the gater's head (see
+    :class:`GaterHead`); ``last_budget`` holds it as an ``(N,)`` tensor, for
+    :func:`gatekit.flops_budget_loss`.  Without a budget it raises :class:`GatekitError`, as
+    a model without a budget input does when given one; ``gates=`` overrides both.
+
     Input checks, on entry, before the gater runs: when one conv of the backbone reads the
     input directly, an input whose rank or channel count that conv cannot read raises
     :class:`GatekitError` (also a :class:`RuntimeError`, the class of the conv error it
@@ -156,6 +194,7 @@ class GaterNet(nn.Module):
         self.check_finite = bool(check_finite)
         self.last_gates = None
         self.last_logits = None
+        self.last_budget: Tensor | None = None
         self.input_spec = input_spec(backbone)
 
     @property
@@ -180,7 +219,12 @@ class GaterNet(nn.Module):
             return None
         return self.estimator.open_probability(self.last_logits)
 
-    def gate_logits(self, x: Any) -> Tensor:
+    @property
+    def budget_input(self) -> bool:
+        """Whether the gater's head reads a per-sample budget (``forward(x, budget=b)``)."""
+        return bool(getattr(self.head, "budget_input", False))
+
+    def gate_logits(self, x: Any, budget: float | Tensor | None = None) -> Tensor:
         """The gater's real-valued gate logits ``(N, num_gates)`` for input ``x``.
 
         >>> import torch, gatekit
@@ -189,6 +233,9 @@ class GaterNet(nn.Module):
         >>> net.gate_logits(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 336])
         """
+        return self._logits(x, self._budget(x, budget))
+
+    def _logits(self, x: Any, budget: Tensor | None) -> Tensor:
         features = self.gater(x)
         batch = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else None
         if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[1] != self.in_features:
@@ -204,7 +251,7 @@ class GaterNet(nn.Module):
                 f"the gater returned {features.shape[0]} feature rows for a batch of {batch} "
                 f"inputs; expected one row per sample; check the gater's reshapes"
             )
-        logits = self.head(features)
+        logits = self.head(features) if budget is None else self.head(features, budget)
         if self.check_finite and not torch.compiler.is_compiling():
             bad = ~torch.isfinite(logits)
             if bool(bad.any()):
@@ -216,17 +263,59 @@ class GaterNet(nn.Module):
                 )
         return logits
 
-    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+    def forward(self, x: Any, gates: Tensor | None = None, *, budget: float | Tensor | None = None) -> Any:
         self._check_input(x)
         if gates is None:
-            logits = self.gate_logits(x)
+            b = self._budget(x, budget)
+            logits = self._logits(x, b)
             gates = self.estimator(logits)
         else:
-            self._check_gates(x, gates)
+            self._check_gates(x, gates)  # given gates override the gater, and the budget
+            b = self._budget(x, budget) if budget is not None else None
             logits = None
         self.last_logits = logits
         self.last_gates = gates
+        self.last_budget = b
         return self.backbone(x, gates=gates)
+
+    def _budget(self, x: Any, budget: float | Tensor | None) -> Tensor | None:
+        """The per-sample budgets ``(N,)`` (float32, on ``x``'s device), or None without a
+        budget input; checked: present exactly when the head reads it, in (0, 1]."""
+        if not self.budget_input:
+            if budget is not None:
+                raise GatekitError(
+                    "this GaterNet has no budget input, got budget=...; build it with "
+                    "gatekit.gate_model(..., budget_input=True) to serve several budgets, or "
+                    "drop the budget argument"
+                )
+            return None
+        if budget is None:
+            raise GatekitError(
+                "this GaterNet reads a compute budget (built with budget_input=True): call it "
+                "as model(x, budget=b), b a float in (0, 1] or an (N,) tensor of them"
+            )
+        n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else None
+        device = x.device if isinstance(x, Tensor) else None
+        if isinstance(budget, Tensor):
+            if not budget.is_floating_point() or budget.ndim > 1 or (
+                    budget.ndim == 1 and n is not None and budget.shape[0] != n):
+                raise GatekitError(
+                    f"budget must be a float or a floating tensor of shape ({n},), one per "
+                    f"sample, got {budget.dtype} of shape {tuple(budget.shape)}"
+                )
+            b = budget.to(device=device, dtype=torch.float32)
+            if b.ndim == 0 and n is not None:
+                b = b.expand(n)
+        elif isinstance(budget, bool) or not isinstance(budget, int | float):
+            raise GatekitError(f"budget must be a float in (0, 1] or an (N,) tensor, got {budget!r}")
+        else:
+            b = torch.full((n if n is not None else 1,), float(budget), device=device)
+        if not torch.compiler.is_compiling() and not bool(((b > 0) & (b <= 1)).all()):
+            raise GatekitError(
+                f"budget must lie in (0, 1] (the fraction of the gated FLOPs a sample may "
+                f"use), got values from {b.min().item()} to {b.max().item()}"
+            )
+        return b
 
     def _check_input(self, x: Any) -> None:
         spec = self.input_spec
@@ -293,7 +382,9 @@ class GaterNet(nn.Module):
         state = self.__dict__.copy()
         state["last_gates"] = None
         state["last_logits"] = None
+        state["last_budget"] = None
         return state
 
     def extra_repr(self) -> str:
-        return f"num_gates={self.num_gates}, sites={len(self.sites)}"
+        budget = ", budget_input=True" if self.budget_input else ""
+        return f"num_gates={self.num_gates}, sites={len(self.sites)}{budget}"

@@ -100,23 +100,32 @@ def expected_l0_loss(
 # --------------------------------------------------------------------------------------
 
 
-def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float) -> Tensor:
+def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float | Tensor) -> Tensor:
     """Squared distance between the cost-weighted open fraction and ``budget``.
 
-    ``(sum_g costs_g * mean_n gates_ng / sum_g costs_g - budget) ** 2``: the expected
-    fraction of the gated FLOPs that a batch keeps, pulled to ``budget``.  ``costs`` is
+    With ``w_g = costs_g / sum_g costs_g`` and ``k_n = sum_g w_g * gates_ng``, the fraction
+    of the gated FLOPs sample ``n`` keeps:
+
+    - a float ``budget``: ``(mean_n k_n - budget) ** 2``, the batch's kept fraction pulled
+      to the budget (samples may spend more or less; the batch as a whole may not);
+    - an ``(N,)`` tensor of per-sample budgets (a model with a budget input):
+      ``mean_n (k_n - budget_n) ** 2``, each sample held to its own budget (the budgets
+      are targets: no gradient flows into them).
+  ``costs`` is
     typically :func:`gatekit.gate_costs` of the model (FLOPs per image that each gate
     removes); with equal costs this is :func:`target_rate_loss`.  Computed in float32
     (float64 when ``gates`` is float64), on ``gates``' device.
 
     ``gates``: ``(N, G)`` floating point; ``costs``: ``(G,)``, non-negative, finite, with
-    a positive sum; ``budget``: in ``[0, 1]``.
+    a positive sum; ``budget``: in ``[0, 1]``, a float or a floating ``(N,)`` tensor.
 
     >>> import torch
     >>> gates = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     >>> costs = torch.tensor([3.0, 1.0])  # (3 * 1 + 1 * 0.5) / 4 = 0.875 kept
     >>> flops_budget_loss(gates, costs, budget=0.5)
     tensor(0.1406)
+    >>> flops_budget_loss(gates, costs, budget=torch.tensor([0.75, 1.0]))  # kept: 0.75 and 1
+    tensor(0.)
     """
     fn = "flops_budget_loss"
     _check_gates(gates, fn)
@@ -137,10 +146,23 @@ def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float) -> Tensor:
             f"{tuple(gates.shape)}, got {tuple(costs.shape)}; compute them with "
             f"gatekit.gate_costs(model, example_input) for the model that made the gates"
         )
-    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 <= budget <= 1.0:
+    per_sample = isinstance(budget, Tensor)
+    if per_sample:
+        if budget.shape != (gates.shape[0],) or not budget.is_floating_point():
+            raise GatekitError(
+                f"{fn} expects per-sample budgets as a floating tensor of shape "
+                f"({gates.shape[0]},), one per row of gates {tuple(gates.shape)}, got "
+                f"{budget.dtype} of shape {tuple(budget.shape)}"
+            )
+        if not torch.compiler.is_compiling() and not bool(((budget >= 0) & (budget <= 1)).all()):
+            raise GatekitError(
+                f"{fn} expects per-sample budgets in [0, 1], got values from "
+                f"{budget.min().item()} to {budget.max().item()}"
+            )
+    elif isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 <= budget <= 1.0:
         raise GatekitError(
             f"{fn} expects budget as a float in [0, 1] (the fraction of the gated FLOPs to "
-            f"keep), got {budget!r}"
+            f"keep) or an (N,) tensor of per-sample budgets, got {budget!r}"
         )
     c = costs.detach().to(device=gates.device, dtype=torch.float64)
     if not torch.compiler.is_compiling():
@@ -156,6 +178,9 @@ def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float) -> Tensor:
             )
     g = _acc(gates)
     weights = (c / c.sum()).to(g.dtype)  # normalised in float64 so large FLOP counts stay exact
+    if per_sample:
+        kept = (g * weights).sum(1)
+        return (kept - budget.detach().to(device=g.device, dtype=g.dtype)).pow(2).mean()
     return ((g.mean(0) * weights).sum() - budget).pow(2)
 
 

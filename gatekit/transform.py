@@ -125,6 +125,7 @@ def gate_model(
     group_size: int = 1,
     head_batchnorm: bool = False,
     init_bias: float = 0.0,
+    budget_input: bool = False,
     gater_features: int | None = None,
     check_finite: bool = False,
     leaf_modules: Sequence[type[nn.Module] | str] = (),
@@ -142,6 +143,8 @@ def gate_model(
     - ``bottleneck``: width b of the head ``D -> b -> ReLU -> num_gates`` (8 in the
       released code); ``head_batchnorm`` puts the paper's BatchNorm before the ReLU;
       ``init_bias`` fills the head's last bias (> 0 starts with gates open).
+    - ``budget_input``: the head also reads a per-sample compute budget, and the model is
+      called as ``net(x, budget=b)`` (one model for any budget; see :class:`GaterHead`).
     - ``group_size``: one gate switches this many adjacent channels.
     - ``gater_features``: width D of the gater's output; by default found by one no-grad
       eval-mode pass of the gater copy on a zero batch (sizes 32, 64, ... until one runs).
@@ -186,6 +189,7 @@ def gate_model(
         bottleneck,
         batchnorm=head_batchnorm,
         init_bias=init_bias,
+        budget_input=budget_input,
         device=None if param is None else param.device,
         dtype=None if param is None else param.dtype,
     )

@@ -87,14 +87,14 @@ class InferenceGaterNet(GaterNet):
         self.input_spec = net.input_spec  # the rewritten backbone's first conv may be fused
         self.eval()
 
-    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+    def forward(self, x: Any, gates: Tensor | None = None, *, budget: float | Tensor | None = None) -> Any:
         if self.training:
             raise GatekitError(
                 f"{type(self).__name__} runs in eval mode only (got training=True): its "
                 f"BatchNorms are folded with their running statistics and its gates must be "
                 f"the eval-mode ones; call .eval(), and train the GaterNet it was made from"
             )
-        return super().forward(x, gates)
+        return super().forward(x, gates, budget=budget)
 
     #: The route modes this transform gives, counted in the repr.
     _MODES: tuple[str, ...] = (FUSED, DENSE)

@@ -283,9 +283,9 @@ class SkipComputeNet(InferenceGaterNet):
     backbone: SkipBackbone
     _MODES = (SLICED, SCATTER, DENSE)
 
-    def forward(self, x: Any, gates: Tensor | None = None) -> Any:
+    def forward(self, x: Any, gates: Tensor | None = None, *, budget: float | Tensor | None = None) -> Any:
         with torch.no_grad():
-            return super().forward(x, gates)
+            return super().forward(x, gates, budget=budget)
 
     def _repr_fields(self) -> list[str]:
         return [f"batching={self.backbone.batching!r}", *super()._repr_fields()]
