@@ -1,0 +1,79 @@
+"""benchmarks/cifar10_gating_vs_pruning.py: every number read from the run files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from test_examples import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "cifar10_gating_vs_pruning.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gvp", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(folder: Path, name: str, results: dict, weights: bool = True) -> Path:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"command": "x", "epochs": 10, "seed": 0, **results}))
+    if weights:
+        path.with_suffix(".pt").write_bytes(b"w")
+    return path
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path
+    dense = 80_000_000
+    return {
+        "plain": _write(folder, "plain", {"gated": False, "val_error": 0.1337,
+                                          "flops": {"dense": dense}}),
+        "static": _write(folder, "static", {"gated": False, "val_error": 0.145, "backbone_build": {},
+                                            "flops": {"dense": 45_000_000, "backbone_dense": dense,
+                                                      "at_open_fraction": 45_000_000}}),
+        "budget": _write(folder, "budget", {"gated": True, "val_error": 0.139,
+                                            "flops": {"dense": 85_000_000, "gater": 5_000_000,
+                                                      "backbone_dense": dense,
+                                                      "at_open_fraction": 50_000_000},
+                                            "gate_stats_1_99": {"input_dependent": 84, "num_gates": 336}}),
+        "folder": folder,
+    }
+
+
+def test_summary_reads_every_number(runs) -> None:
+    m = _module()
+    s = m.summarise([runs["plain"]], [runs["static"]], [runs["budget"]])
+    assert s["epochs"] == 10
+    assert s["plain"] == [{"file": m._rel(runs["plain"]), "weights": m._rel(runs["plain"].with_suffix(".pt")),
+                           "seed": 0, "test_error": 0.1337}]
+    assert s["static"][0]["backbone_flops_fraction"] == 45 / 80
+    b = s["budget"][0]
+    assert b["backbone_flops_fraction"] == 45 / 80  # (50 - 5) / 80: the gater is not the backbone
+    assert b["total_flops_fraction_of_plain"] == 50 / 80
+    assert b["input_dependent_fraction_1_99"] == 0.25
+    lines = m.targets(s)
+    assert lines[0].startswith("MET") and "13.90% <= static 14.50% - 0.5" in lines[0]
+    assert lines[1].startswith("MISSED")  # 13.90 > 13.37 + 0.5
+    assert lines[2].startswith("MET") and lines[3].startswith("MET")
+
+
+def test_summary_refuses_unequal_epochs_missing_weights_and_wrong_kinds(runs) -> None:
+    m = _module()
+    other = _write(runs["folder"], "other", {"gated": False, "val_error": 0.1, "epochs": 12,
+                                             "flops": {"dense": 1}})
+    with pytest.raises(SystemExit, match="differ in epochs"):
+        m.summarise([runs["plain"], other], [runs["static"]], [runs["budget"]])
+    bare = _write(runs["folder"], "bare", {"gated": False, "val_error": 0.1, "flops": {"dense": 1}},
+                  weights=False)
+    with pytest.raises(SystemExit, match=r"bare.pt does not exist"):
+        m.summarise([bare], [runs["static"]], [runs["budget"]])
+    with pytest.raises(SystemExit, match="not a statically pruned run"):
+        m.summarise([runs["plain"]], [runs["plain"]], [runs["budget"]])
+    with pytest.raises(SystemExit, match="not a gated run"):
+        m.summarise([runs["plain"]], [runs["static"]], [runs["static"]])
