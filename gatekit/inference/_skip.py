@@ -61,9 +61,17 @@ def batching_mode(name: Any) -> Batching:
     return BATCHINGS[name]()
 
 
+#: A single image with fewer elements than this stays contiguous (NCHW): PyTorch runs
+#: the convs of such small activations on its native im2col path (not oneDNN's), which
+#: wants NCHW; channels-last there costs a copy per conv (CIFAR ResNets at batch 1).
+SMALL_IMAGE = 3 * 64 * 64
+
+
 def _channels_last(x: Any) -> Any:
     # Keep every activation in one layout: mkldnn convs and the 1x1 GEMMs both want NHWC.
     if isinstance(x, Tensor) and x.ndim == 4:
+        if x.shape[0] == 1 and x[0].numel() < SMALL_IMAGE:
+            return x.contiguous()
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
