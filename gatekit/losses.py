@@ -111,8 +111,8 @@ def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float | Tensor) -> T
     - an ``(N,)`` tensor of per-sample budgets (a model with a budget input):
       ``mean_n (k_n - budget_n) ** 2``, each sample held to its own budget (the budgets
       are targets: no gradient flows into them).
-  ``costs`` is
-    typically :func:`gatekit.gate_costs` of the model (FLOPs per image that each gate
+
+    ``costs`` is typically :func:`gatekit.gate_costs` of the model (FLOPs per image that each gate
     removes); with equal costs this is :func:`target_rate_loss`.  Computed in float32
     (float64 when ``gates`` is float64), on ``gates``' device.
 
