@@ -92,7 +92,7 @@ def test_skip_matches_dense_with_mixed_patterns(gated_nets, name, policy, group_
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     gates = random_gates(2, net.num_gates, seed=1)
     assert_close(fast(x, gates=gates), net(x, gates=gates))
-    modes = {mode for _, mode, _, _ in fast.routes}
+    modes = {r.mode for r in fast.routes}
     # Inner sites feed the next conv of their block; residual sites feed the addition.
     expected = {"inner": {"sliced"}, "residual": {"scatter"}, "all": {"sliced", "scatter"}}[policy]
     assert modes == expected
@@ -201,14 +201,15 @@ def test_a_batching_mode_is_one_class(gated_nets, monkeypatch):
     assert CountingChannels.calls == 3 * len(skip_convs)  # every SkipConv asks the run's Channels
 
 
-def test_float32_close_to_dense():
+@pytest.mark.parametrize("batching", ["pattern", "gather"])
+def test_float32_close_to_dense(batching):
     torch.manual_seed(0)
     net = gatekit.gate_model(
         torchvision.models.resnet50(weights=None), resnet20_gater(), sites="inner"
     )
     randomise_batchnorm(net)
     net.eval()
-    fast = gatekit.skip_compute(net)
+    fast = gatekit.skip_compute(net, batching=batching)
     x = torch.randn(2, 3, 64, 64)
     gates = random_gates(2, net.num_gates, seed=5).float()
     assert_close(fast(x, gates=gates), net(x, gates=gates), rel=1e-4)
@@ -272,12 +273,16 @@ def tiny_gated_net() -> gatekit.GaterNet:
     ).eval()
 
 
-def test_unsliceable_sites_run_dense_and_pooling_passes_through():
+@pytest.mark.parametrize("batching", ["pattern", "gather"])
+def test_unsliceable_sites_run_dense_and_pooling_passes_through(batching):
     net = tiny_gated_net()
-    fast = gatekit.skip_compute(net)
-    routes = {name: (mode, consumer) for name, mode, consumer, _ in fast.routes}
+    fast = gatekit.skip_compute(net, batching=batching)
+    routes = {r.site: (r.mode, r.consumer) for r in fast.routes}
     assert routes["dw"][0] == "dense" and routes["conv_gn"][0] == "dense"
     assert routes["conv_pool"] == ("sliced", "last")  # through ReLU and MaxPool
+    assert {r.site: r.batching for r in fast.routes} == {
+        "dw": "", "conv_gn": "", "conv_pool": batching, "last": batching,
+    }  # fmt: skip
     x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
     for seed in range(3):
         gates = random_gates(3, net.num_gates, seed=seed)
@@ -398,9 +403,9 @@ def _addmm_inplace_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-def conv_flops_run(fast: gatekit.SkipComputeNet, x, gates) -> dict[str, int]:
+def conv_flops_run(fast: gatekit.SkipComputeNet, x, gates, extra=None) -> dict[str, int]:
     """FLOPs of every conv the skip model ran, by the original conv's name (from aten)."""
-    mapping = {torch.ops.aten.addmm_: _addmm_inplace_flops}
+    mapping = {torch.ops.aten.addmm_: _addmm_inplace_flops, **(extra or {})}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fast(x, gates=gates)
     prefix = "SkipComputeNet.backbone.graph_module.skip_"
@@ -411,10 +416,14 @@ def conv_flops_run(fast: gatekit.SkipComputeNet, x, gates) -> dict[str, int]:
     }
 
 
-def conv_flops_expected(net, x, gates, producer: dict[str, str]) -> dict[str, int]:
+def conv_flops_expected(
+    net, x, gates, producer: dict[str, str], reduce: str = "union"
+) -> dict[str, int]:
     """2 * N * (channels out) * (channels in) * taps * output pixels, per conv of the
     backbone, counting only open output channels of a gated conv and only the open input
-    channels of the conv that reads a gated conv (``producer``: reader -> gated conv)."""
+    channels of the conv that reads a gated conv (``producer``: reader -> gated conv).
+    Open channels of a site: those open in any sample (``reduce="union"``), or the largest
+    number any one sample opens (``"max"``: each sample's own, padded to the largest)."""
     convs = {n: m for n, m in net.backbone.named_modules() if isinstance(m, nn.Conv2d)}
     pixels: dict[str, int] = {}
     hooks = [
@@ -426,10 +435,16 @@ def conv_flops_expected(net, x, gates, producer: dict[str, str]) -> dict[str, in
     finally:
         for h in hooks:
             h.remove()
-    union = (gates != 0).any(0)
-    open_channels = {
-        s.name: int(union[s.offset : s.stop].sum()) * s.group_size for s in net.sites
-    }
+    if reduce == "union":
+        union = (gates != 0).any(0)
+        open_channels = {
+            s.name: int(union[s.offset : s.stop].sum()) * s.group_size for s in net.sites
+        }
+    else:
+        open_channels = {
+            s.name: int((gates[:, s.offset : s.stop] != 0).sum(1).max()) * s.group_size
+            for s in net.sites
+        }
     expected = {}
     for name, conv in convs.items():
         k_out = open_channels.get(name, conv.out_channels)
@@ -504,3 +519,120 @@ def test_both_transforms_return_a_gaternet_saying_what_each_site_became():
     assert_close(fused(x, gates=gates), net(x, gates=gates))
     assert_close(fast(x), net(x))
     assert "dense=2" in repr(fast) and "fused=2, dense=2" in repr(fused)
+
+
+# ---- batching="gather" and "auto" ----------------------------------------------------
+
+
+def differing_gates(net: gatekit.GaterNet, seed: int) -> torch.Tensor:
+    """Four samples whose patterns differ: random at 50% and at 20%; every gate closed;
+    every gate open at the first three sites (so those sites' largest open count is all
+    channels) and random elsewhere."""
+    gates = random_gates(4, net.num_gates, p=0.5, seed=seed)
+    gates[1] = random_gates(1, net.num_gates, p=0.2, seed=seed + 100)[0]
+    gates[2] = 0.0
+    for site in net.sites[:3]:
+        gates[3, site.offset : site.stop] = 1.0
+    return gates
+
+
+GATHER_CASES = [
+    ("resnet20", "all", 1),
+    ("resnet20", "inner", 1),
+    ("resnet20", "residual", 2),
+    ("resnet50", "inner", 8),
+]
+
+
+@pytest.mark.parametrize(("name", "policy", "group_size"), GATHER_CASES)
+def test_gather_matches_dense_in_one_pass(gated_nets, name, policy, group_size):
+    net, size = gated_nets(name, policy, group_size)
+    fast = gatekit.skip_compute(net, batching="gather")
+    assert {r.batching for r in fast.routes} == {"gather"}  # every site is live here
+    assert fast.backbone.batching == "gather" and "batching='gather'" in repr(fast)
+    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    batch_sizes = []
+    hook = lambda m, args, kw: batch_sizes.append(args[0].shape[0])  # noqa: E731
+    handle = fast.backbone.graph_module.register_forward_pre_hook(hook, with_kwargs=True)
+    for seed in (20, 21):
+        gates = differing_gates(net, seed)
+        assert_close(fast(x, gates=gates), net(x, gates=gates))
+    handle.remove()
+    assert batch_sizes == [4, 4]
+    # A site where no sample opens a gate, and one where every sample opens all of them.
+    gates = differing_gates(net, 22)
+    gates[:, net.sites[0].offset : net.sites[0].stop] = 0.0
+    gates[:, net.sites[1].offset : net.sites[1].stop] = 1.0
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+
+
+def test_gather_weights_come_from_one_layout_per_conv(gated_nets):
+    net, size = gated_nets("resnet20", "all", 1)
+    fast = gatekit.skip_compute(net, batching="gather")
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 23)[:3]
+    fast(x, gates=gates)
+    skips = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
+    layouts = {id(m): m.__dict__.get("_gather_layout") for m in skips}
+    assert sum(lay is not None for lay in layouts.values()) == len(net.sites)  # site producers
+    fast(x, gates=differing_gates(net, 24)[:3])
+    assert all(m.__dict__.get("_gather_layout") is layouts[id(m)] for m in skips)  # kept
+    for lay in layouts.values():
+        if lay is not None:
+            assert torch.equal(lay.rows[-1], torch.zeros_like(lay.rows[-1]))  # the padding row
+    again = fast.double()  # a new weight tensor: the layout is made again from it
+    assert_close(again(x, gates=gates), net(x, gates=gates))
+
+
+def _baddbmm_inplace_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode counts baddbmm but not baddbmm_ (the gathered residual accumulation).
+    return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+
+def test_gather_computes_only_open_channels_padded_to_the_batch_max(gated_nets):
+    # Per conv: 2 * N * (largest open output count) * (largest open input count) * taps *
+    # pixels; FLOPs from aten (grouped convolution, bmm/baddbmm).
+    net, size = gated_nets("resnet50", "inner", 8)
+    fast = gatekit.skip_compute(net, batching="gather")
+    readers = _resnet50_inner_readers(net)
+    mapping = {torch.ops.aten.baddbmm_: _baddbmm_inplace_flops}
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    for seed, p in [(30, 0.5), (31, 0.2)]:
+        gates = random_gates(3, net.num_gates, p=p, seed=seed)
+        gates[2, net.sites[4].offset : net.sites[4].stop] = 0.0  # one sample closes a site
+        got = conv_flops_run(fast, x, gates, mapping)
+        expected = conv_flops_expected(net, x, gates, readers, reduce="max")
+        assert got == expected, f"p={p}"
+        dense = conv_flops_expected(net, x, torch.ones_like(gates), readers)
+        assert sum(got.values()) < (0.75 if p == 0.5 else 0.5) * sum(dense.values())
+
+
+@pytest.mark.parametrize("fastest", ["pattern", "union", "gather"])
+def test_auto_measures_once_per_shape_and_matches_dense(gated_nets, monkeypatch, fastest):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    mode = fast.backbone.mode
+    assert {r.batching for r in fast.routes} == {"auto"}
+    # A fake clock: each candidate's run takes 2 "seconds", the fastest 1.
+    clock, runs = [0.0], []
+    monkeypatch.setattr(gatekit.inference._auto.time, "perf_counter", lambda: clock[0])
+
+    def timed(*args, name, run):
+        runs.append(name)
+        clock[0] += 1.0 if name == fastest else 2.0
+        return run(*args)
+
+    for name, candidate in mode.modes.items():
+        original = candidate.run_mixed
+        monkeypatch.setattr(
+            candidate, "run_mixed", lambda *a, n=name, f=original: timed(*a, name=n, run=f)
+        )
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    for seed in (40, 41):
+        gates = differing_gates(net, seed)[:3]
+        assert_close(fast(x, gates=gates), net(x, gates=gates))
+    assert list(mode.choices.values()) == [fastest]
+    assert runs == ["pattern", "pattern", "union", "union", "gather", "gather", fastest]
+    x1 = torch.randn(1, 3, size, size, dtype=torch.float64)
+    fast(x1, gates=differing_gates(net, 42)[:1])  # one sample: one pattern, nothing to choose
+    assert len(mode.choices) == 1 and len(runs) == 7

@@ -3,9 +3,9 @@ samples open different filters.
 
 The rewritten graph (``_skip``) runs with one :class:`~._conv.Channels` object per run,
 which says what every site computes and runs each :class:`~._conv.SkipConv`.  A batching
-mode is a :class:`Batching` subclass in its own module (``_pattern``, ``_union``), listed
-once in ``_skip.BATCHINGS``: it splits the batch into runs, makes each run's
-:class:`~._conv.Channels` and merges the outputs.  A mode whose samples compute different
+mode is a :class:`Batching` subclass in its own module (``_pattern``, ``_union``,
+``_gather``, ``_auto``), listed once in ``_skip.BATCHINGS``: it splits the batch into runs,
+makes each run's :class:`~._conv.Channels` and merges the outputs.  A mode whose samples compute different
 channels within one run brings its own :class:`~._conv.Channels` too.
 
 A batch whose samples all share one gate pattern runs once whatever the mode, with
@@ -30,6 +30,8 @@ class Backbone(Protocol):
     """What a batching mode uses of :class:`gatekit.inference._skip.SkipBackbone`."""
 
     sites: tuple[GateSite, ...]
+    #: Per site, whether it is computed sparsely (False: a dense site, run in full).
+    live: list[bool]
 
     def open_channels(self, row: Tensor) -> list[Tensor | None]:
         """Per site, the sorted channel numbers whose gate is open in ``row`` (None: a

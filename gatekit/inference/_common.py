@@ -37,6 +37,12 @@ class SiteRoute(NamedTuple):
     into zeros) or ``"dense"`` (computed as in the gated model); under
     :func:`gatekit.fuse_gated_convs` ``"fused"`` (one :func:`gatekit.ops.gated_conv2d`
     call) or ``"dense"``.  ``reason`` says why a site is not ``"sliced"``/``"fused"``.
+    ``batching``: under :func:`gatekit.skip_compute`, the batching mode that runs a
+    ``"sliced"`` or ``"scatter"`` site when the samples of a batch open different
+    filters (``"pattern"``: one pass per pattern; ``"union"``: the filters open in any
+    sample; ``"gather"``: each sample's own filters in one grouped call; ``"auto"``: the
+    fastest of these, measured per input shape); ``""`` for a dense site and under
+    :func:`gatekit.fuse_gated_convs`.
 
     >>> import gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
@@ -44,14 +50,15 @@ class SiteRoute(NamedTuple):
     >>> route = gatekit.skip_compute(net).routes[0]
     >>> route.site, route.mode, route.consumer
     ('stage1.block1.conv2', 'scatter', None)
-    >>> route.reason
-    'gated output feeds a non-conv op'
+    >>> route.reason, route.batching
+    ('gated output feeds a non-conv op', 'pattern')
     """
 
     site: str
     mode: str
     consumer: str | None
     reason: str
+    batching: str = ""
 
 
 class InferenceGaterNet(GaterNet):

@@ -143,6 +143,12 @@ class SkipConv(nn.Module):
         if out_mask is not None and self.out_mode != FULL:
             y = y * out_mask.to(y.dtype).view(*out_mask.shape, *[1] * (y.ndim - 2))
         if self.out_mode == SCATTER:
+            if (
+                out_idx is not None
+                and isinstance(residual, Tensor)
+                and residual.shape == (y.shape[0], self.out_channels, *y.shape[2:])
+            ):
+                return residual.index_add_(1, out_idx, y)  # no zeros to scatter into
             y = self.scatter(y, out_idx)
         return add_residual(y, residual)
 

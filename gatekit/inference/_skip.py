@@ -24,6 +24,7 @@ from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
+from ._auto import AutoBatching
 from ._batching import Batching
 from ._common import (
     DENSE,
@@ -37,6 +38,7 @@ from ._common import (
 )
 from ._conv import FULL, Channels, SkipConv
 from ._folding import foldable_batchnorm
+from ._gather import GatherBatching
 from ._pattern import PatternBatching
 from ._plan import SitePlan, plan_sites
 from ._union import UnionBatching
@@ -44,7 +46,9 @@ from ._union import UnionBatching
 __all__ = ["SkipComputeNet", "skip_compute"]
 
 #: The batching modes, by name: each a :class:`._batching.Batching` in its own module.
-BATCHINGS: dict[str, type[Batching]] = {b.name: b for b in (PatternBatching, UnionBatching)}
+BATCHINGS: dict[str, type[Batching]] = {
+    b.name: b for b in (PatternBatching, UnionBatching, GatherBatching, AutoBatching)
+}
 
 
 def batching_mode(name: Any) -> Batching:
@@ -57,9 +61,17 @@ def batching_mode(name: Any) -> Batching:
     return BATCHINGS[name]()
 
 
+#: A single image with fewer elements than this stays contiguous (NCHW): PyTorch runs
+#: the convs of such small activations on its native im2col path (not oneDNN's), which
+#: wants NCHW; channels-last there costs a copy per conv (CIFAR ResNets at batch 1).
+SMALL_IMAGE = 3 * 64 * 64
+
+
 def _channels_last(x: Any) -> Any:
     # Keep every activation in one layout: mkldnn convs and the 1x1 GEMMs both want NHWC.
     if isinstance(x, Tensor) and x.ndim == 4:
+        if x.shape[0] == 1 and x[0].numel() < SMALL_IMAGE:
+            return x.contiguous()
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -198,7 +210,8 @@ class SkipBackbone(nn.Module):
     gated backbone, taking ``x``, ``gates`` and ``channels``) once for the batch when all
     samples share one gate pattern, else as the mode says: ``"pattern"`` once per group of
     samples that share a pattern, ``"union"`` once on the filters open in any sample,
-    zeroing them per sample.
+    zeroing them per sample, ``"gather"`` once with each sample on its own filters,
+    ``"auto"`` as the fastest of those, measured per input shape.
     """
 
     def __init__(
@@ -212,7 +225,7 @@ class SkipBackbone(nn.Module):
         self.graph_module = graph_module
         self.sites = sites
         self.mode = mode
-        self._live = list(live)
+        self.live = list(live)
         self.register_buffer(
             "_starts", torch.tensor([s.offset for s in sites], dtype=torch.long), persistent=False
         )
@@ -228,7 +241,7 @@ class SkipBackbone(nn.Module):
         n = len(self.sites)
         result: list[Tensor | None] = []
         for i, site in enumerate(self.sites):
-            if not self._live[i]:
+            if not self.live[i]:
                 result.append(None)
                 continue
             idx = open_gates[bounds[i] : bounds[n + i]] - site.offset
@@ -311,7 +324,11 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     when patterns differ a lot, and at batch 1); ``"union"`` runs one pass computing, per
     site, the filters open in any sample, zeroing them per sample (best for trained
     gaters whose gates mostly agree across samples: always-off filters are skipped at the
-    full batch size).
+    full batch size); ``"gather"`` runs one pass in which each sample computes its own
+    open filters, padded per site to the batch's largest open count, as one grouped
+    convolution (or batched GEMM for a 1x1 conv) per site (best when patterns differ and
+    the batch is large); ``"auto"`` measures those three on the first mixed batch of
+    each input shape and keeps the fastest.
 
     The result is a :class:`SkipComputeNet`, a :class:`gatekit.GaterNet` whose backbone
     takes ``(x, gates)`` and batches as above.  Raises :class:`GatekitError` if ``net`` is
@@ -326,7 +343,7 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     >>> torch.allclose(fast(x, gates=g), net(x, gates=g), atol=1e-4)
     True
     >>> fast.routes[0]
-    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='')
+    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='pattern')
     """
     check_eval_net(net, "skip_compute", "binary gates, BatchNorm with running statistics")
     mode = batching_mode(batching)
@@ -335,9 +352,11 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     _rewrite(graph, plans)
     live = [p.mode != DENSE for p in plans]
     backbone = SkipBackbone(graph, net.sites, live, mode)
-    return SkipComputeNet(net, backbone, [_route(p) for p in plans])
+    return SkipComputeNet(net, backbone, [_route(p, mode.name) for p in plans])
 
 
-def _route(plan: SitePlan) -> SiteRoute:
+def _route(plan: SitePlan, batching: str) -> SiteRoute:
     consumer = None if plan.consumer is None else plan.consumer.target
-    return SiteRoute(plan.site.name, plan.mode, consumer, plan.reason)
+    return SiteRoute(
+        plan.site.name, plan.mode, consumer, plan.reason, "" if plan.mode == DENSE else batching
+    )

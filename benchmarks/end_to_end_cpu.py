@@ -1,0 +1,377 @@
+"""Does gating pay on the CPU end to end, gater included?  Batch 1 to 32.
+
+Two models, each timed side by side in one process (interleaved round by round, medians):
+
+- ``resnet50``: torchvision ResNet-50 gated with the ``"inner"`` policy at ``--size``
+  (224), with a ResNet-18 trunk gater that reads the image resized to
+  ``--resnet50-gater-size`` (112);
+- ``resnet20``: CIFAR ResNet-20, ``"inner"`` policy, 32 px, with the gater ``--cifar-gater``:
+  ``tiny`` (two strided 3x3 convs, 16 and 32 filters, on the image resized to 16 px:
+  under 1% of ResNet-20's FLOPs; built here) or ``resnet20`` (the budget run's gater).
+
+Weights are random (BatchNorm statistics randomised so that folding is not trivial),
+unless ``--resnet20-state`` gives a trained GaterNet's ``state_dict`` for the CIFAR model
+(built with ``--cifar-gater``): then rows with ``open == "trained"`` use that gater's own
+gates on ``--trained-inputs`` (a tensor file of images; random images by default).
+
+Variants, each the whole forward from image to output:
+
+- ``plain``: the backbone without gates (what gating has to beat);
+- ``dense``: the gated model, gater and head included, computing every filter;
+- ``skip_<mode>``: the gater and head, then ``gatekit.skip_compute(net, batching=mode)``'s
+  backbone, for each ``--modes`` (at batch 1 every mode runs the same single pass, so only
+  ``skip_pattern`` is timed);
+- ``gater``: the gater and head alone (for reading the others).
+
+Gates are drawn per sample: in every sample and site exactly ``round(open * gates)`` of
+the gates are 1, chosen independently per sample (``--agree`` shares a fraction of them).
+Each timed call of a gated variant runs the gater on the batch (its output is then
+replaced by the drawn gates, which is what the speed-up depends on).
+
+Output: JSON (``--out``, rewritten after every point, with the machine, the command and
+the load average) and a PNG of the end-to-end speed-ups over ``plain``; a table on
+stdout.  Timings need a quiet machine: run nothing else meanwhile.  The issue's grid::
+
+    python benchmarks/end_to_end_cpu.py --threads 1 2 --batches 1 8 32 --open 0.3 0.5 0.7
+
+A smoke run (seconds)::
+
+    python benchmarks/end_to_end_cpu.py --models resnet20 --batches 1 2 --open 0.5 \\
+        --threads 1 --rounds 1 --out /tmp/e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import gatekit
+from gatekit.models import resnet20, resnet20_gater
+
+MODES = ("pattern", "union", "gather", "auto")
+
+
+class Resized(nn.Module):
+    """A gater trunk that reads the image resized to ``size`` x ``size`` (bilinear)."""
+
+    def __init__(self, trunk: nn.Module, size: int):
+        super().__init__()
+        self.trunk, self.size = trunk, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.trunk(x)
+
+
+def tiny_gater(size: int = 16) -> nn.Module:
+    """Two strided 3x3 convs (16, 32 filters) with BatchNorm and ReLU on the image resized
+    to ``size`` px, pooled: features ``(N, 32)``."""
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return Resized(trunk, size)
+
+
+def resnet18_trunk(size: int) -> nn.Module:
+    trunk = torchvision.models.resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    return Resized(trunk, size)
+
+
+def randomise_batchnorm(net: nn.Module) -> None:
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+
+
+def build(model: str, args: argparse.Namespace) -> tuple[nn.Module, gatekit.GaterNet, int]:
+    """The plain backbone, the gated model (eval mode) and the image size."""
+    torch.manual_seed(args.seed)
+    if model == "resnet50":
+        plain, gater, size = torchvision.models.resnet50(weights=None), resnet18_trunk(
+            args.resnet50_gater_size
+        ), args.size
+    elif model == "resnet20":
+        plain = resnet20()
+        gater = tiny_gater() if args.cifar_gater == "tiny" else resnet20_gater()
+        size = 32
+    else:
+        raise SystemExit(f"unknown model {model!r}")
+    randomise_batchnorm(plain)
+    randomise_batchnorm(gater)
+    net = gatekit.gate_model(plain, gater, sites="inner").eval()
+    if model == "resnet20" and args.resnet20_state is not None:
+        net.load_state_dict(torch.load(args.resnet20_state, map_location="cpu", weights_only=True))
+        plain.load_state_dict(
+            {k[len("backbone.") :]: v for k, v in net.state_dict().items() if k.startswith("backbone.")},
+            strict=False,
+        )
+    return plain.eval(), net, size
+
+
+def flops(module: nn.Module, *inputs, **kwargs) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs, **kwargs)
+    return counter.get_total_flops()
+
+
+def random_gates(
+    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator, agree: float
+) -> torch.Tensor:
+    """Per sample and site, exactly round(fraction * num_gates) random gates open; with
+    ``agree`` > 0 that fraction of them is shared by all samples."""
+    gates = torch.zeros(batch, net.num_gates)
+    for site in net.sites:
+        k = round(fraction * site.num_gates)
+        shared = torch.randperm(site.num_gates, generator=gen)
+        keep = round(agree * k)
+        for i in range(batch):
+            rest = shared[keep:][torch.randperm(site.num_gates - keep, generator=gen)]
+            gates[i, site.offset + torch.cat([shared[:keep], rest[: k - keep]])] = 1.0
+    return gates
+
+
+def time_interleaved(fns: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def variants(plain, net, skips, x, gates, batch):
+    """The timed functions for one point; ``gates`` None: the gater's own gates."""
+
+    def gater():
+        return net.estimator(net.gate_logits(x))
+
+    fns = {"plain": lambda: plain(x), "gater": gater}
+    if gates is None:
+        fns["dense"] = lambda: net(x)
+        for mode, skip in skips.items():
+            if batch > 1 or mode == "pattern":
+                fns[f"skip_{mode}"] = lambda s=skip: s(x)
+        return fns
+    fns["dense"] = lambda: (gater(), net.backbone(x, gates=gates))[1]
+    for mode, skip in skips.items():
+        if batch > 1 or mode == "pattern":
+            fns[f"skip_{mode}"] = lambda s=skip: (gater(), s.backbone(x, gates))[1]
+    return fns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["resnet50", "resnet20"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--open", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--size", type=int, default=224, help="ResNet-50 image size")
+    parser.add_argument("--resnet50-gater-size", type=int, default=112)
+    parser.add_argument("--cifar-gater", choices=["tiny", "resnet20"], default="tiny")
+    parser.add_argument("--resnet20-state", type=Path, default=None,
+                        help="a trained CIFAR GaterNet's state_dict (built with --cifar-gater)")
+    parser.add_argument("--trained-inputs", type=Path, default=None,
+                        help="images (N, 3, 32, 32) for the trained gates; default random")
+    parser.add_argument("--agree", type=float, default=0.0)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point")
+    parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end_cpu.json"
+    )
+    parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    args = parser.parse_args()
+
+    machine = {
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    print(f"{machine['cpu']}, torch {machine['torch']}")
+    results: list[dict] = []
+    models: dict[str, dict] = {}
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        for model in args.models:
+            plain, net, size = build(model, args)
+            skips = {mode: gatekit.skip_compute(net, batching=mode) for mode in args.modes}
+            if "pattern" not in skips:
+                skips["pattern"] = gatekit.skip_compute(net)
+            probe = torch.randn(1, 3, size, size)
+            models[model] = {
+                "plain_flops": flops(plain, probe),
+                "gater_flops": flops(net.gate_logits, probe),
+                "sites": len(net.sites),
+                "num_gates": net.num_gates,
+                "routes": [list(r) for r in skips["pattern"].routes],
+            }
+            share = models[model]["gater_flops"] / models[model]["plain_flops"]
+            print(f"\n{model}: gater {100 * share:.1f}% of the plain backbone's FLOPs")
+            opens: list = list(args.open)
+            if model == "resnet20" and args.resnet20_state is not None:
+                opens.append("trained")
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for batch in args.batches:
+                    if args.trained_inputs is not None and model == "resnet20":
+                        x = torch.load(args.trained_inputs, weights_only=True)[:batch].float()
+                    else:
+                        x = torch.randn(batch, 3, size, size, generator=gen)
+                    for fraction in opens:
+                        gates = None if fraction == "trained" else random_gates(
+                            net, batch, fraction, gen, args.agree
+                        )
+                        for s in skips.values():  # auto measures afresh for every point
+                            if isinstance(s.backbone.mode, gatekit.inference._auto.AutoBatching):
+                                s.backbone.mode.choices.clear()
+                        row = point(args, model, plain, net, skips, x, gates, batch, threads, fraction)
+                        results.append(row)
+                        write_report(args, machine, models, results)
+                        print_row(row)
+    png = args.png or args.out.with_suffix(".png")
+    plot(results, png)
+    print(f"wrote {args.out} and {png}")
+
+
+def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) -> dict:
+    ref = net(x) if gates is None else net(x, gates=gates)
+    used = net.last_gates
+    diffs = {}
+    for mode, skip in skips.items():
+        out = skip(x) if gates is None else skip(x, gates=gates)
+        diffs[mode] = (out - ref).abs().max().item()
+    fns = variants(plain, net, skips, x, gates, batch)
+    for fn in fns.values():  # warm-up: allocator, oneDNN caches, auto's measurement
+        fn()
+        fn()
+    times = time_interleaved(fns, args.rounds, args.calls)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    auto = skips.get("auto")
+    return {
+        "model": model,
+        "threads": threads,
+        "batch": batch,
+        "open": fraction,
+        "open_measured": used.mean().item(),
+        "median_ms": med,
+        "times_ms": times,
+        "speedup_vs_plain": {k: med["plain"] / v for k, v in med.items() if k.startswith("skip") or k == "dense"},
+        "speedup_vs_dense": {k: med["dense"] / v for k, v in med.items() if k.startswith("skip")},
+        "auto_choice": None if auto is None else sorted(set(auto.backbone.mode.choices.values())),
+        "max_abs_diff": diffs,
+        "max_abs_output": ref.abs().max().item(),
+        # Other processes competing for the cores inflate every timing.
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def print_row(row: dict) -> None:
+    med = row["median_ms"]
+    skips = "  ".join(
+        f"{k[5:]} {v:.1f} ms ({row['speedup_vs_plain'][k]:.2f}x)" for k, v in med.items() if k.startswith("skip")
+    )
+    opened = row["open"] if isinstance(row["open"], str) else f"{row['open']:.2f}"
+    print(
+        f"{row['model']:>8} t{row['threads']} b{row['batch']:<3} open {opened:>7}: plain "
+        f"{med['plain']:.1f} ms, gater {med['gater']:.1f} ms, dense {med['dense']:.1f} ms "
+        f"({row['speedup_vs_plain']['dense']:.2f}x); {skips}; auto chose {row['auto_choice']}"
+    )
+
+
+def write_report(args: argparse.Namespace, machine: dict, models: dict, results: list[dict]) -> None:
+    report = {
+        "question": "end-to-end CPU inference (gater included) of skip_compute vs the plain "
+        "backbone and the dense gated model, batch 1 to 32",
+        "command": "python benchmarks/end_to_end_cpu.py " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "models": models,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+def speedup(row: dict, name: str) -> float | None:
+    """``name``'s speed-up over plain; at batch 1 every skip mode is the one pass timed
+    as ``skip_pattern``."""
+    got = row["speedup_vs_plain"]
+    if name not in got and row["batch"] == 1 and name.startswith("skip_"):
+        return got.get("skip_pattern")
+    return got.get(name)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["model"], r["threads"]) for r in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (model, threads) in zip(axes[0], panels):
+        rows = [r for r in results if r["model"] == model and r["threads"] == threads]
+        opens = sorted({r["open"] for r in rows}, key=lambda o: (isinstance(o, str), o))
+        variants_ = sorted({k for r in rows for k in r["speedup_vs_plain"]})
+        for fraction, style in zip(opens, ["o-", "s--", "^:", "d-."]):
+            for name in variants_:
+                pts = [(r["batch"], speedup(r, name)) for r in rows
+                       if r["open"] == fraction and speedup(r, name) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{name}, open {fraction}", ms=4)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("speed-up over plain (gater included)")
+        ax.set_title(f"{model}, {threads} thread(s)", fontsize=9)
+        ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
