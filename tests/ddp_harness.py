@@ -78,7 +78,8 @@ def main(out: Path) -> None:
     optimizer = make_optimizer(inner, lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = make_scheduler(optimizer, len(batches), 0)
     run = Run(model, inner, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), dist,
-              None, 0.0, None, log_every=10**9)
+              amp_dtype=None, label_smoothing=0.0, gate_losses=None, distillation=None,
+              log_every=10**9)
     initial = {k: v.detach().clone() for k, v in inner.named_parameters()}
     recording = Recording(batches)
     train_one_epoch(run, recording, 0, 1)
