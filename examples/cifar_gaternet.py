@@ -20,14 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from gaternet_training import cli
 from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
 from gaternet_training.distributed import Dist
 from gaternet_training.main import main
 from gaternet_training.models import CIFAR_DEPTHS
 from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data
+from gaternet_training.train import Data, fixed_subset
 
 from gatekit import GatekitError
 
@@ -73,8 +72,11 @@ def load_data(args: argparse.Namespace, dist: Dist) -> Data:
     if not dist.is_main:
         arrays = load_cifar(args.data, dataset=args.dataset, cache_dir=cache_dir, download=False,
                             workers=args.workers, train_dir=args.train_dir, val_dir=args.val_dir)
-    x, y = _limit(arrays["train_x"], arrays["train_y"], args.limit)
-    xv, yv = _limit(arrays["test_x"], arrays["test_y"], args.limit_val)
+    x, y, xv, yv = (arrays[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    if (keep := fixed_subset(len(x), args.limit)) is not None:
+        x, y = x[keep], y[keep]
+    if (keep := fixed_subset(len(xv), args.limit_val)) is not None:
+        xv, yv = xv[keep], yv[keep]
     if x.shape[1:3] != (32, 32):
         print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
     kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=args.seed,
@@ -85,14 +87,6 @@ def load_data(args: argparse.Namespace, dist: Dist) -> Data:
         classes=list(arrays["classes"]), image_size=int(x.shape[1]), source=arrays["source"],
         extra={"dataset": args.dataset},
     )
-
-
-def _limit(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if not n or n >= len(x):
-        return x, y
-    # A fixed random subset, so a limited run still sees every class.
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
-    return x[keep], y[keep]
 
 
 def cli_main(argv: list[str] | None = None) -> int:

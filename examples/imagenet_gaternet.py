@@ -29,7 +29,8 @@ from gaternet_training.image_folder import (
 from gaternet_training.main import main
 from gaternet_training.standin import CLASSES, make_standin
 from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data
+from gaternet_training.train import Data, fixed_subset
+from torch.utils.data import Subset
 
 IMAGENET = dict(
     arch="resnet50", gater="resnet18", epochs=90, batch_size=64, lr=0.1, weight_decay=1e-4,
@@ -83,24 +84,16 @@ def load_data(args: argparse.Namespace, dist: Dist) -> Data:
     check_image_folder(root, args.val_dir)
     train = image_dataset(root, args.train_dir, imagenet_transforms(args.image_size, True), classes)
     val = image_dataset(root, args.val_dir, imagenet_transforms(args.image_size, False), classes)
-    if args.limit:
-        train = _subset(train, args.limit)
-    if args.limit_val:
-        val = _subset(val, args.limit_val)
+    if (keep := fixed_subset(len(train), args.limit)) is not None:
+        train = Subset(train, keep.tolist())
+    if (keep := fixed_subset(len(val), args.limit_val)) is not None:
+        val = Subset(val, keep.tolist())
     kw = dict(workers=args.workers, dist=dist, seed=args.seed, channels_last=args.channels_last_on)
     return Data(
         train=LoaderBatches(train, batch_size=args.batch_size, train=True, **kw),
         val=LoaderBatches(val, batch_size=args.batch_size, train=False, **kw),
         classes=classes, image_size=args.image_size, source=str(root),
     )
-
-
-def _subset(ds, n):
-    import torch
-    from torch.utils.data import Subset
-
-    # A fixed random subset, so a limited run still sees every class.
-    return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
 
 
 def _standin(args: argparse.Namespace, dist: Dist) -> Data:

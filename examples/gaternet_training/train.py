@@ -58,6 +58,15 @@ class Data:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def fixed_subset(size: int, n: int | None) -> Tensor | None:
+    """The indices of a fixed random subset of ``n`` of ``size`` items (``--limit``,
+    ``--limit-val``), the same in every run, so a limited run still sees every class; None
+    when ``n`` is unset or covers them all."""
+    if not n or n >= size:
+        return None
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]
+
+
 @dataclass
 class Run:
     """What one step needs besides the batch: the model, its optimiser and the recipe."""
