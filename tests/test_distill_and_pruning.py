@@ -7,14 +7,23 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from gaternet_training.distill import Distillation
 from gaternet_training.gate_losses import GateLosses
 from gaternet_training.ramp import Ramp
-from test_examples import CIFAR, IMAGENET, ROOT, TINY_CIFAR, TINY_STANDIN, _main, _write_tree
+from test_examples import (
+    CIFAR,
+    IMAGENET,
+    ROOT,
+    STATIC,
+    TINY_CIFAR,
+    TINY_STANDIN,
+    _config,
+    _main,
+    _write_tree,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,21 +35,13 @@ from gatekit.models import resnet20, resnet20_gater
 # --------------------------------------------------------------------------------------
 
 
-def _loss_args(**kw) -> SimpleNamespace:
-    base = dict(gate_loss_weight=Ramp(0.0), target_rate=None, target_rate_weight=Ramp(1.0),
-                budget=None, budget_weight=Ramp(1.0), batch_shaping=None,
-                batch_shaping_prior=(0.6, 0.4), count_downstream=False)
-    base.update(kw)
-    return SimpleNamespace(**base)
-
-
 @pytest.mark.parametrize(("epoch", "budget"), [(0.0, 1.0), (1.0, 0.75), (1.5, 0.625), (2.0, 0.5),
                                                (7.0, 0.5)])
 def test_budget_moves_linearly_then_stays(epoch: float, budget: float) -> None:
     torch.manual_seed(0)
     net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
-    losses = GateLosses(_loss_args(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0)), net, 32,
-                        torch.device("cpu"))
+    config = _config(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0), batch_shaping=0.0)
+    losses = GateLosses(config, net, 32, torch.device("cpu"))
     net(torch.randn(4, 3, 32, 32))
     costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
     got = losses(net, epoch, 10)
@@ -146,8 +147,6 @@ def test_teacher_that_does_not_fit_lists_the_keys(tmp_path: Path, capsys) -> Non
 # --------------------------------------------------------------------------------------
 # the static-pruning baseline
 # --------------------------------------------------------------------------------------
-
-STATIC = ROOT / "benchmarks" / "cifar10_static_pruning.py"
 
 
 def _load(path: Path):

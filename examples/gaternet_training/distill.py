@@ -19,6 +19,7 @@ import gatekit
 from gatekit import GatekitError
 
 from . import models
+from .config import RunConfig
 from .ramp import Ramp
 from .warm_start import load_into, read_state_dict
 
@@ -45,18 +46,19 @@ class Distillation:
         return {"from": self.source, "weight": str(self.weight), "temperature": self.temperature}
 
 
-def load_distillation(args: Any, num_classes: int, device: torch.device,
-                      channels_last: bool) -> Distillation | None:
+def load_distillation(config: RunConfig, num_classes: int,
+                      device: torch.device) -> Distillation | None:
     """The distillation ``--distill-from`` asks for (None without it); checked before any write."""
-    if args.distill_from is None:
+    if config.distill_from is None:
         return None
-    if not args.distill_temperature > 0:
-        raise GatekitError(f"--distill-temperature must be > 0, got {args.distill_temperature}")
-    path = Path(args.distill_from)
+    if not config.distill_temperature > 0:
+        raise GatekitError(f"--distill-temperature must be > 0, got {config.distill_temperature}")
+    path = Path(config.distill_from)
     state, _ = read_state_dict(path, flag="--distill-from")
-    teacher = models.classifier(args.arch, num_classes)
-    load_into(teacher, state, what=f"teacher ({args.arch})", source=f"--distill-from {path}")
+    teacher = models.classifier(config.arch, num_classes)
+    load_into(teacher, state, what=f"teacher ({config.arch})", source=f"--distill-from {path}")
     teacher = teacher.to(device).eval().requires_grad_(False)
-    if channels_last:
+    if config.channels_last_on:
         teacher = teacher.to(memory_format=torch.channels_last)
-    return Distillation(teacher, args.distill_weight, float(args.distill_temperature), str(path))
+    return Distillation(teacher, config.distill_weight, float(config.distill_temperature),
+                        str(path))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 import gatekit
 from gatekit import GatekitError
 
+from .config import RunConfig
 from .ramp import Ramp
 
 
@@ -32,16 +33,17 @@ def as_ramp(value: Any) -> Ramp:
 class GateLosses:
     """Computes the weighted sum of the configured gate losses for one training step."""
 
-    def __init__(self, args: Any, model: nn.Module, image_size: int, device: torch.device) -> None:
-        self.l1 = as_ramp(args.gate_loss_weight)
-        self.target_rate = args.target_rate
-        self.target_rate_weight = as_ramp(args.target_rate_weight)
-        self.budget: Ramp | None = as_ramp(args.budget) if args.budget is not None else None
-        self.budget_weight = as_ramp(args.budget_weight)
-        shaping = as_ramp(args.batch_shaping) if args.batch_shaping is not None else None
-        self.batch_shaping = shaping if shaping is not None and shaping.active else None
-        self.prior = tuple(args.batch_shaping_prior)
-        self.count_downstream = bool(args.count_downstream)
+    def __init__(self, config: RunConfig, model: nn.Module, image_size: int,
+                 device: torch.device) -> None:
+        self.l1 = as_ramp(config.gate_loss_weight)
+        self.target_rate = config.target_rate
+        self.target_rate_weight = as_ramp(config.target_rate_weight)
+        self.budget: Ramp | None = as_ramp(config.budget) if config.budget is not None else None
+        self.budget_weight = as_ramp(config.budget_weight)
+        shaping = as_ramp(config.batch_shaping)
+        self.batch_shaping = shaping if shaping.active else None
+        self.prior = tuple(config.batch_shaping_prior)
+        self.count_downstream = config.count_downstream
         if self.target_rate is not None and not 0.0 <= self.target_rate <= 1.0:
             raise GatekitError(f"--target-rate must lie in [0, 1], got {self.target_rate}")
         if self.budget is not None and not all(
@@ -52,7 +54,7 @@ class GateLosses:
         if self.budget is not None:
             was_training = model.training
             x = torch.zeros(1, 3, image_size, image_size, device=device)
-            self.costs = gatekit.gate_costs(model, x, downstream=args.count_downstream).to(
+            self.costs = gatekit.gate_costs(model, x, downstream=config.count_downstream).to(
                 device=device, dtype=torch.float32)
             model.train(was_training)
 

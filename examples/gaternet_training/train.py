@@ -8,8 +8,9 @@
 5. after every epoch an evaluation pass and a checkpoint;
 6. at the end the gate statistics (:class:`gatekit.GateStats`), FLOPs and ``results.json``.
 
-Plumbing lives beside it: ``checkpoint``, ``distributed``, ``progress``, ``optim``,
-``models`` (backbones and trunks by name), ``gate_losses`` (the configured gate losses),
+Plumbing lives beside it: ``config`` (the run's settings, read as typed fields),
+``checkpoint``, ``distributed``, ``progress``, ``optim``, ``models`` (backbones and trunks
+by name), ``gate_losses`` (the configured gate losses), ``distill`` (distillation),
 ``warm_start``, ``report`` and the data modules.  Only rank 0 writes files; every rank
 computes the same reduced metrics.
 """
@@ -37,6 +38,7 @@ import gatekit
 from gatekit import GatekitError
 
 from . import checkpoint, models
+from .config import RunConfig
 from .distill import Distillation, load_distillation
 from .distributed import Dist, setup, teardown
 from .gate_losses import GateLosses
@@ -98,79 +100,83 @@ class Run:
 class Backbone:
     """How a script builds its backbone when not by ``--arch`` name alone (a pruned model).
 
-    ``build(args, num_classes)`` returns the backbone (deterministic in ``args``, so that
+    ``build(config, num_classes)`` returns the backbone (deterministic in ``config``, so that
     ``--resume`` rebuilds the same one); ``dense(num_classes)`` the dense model whose FLOPs
     the reported ``backbone_dense`` counts, so that a smaller backbone is compared with the
     model it was made from.
     """
 
-    build: Callable[[Any, int], nn.Module]
+    build: Callable[[Any, int], nn.Module]  # (the script's RunConfig, number of classes)
     dense: Callable[[int], nn.Module]
     info: dict[str, Any] = field(default_factory=dict)  # what build did, for results.json
 
 
-def train(args: Any, load_data: Callable[[Any, Dist], Data],
+def train(config: RunConfig, load_data: Callable[[Any, Dist], Data],
           backbone: Backbone | None = None) -> dict[str, Any] | None:
-    """Train as ``args`` say; returns the results dict on rank 0 (None on other ranks)."""
-    dist = setup(args.device)
+    """Train as ``config`` says; returns the results dict on rank 0 (None on other ranks).
+
+    ``load_data(config, dist)`` is the script's loader; it reads the script's own fields."""
+    dist = setup(config.device)
     try:
-        return _train(args, dist, load_data, backbone)
+        return _train(config, dist, load_data, backbone)
     finally:
         teardown()
 
 
-def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
+def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data],
            build: Backbone | None) -> dict[str, Any] | None:
     start = time.perf_counter()
-    out_dir, ckpt_path, resume = _paths(args)
+    out_dir, ckpt_path, resume = _paths(config)
     ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
     cuda = dist.device.type == "cuda"
     if cuda:
         # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
         # pays off; its heuristic choice can be several times slower for small CIFAR convs.
         torch.backends.cudnn.benchmark = True
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     # 1. The data.
-    for name, what in ((args.arch, "model"), (None if args.no_gate else args.gater, "gater")):
+    for name, what in ((config.arch, "model"), (None if config.no_gate else config.gater, "gater")):
         if name is not None:
             models.check_name(name, what)
-    data = load_data(args, dist)
-    config = _config(args, data)
+    data = load_data(config, dist)
+    ckpt_config = _checkpoint_config(config, data)
     if ckpt is not None:
-        checkpoint.check_config(ckpt, config, resume)
+        checkpoint.check_config(ckpt, ckpt_config, resume)
 
     # 2. The model.  Seeded after loading the data, whose decoding may or may not draw random
     # numbers (a cache hit draws none), so the initial weights depend on the seed alone.
-    random.seed(args.seed + dist.rank)
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-    backbone = (build.build(args, len(data.classes)) if build is not None
-                else models.classifier(args.arch, len(data.classes)))
-    if args.no_gate:
+    random.seed(config.seed + dist.rank)
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    backbone = (build.build(config, len(data.classes)) if build is not None
+                else models.classifier(config.arch, len(data.classes)))
+    if config.no_gate:
         inner: nn.Module = backbone
     else:
         inner = gatekit.gate_model(
-            backbone, models.gater_trunk(args), sites=args.sites, estimator=args.estimator,
-            bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
+            backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
+            bottleneck=config.bottleneck, group_size=config.group_size,
+            init_bias=config.init_bias,
         )
     # Warm start before anything is written: a file that does not fit fails the run here.
-    warm = warm_start(inner, args) if ckpt is None else []
+    warm = warm_start(inner, config) if ckpt is None else []
     inner = inner.to(dist.device)
-    if args.channels_last_on:
+    if config.channels_last_on:
         inner = inner.to(memory_format=torch.channels_last)
     # The gate losses the flags ask for (none for a plain backbone); checked before any write.
-    gate_losses = None if args.no_gate else GateLosses(args, inner, data.image_size, dist.device)
-    distillation = load_distillation(args, len(data.classes), dist.device, args.channels_last_on)
+    gate_losses = None if config.no_gate else GateLosses(config, inner, data.image_size,
+                                                          dist.device)
+    distillation = load_distillation(config, len(data.classes), dist.device)
 
     # 3. The optimiser and schedule, stepped every iteration.
     steps_per_epoch = len(data.train)
-    optimizer = make_optimizer(inner, args.lr, args.momentum, args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.epochs * steps_per_epoch,
-                               round(args.warmup_epochs * steps_per_epoch))
+    optimizer = make_optimizer(inner, config.lr, config.momentum, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.epochs * steps_per_epoch,
+                               round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
     # Per-rank random streams (gate noise) differ; weights are synchronised by DDP.
-    torch.manual_seed(args.seed + 1000003 * dist.rank)
+    torch.manual_seed(config.seed + 1000003 * dist.rank)
 
     start_epoch, best = 0, 0.0
     metrics = MetricsLog(out_dir / "metrics.jsonl")
@@ -184,40 +190,41 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
         for line in warm:
             print(line, flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str))
+        (out_dir / "args.json").write_text(json.dumps(config.record(), indent=1, default=str))
 
     model: nn.Module = inner
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
-    if args.compile:
-        model = torch.compile(model, mode=args.compile_mode)
-    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, args.label_smoothing,
-              gate_losses, distillation, args.log_every, step=start_epoch * steps_per_epoch)
+    if config.compile:
+        model = torch.compile(model, mode=config.compile_mode)
+    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
+              gate_losses, distillation, config.log_every, step=start_epoch * steps_per_epoch)
     if dist.is_main:
-        kind = "plain" if args.no_gate else f"gated by {args.gater} ({inner.num_gates} gates)"
-        print(f"{args.arch} {kind}, {models.count_params(inner):,} parameters; "
+        kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
+        print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
               f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
               f"{len(data.classes)} classes; {dist.world_size} process(es) on {dist.device.type}, "
-              f"{precision}{', channels_last' if args.channels_last_on else ''}"
-              f"{', compiled' if args.compile else ''}", flush=True)
+              f"{precision}{', channels_last' if config.channels_last_on else ''}"
+              f"{', compiled' if config.compile else ''}", flush=True)
 
     # 4 and 5. The epochs: train, evaluate, checkpoint.
     epoch_seconds = []
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         data.train.set_epoch(epoch)
-        train_numbers = train_one_epoch(run, data.train, epoch, args.epochs)
+        train_numbers = train_one_epoch(run, data.train, epoch, config.epochs)
         if cuda:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
-        val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{args.epochs} eval")
+        val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{config.epochs} eval")
         best = max(best, val["acc"])
         seconds = time.perf_counter() - t0
         epoch_seconds.append(train_seconds)
         states = dist.gather_objects({"rng": checkpoint.rng_state(), "data": data.train.state_dict()})
         if dist.is_main:
             checkpoint.save_atomic({
-                "format": checkpoint.FORMAT, "config": config, "args": _plain(vars(args)),
+                "format": checkpoint.FORMAT, "config": ckpt_config,
+                "args": _plain(config.record()),
                 "epoch": epoch + 1, "step": run.step, "best_acc": best,
                 "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -229,14 +236,14 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
                            **{f"val_{k}": v for k, v in val.items()},
                            "train_seconds": train_seconds, "epoch_seconds": seconds})
             gate = f", open {100 * val['open']:.1f}%" if run.gated else ""
-            print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_numbers['loss']:.4f} acc "
+            print(f"epoch {epoch + 1}/{config.epochs}: train loss {train_numbers['loss']:.4f} acc "
                   f"{100 * train_numbers['acc']:.2f}% | val loss {val['loss']:.4f} acc "
                   f"{100 * val['acc']:.2f}%{gate} | {train_seconds:.1f}s train, {seconds:.1f}s "
                   f"total", flush=True)
         dist.barrier()
 
     # 6. The gate statistics, FLOPs and results.json.
-    return _final_report(args, run, data, out_dir, metrics, best, epoch_seconds,
+    return _final_report(config, run, data, out_dir, metrics, best, epoch_seconds,
                          time.perf_counter() - start, build)
 
 
@@ -346,12 +353,12 @@ class _Sums:
 # --------------------------------------------------------------------------------------
 
 
-def _paths(args: Any) -> tuple[Path, Path, Path | None]:
-    out_dir = Path(args.output_dir or Path("runs") / args.name)
+def _paths(config: RunConfig) -> tuple[Path, Path, Path | None]:
+    out_dir = Path(config.output_dir or Path("runs") / config.name)
     ckpt_path = out_dir / "checkpoint.pt"
     resume = None
-    if args.resume is not None:
-        resume = ckpt_path if args.resume == "auto" else Path(args.resume)
+    if config.resume is not None:
+        resume = ckpt_path if config.resume == "auto" else Path(config.resume)
     elif ckpt_path.exists():
         raise GatekitError(
             f"{ckpt_path} already exists; pass --resume to continue that run, or choose another "
@@ -360,17 +367,17 @@ def _paths(args: Any) -> tuple[Path, Path, Path | None]:
     return out_dir, ckpt_path, resume
 
 
-def _config(args: Any, data: Data) -> dict[str, Any]:
+def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
-    gated = not args.no_gate
-    return {"arch": args.arch, "gated": gated,
-            "gater": args.gater if gated else None,
-            "sites": args.sites if gated else None,
-            "estimator": args.estimator if gated else None,
-            "bottleneck": args.bottleneck if gated else None,
-            "group_size": args.group_size if gated else None,
-            "gater_resolution": getattr(args, "gater_resolution", None) if gated else None,
-            "freeze_gater": (getattr(args, "freeze_gater", False) or None) if gated else None,
+    gated = not config.no_gate
+    return {"arch": config.arch, "gated": gated,
+            "gater": config.gater if gated else None,
+            "sites": config.sites if gated else None,
+            "estimator": config.estimator if gated else None,
+            "bottleneck": config.bottleneck if gated else None,
+            "group_size": config.group_size if gated else None,
+            "gater_resolution": config.gater_resolution if gated else None,
+            "freeze_gater": (config.freeze_gater or None) if gated else None,
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
@@ -406,7 +413,7 @@ def _parameter_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
+def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
                   epoch_seconds: list[float], wall: float,
                   build: Backbone | None) -> dict[str, Any] | None:
     inner, dist = run.inner, run.dist
@@ -423,8 +430,9 @@ def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: Metri
         return None
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "arch": args.arch, "gated": run.gated, "gater": args.gater if run.gated else None,
-        "data": data.source, "classes": data.classes, "epochs": args.epochs, "seed": args.seed,
+        "arch": config.arch, "gated": run.gated, "gater": config.gater if run.gated else None,
+        "data": data.source, "classes": data.classes, "epochs": config.epochs,
+        "seed": config.seed,
         "world_size": dist.world_size, "device": str(dist.device),
         "val_acc": final["acc"], "val_error": 1.0 - final["acc"], "val_loss": final["loss"],
         "best_val_acc": best, "params": models.param_counts(inner),
@@ -443,14 +451,14 @@ def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: Metri
         results["distillation"] = run.distillation.describe()
     if build is not None and build.info:
         results["backbone_build"] = build.info
-    results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
-                             "init_gater": bool(getattr(args, "init_gater", False)),
-                             "backbone_weights": getattr(args, "backbone_weights", None)}
+    results["warm_start"] = {
+        "init_from": str(config.init_from) if config.init_from is not None else None,
+        "init_gater": config.init_gater, "backbone_weights": config.backbone_weights}
     results["flops"] = flop_counts(inner, data.image_size, stats,
-                                   downstream=bool(getattr(args, "count_downstream", False)),
+                                   downstream=config.count_downstream,
                                    dense_backbone=build.dense(len(data.classes)) if build else None)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
+    metrics.write({"event": "final", "epoch": config.epochs, "val_acc": final["acc"],
                    "val_loss": final["loss"], "wall_seconds": wall})
     gate = f", {100 * final['open']:.1f}% of gates open" if run.gated else ""
     print(f"\nfinal: {100 * final['acc']:.2f}% accuracy ({100 * (1 - final['acc']):.2f}% error) "
