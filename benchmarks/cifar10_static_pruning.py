@@ -76,7 +76,7 @@ def config(argv: list[str] | None = None) -> CifarConfig:
 def flops(model: nn.Module, image_size: int = 32) -> int:
     model = copy.deepcopy(model).float().cpu().eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
+        model(models.probe(image_size))
     return int(counter.get_total_flops())
 
 
@@ -85,7 +85,7 @@ def _prune(dense: nn.Module, ratio: float, image_size: int) -> nn.Module:
 
     model = copy.deepcopy(dense).eval()
     pruner = tp.pruner.MagnitudePruner(
-        model, torch.zeros(1, 3, image_size, image_size),
+        model, models.probe(image_size),
         importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio, ignored_layers=[model.fc], global_pruning=False,
     )

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 import gatekit
 from gatekit import GatekitError
 
+from . import models
 from .config import RunConfig
 from .ramp import Ramp
 
@@ -53,7 +54,7 @@ class GateLosses:
         self.costs: Tensor | None = None
         if self.budget is not None:
             was_training = model.training
-            x = torch.zeros(1, 3, image_size, image_size, device=device)
+            x = models.probe(image_size, device)
             self.costs = gatekit.gate_costs(model, x, downstream=config.count_downstream).to(
                 device=device, dtype=torch.float32)
             model.train(was_training)

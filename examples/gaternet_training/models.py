@@ -116,6 +116,12 @@ def gater_trunk(config: RunConfig) -> nn.Module:
     return gater
 
 
+def probe(image_size: int, device: torch.device | str | None = None) -> Tensor:
+    """One blank RGB image of the run's size, ``(1, 3, S, S)``: the input on which gate costs
+    (the budget's) and FLOPs (the report's) are counted."""
+    return torch.zeros(1, 3, image_size, image_size, device=device)
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
