@@ -1,5 +1,5 @@
-"""The example scripts' distillation (--distill-from), the moving budget (--budget A:B:K) and
-the static-pruning baseline (benchmarks/cifar10_static_pruning.py)."""
+"""The example scripts' loss terms, distillation (--distill-from), the moving budget
+(--budget A:B:K) and the static-pruning baseline (benchmarks/cifar10_static_pruning.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from gaternet_training.distill import Distillation
-from gaternet_training.gate_losses import GateLosses
+from gaternet_training.distill import distillation
+from gaternet_training.losses import Losses, Step, Term, gate_terms
 from gaternet_training.ramp import Ramp
 from test_examples import (
     CIFAR,
@@ -31,6 +31,32 @@ import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 # --------------------------------------------------------------------------------------
+# the loss terms
+# --------------------------------------------------------------------------------------
+
+
+def test_losses_sum_describe_and_skip_their_terms() -> None:
+    """Every method goes over the list: a new loss (a per-sample budget, say) is one more term."""
+    calls = []
+
+    def term(name: str, weight: str, value: float, section: str = "gate_losses") -> Term:
+        def fn(step: Step) -> torch.Tensor:
+            calls.append(name)
+            return torch.tensor(value) * step.logits.sum()
+
+        return Term(name, Ramp.parse(weight), fn, {f"{name}_weight": weight}, section)
+
+    losses = Losses([term("a", "0:2", 3.0), term("b", "0", 5.0), term("c", "1", 7.0, "other")])
+    step = Step(nn.Identity(), torch.zeros(2, 3), torch.ones(2, 4), epoch=5.0, epochs=10)
+    assert losses.weights(5.0, 10) == {"a": 1.0, "b": 0.0, "c": 1.0}
+    assert float(losses(step)) == 1.0 * 3.0 * 8 + 7.0 * 8
+    assert calls == ["a", "c"]  # a term whose weight is 0 is not computed
+    assert losses.describe() == {"gate_losses": {"a_weight": "0:2", "b_weight": "0"},
+                                 "other": {"c_weight": "1"}}
+    assert float(Losses()(step)) == 0.0
+
+
+# --------------------------------------------------------------------------------------
 # the moving budget
 # --------------------------------------------------------------------------------------
 
@@ -41,13 +67,15 @@ def test_budget_moves_linearly_then_stays(epoch: float, budget: float) -> None:
     torch.manual_seed(0)
     net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
     config = _config(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0), batch_shaping=0.0)
-    losses = GateLosses(config, net, 32, torch.device("cpu"))
-    net(torch.randn(4, 3, 32, 32))
+    losses = Losses(gate_terms(config, net, 32, torch.device("cpu")))
+    images = torch.randn(4, 3, 32, 32)
+    logits = net(images)
     costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
-    got = losses(net, epoch, 10)
+    got = losses(Step(net, images, logits, epoch, 10))
     want = 3.0 * gatekit.flops_budget_loss(net.last_gates, costs.float(), budget)
     torch.testing.assert_close(got, want)
-    assert losses.describe()["budget"] == "1:0.5:2"
+    assert losses.describe()["gate_losses"]["budget"] == "1:0.5:2"
+    assert list(losses.weights(epoch, 10)) == ["l1", "budget"]
 
 
 @pytest.mark.parametrize("bad", ["1.5", "1:1.5:2", "-0.1"])
@@ -81,15 +109,18 @@ class _Teacher(nn.Module):
 def test_distillation_term_runs_the_teacher_in_eval_without_grad() -> None:
     torch.manual_seed(0)
     teacher = _Teacher().eval()
-    term = Distillation(teacher, Ramp.parse("0:2:4"), 3.0, "teacher.pt")
+    losses = Losses([distillation(teacher, Ramp.parse("0:2:4"), 3.0, "teacher.pt")])
     images, student = torch.randn(6, 3, 2, 2), torch.randn(6, 5, requires_grad=True)
-    assert term(student, images, 0.0, 10) is None and teacher.calls == []  # weight 0: no teacher run
-    got = term(student, images, 1.0, 10)
+    assert float(losses(Step(teacher, images, student, 0.0, 10))) == 0.0
+    assert teacher.calls == []  # weight 0: no teacher run
+    got = losses(Step(teacher, images, student, 1.0, 10))
     want = 0.5 * gatekit.distillation_loss(student, teacher.lin(images.flatten(1)).detach(), 3.0)
     torch.testing.assert_close(got, want)
     assert teacher.calls == [(False, False)]
     got.backward()
     assert student.grad is not None and teacher.lin.weight.grad is None
+    assert losses.describe() == {"distillation": {"from": "teacher.pt", "weight": "0:2:4",
+                                                  "temperature": 3.0}}
 
 
 @pytest.fixture()

@@ -4,8 +4,8 @@ Start with ``train``: the whole program, top to bottom (model, losses, step, sta
 The rest is plumbing, one concept per module: ``cli`` (flags and their shared defaults),
 ``config`` (the run's settings, one typed dataclass), ``main`` (parse, run, report errors),
 ``models`` (backbones and gater trunks by name), ``warm_start`` (loading trained weights),
-``gate_losses`` and ``ramp`` (the gate losses and their weight schedules), ``distill``
-(distillation from a dense teacher), ``optim`` (the optimiser recipe),
+``losses`` and ``ramp`` (the loss terms and their weight schedules), ``distill``
+(distillation from a dense teacher, one more term), ``optim`` (the optimiser recipe),
 ``checkpoint`` (atomic checkpoints, RNG state), ``distributed`` (torchrun set-up),
 ``progress`` (progress output, metrics log), ``report`` (FLOPs, gate statistics) and the
 data: ``image_folder`` (ImageFolder trees and the DataLoader pipeline), ``tensor_data``

@@ -10,7 +10,7 @@
 
 Plumbing lives beside it: ``config`` (the run's settings, read as typed fields),
 ``checkpoint``, ``distributed``, ``progress``, ``optim``, ``models`` (backbones and trunks
-by name), ``gate_losses`` (the configured gate losses), ``distill`` (distillation),
+by name), ``losses`` (the loss terms: gate losses, and ``distill``'s distillation),
 ``warm_start``, ``report`` and the data modules.  Only rank 0 writes files; every rank
 computes the same reduced metrics.
 """
@@ -36,12 +36,13 @@ from torch import Tensor, nn
 
 import gatekit
 from gatekit import GatekitError
+from gatekit.stats import OPEN_THRESHOLD
 
 from . import checkpoint, models
 from .config import RunConfig
-from .distill import Distillation, load_distillation
+from .distill import distillation_term
 from .distributed import Dist, setup, teardown
-from .gate_losses import GateLosses
+from .losses import Losses, Step, gate_terms
 from .optim import make_optimizer, make_scheduler
 from .progress import MetricsLog, Progress
 from .report import flop_counts, gate_report, gate_report_1_99
@@ -81,14 +82,13 @@ class Run:
     dist: Dist
     amp_dtype: torch.dtype | None
     label_smoothing: float
-    gate_losses: GateLosses | None  # None for a plain backbone
-    distillation: Distillation | None  # --distill-from: a dense teacher's term
+    losses: Losses  # the terms added to the cross-entropy: gate losses, distillation
     log_every: int
     step: int = 0
 
     @property
     def gated(self) -> bool:
-        return self.gate_losses is not None
+        return isinstance(self.inner, gatekit.GaterNet)
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -164,10 +164,11 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     inner = inner.to(dist.device)
     if config.channels_last_on:
         inner = inner.to(memory_format=torch.channels_last)
-    # The gate losses the flags ask for (none for a plain backbone); checked before any write.
-    gate_losses = None if config.no_gate else GateLosses(config, inner, data.image_size,
-                                                          dist.device)
-    distillation = load_distillation(config, len(data.classes), dist.device)
+    # The loss terms the flags ask for, checked before any write: the gate losses (none for a
+    # plain backbone), then distillation from a dense teacher.
+    terms = [] if config.no_gate else gate_terms(config, inner, data.image_size, dist.device)
+    teacher = distillation_term(config, len(data.classes), dist.device)
+    losses = Losses([*terms, *([teacher] if teacher is not None else [])])
 
     # 3. The optimiser and schedule, stepped every iteration.
     steps_per_epoch = len(data.train)
@@ -198,7 +199,7 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     if config.compile:
         model = torch.compile(model, mode=config.compile_mode)
     run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
-              gate_losses, distillation, config.log_every, step=start_epoch * steps_per_epoch)
+              losses, config.log_every, step=start_epoch * steps_per_epoch)
     if dist.is_main:
         kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
         print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
@@ -249,8 +250,8 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
                     epochs: int) -> dict[str, float]:
-    """One pass over ``batches``: the step is forward, task + gate (+ distillation) losses,
-    backward, update.
+    """One pass over ``batches``: the step is forward, task loss + the loss terms (gate
+    losses, distillation), backward, update.
 
     Metrics are summed on the device and synchronised only when shown or at the end of the
     epoch, so the loop never waits on the device per step.  Sums are reduced over ranks.
@@ -264,15 +265,12 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: i
         with run.autocast():
             logits = run.model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.label_smoothing)
+            # Gate terms read the gates of this forward pass from the GaterNet itself (not its
+            # DDP or compiled wrapper); distillation reads the images and the logits.
+            loss = loss + run.losses(Step(run.inner, images, logits, run.step / steps, epochs))
             opened = None
-            if run.distillation is not None:
-                term = run.distillation(logits, images, run.step / steps, epochs)
-                if term is not None:
-                    loss = loss + term
-            if run.gate_losses is not None:
-                # Gate losses read the gates of this forward pass from the GaterNet itself.
-                loss = loss + run.gate_losses(run.inner, run.step / steps, epochs)
-                opened = (run.inner.last_gates.detach() > 0.5).float().mean()
+            if run.gated:
+                opened = (run.inner.last_gates.detach() > OPEN_THRESHOLD).float().mean()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -314,7 +312,7 @@ def evaluate(run: Run, batches: Iterable[tuple[Tensor, Tensor]], *,
             logits = model(images)
         opened = None
         if run.gated:
-            opened = (model.last_gates > 0.5).float().mean()
+            opened = (model.last_gates > OPEN_THRESHOLD).float().mean()
             if stats is not None:
                 stats.update(model.last_gates, labels)
         sums.add(F.cross_entropy(logits.float(), labels, reduction="sum"), logits, labels, opened)
@@ -445,10 +443,7 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
         results["val_open_fraction"] = final["open"]
         results["gate_stats"] = gate_report(stats, out_dir, data.classes)
         results["gate_stats_1_99"] = gate_report_1_99(stats)
-    if run.gate_losses is not None:
-        results["gate_losses"] = run.gate_losses.describe()
-    if run.distillation is not None:
-        results["distillation"] = run.distillation.describe()
+    results.update(run.losses.describe())  # gate_losses (a gated run), distillation
     if build is not None and build.info:
         results["backbone_build"] = build.info
     results["warm_start"] = {
