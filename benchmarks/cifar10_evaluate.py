@@ -21,6 +21,7 @@ gater included).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -31,9 +32,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cifar10_static_pruning
 import cifar_gaternet
-from gaternet_training import models
+from gaternet_training import cli, models
+from gaternet_training.config import CifarConfig
 from gaternet_training.distributed import setup
 from gaternet_training.report import flop_counts
 
@@ -42,22 +46,20 @@ import gatekit
 STATIC_SCRIPT = "cifar10_static_pruning.py"
 
 
-def _run_args(results: dict[str, Any], data: Path, cache_dir: Path | None) -> argparse.Namespace:
-    """The run's flags, parsed as its script parsed them, with this machine's data path."""
-    argv = shlex.split(results["command"])[1:]
-    parser = cifar_gaternet.parser()
-    if Path(shlex.split(results["command"])[0]).name == STATIC_SCRIPT:
-        parser.add_argument("--prune-from")
-        parser.add_argument("--flops", type=float)
+def _run_config(results: dict[str, Any], data: Path, cache_dir: Path | None) -> CifarConfig:
+    """The run's config, its flags parsed as its script parsed them, with this machine's data
+    path and the whole test split."""
+    words = shlex.split(results["command"])
+    argv = words[1:]
+    if Path(words[0]).name == STATIC_SCRIPT:
+        parser = cifar10_static_pruning.parser()
+        config_type: type[CifarConfig] = cifar10_static_pruning.StaticPruningConfig
         argv.append("--no-gate")
+    else:
+        parser, config_type = cifar_gaternet.parser(), CifarConfig
     args, _ = parser.parse_known_args(argv)
-    args.data, args.cache_dir, args.limit, args.limit_val = data, cache_dir, None, None
-    for key, value in cifar_gaternet.DEFAULTS.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    args.sites = [s for s in args.sites.split(",") if s] if "," in args.sites else args.sites
-    args.channels_last_on = args.channels_last if args.channels_last is not None else True
-    return args
+    config = cli.run_config(config_type, args, cifar_gaternet.DEFAULTS)
+    return dataclasses.replace(config, data=data, cache_dir=cache_dir, limit=None, limit_val=None)
 
 
 def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -83,27 +85,27 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def rebuild(results: dict[str, Any], args: argparse.Namespace, state: dict[str, torch.Tensor],
+def rebuild(results: dict[str, Any], config: CifarConfig, state: dict[str, torch.Tensor],
             num_classes: int) -> nn.Module:
     """The run's model with its weights (``load_state_dict`` strict)."""
-    backbone = models.classifier(args.arch, num_classes)
+    backbone = models.classifier(config.arch, num_classes)
     if "backbone_build" in results:
         backbone = _resize_to(backbone, state)
     model = backbone if not results["gated"] else gatekit.gate_model(
-        backbone, models.gater_trunk(args), sites=args.sites, estimator=args.estimator,
-        bottleneck=args.bottleneck, group_size=args.group_size)
+        backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
+        bottleneck=config.bottleneck, group_size=config.group_size)
     model.load_state_dict(state)
     return model
 
 
 def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path | None) -> dict[str, float]:
     results = json.loads(results_path.read_text())
-    args = _run_args(results, data, cache_dir)
+    config = _run_config(results, data, cache_dir)
     dist = setup("cpu")
-    loaded = cifar_gaternet.load_data(args, dist)
+    loaded = cifar_gaternet.load_data(config, dist)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model = rebuild(results, args, state, len(loaded.classes)).eval()
-    if args.channels_last_on:
+    model = rebuild(results, config, state, len(loaded.classes)).eval()
+    if config.channels_last_on:
         model = model.to(memory_format=torch.channels_last)
     gated = isinstance(model, gatekit.GaterNet)
     stats = gatekit.GateStats.for_model(model, num_classes=len(loaded.classes)) if gated else None
@@ -115,8 +117,8 @@ def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path 
             count += labels.shape[0]
             if stats is not None:
                 stats.update(model.last_gates, labels)
-    flops = flop_counts(model, loaded.image_size, stats, downstream=bool(args.count_downstream),
-                        dense_backbone=models.classifier(args.arch, len(loaded.classes))
+    flops = flop_counts(model, loaded.image_size, stats, downstream=config.count_downstream,
+                        dense_backbone=models.classifier(config.arch, len(loaded.classes))
                         if "backbone_build" in results else None)
     fraction = flops.get("backbone_fraction", 1.0)
     total = flops.get("at_open_fraction", flops["dense"]) / flops.get("backbone_dense", flops["dense"])

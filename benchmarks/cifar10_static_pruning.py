@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import cifar_gaternet
-from gaternet_training import models
+from gaternet_training import cli, models
+from gaternet_training.config import CifarConfig
 from gaternet_training.main import main
 from gaternet_training.train import Backbone
 from gaternet_training.warm_start import load_into, read_state_dict
@@ -46,6 +47,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from gatekit import GatekitError
 
 TOLERANCE = 0.005
+
+# The CIFAR script's config and this script's two flags.  Made with make_dataclass, from types
+# rather than annotations: a dataclass statement here would need this file in sys.modules to
+# read its (postponed) annotations, and the tests load it by path.
+StaticPruningConfig = dataclasses.make_dataclass(
+    "StaticPruningConfig", [("prune_from", Path), ("flops", float)], bases=(CifarConfig,),
+    frozen=True, kw_only=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,10 +68,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config(argv: list[str] | None = None) -> CifarConfig:
+    """The run's config (a ``StaticPruningConfig``) from ``argv``."""
+    return cli.run_config(StaticPruningConfig, parser().parse_args(argv), cifar_gaternet.DEFAULTS)
+
+
 def flops(model: nn.Module, image_size: int = 32) -> int:
     model = copy.deepcopy(model).float().cpu().eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
+        model(models.probe(image_size))
     return int(counter.get_total_flops())
 
 
@@ -72,7 +85,7 @@ def _prune(dense: nn.Module, ratio: float, image_size: int) -> nn.Module:
 
     model = copy.deepcopy(dense).eval()
     pruner = tp.pruner.MagnitudePruner(
-        model, torch.zeros(1, 3, image_size, image_size),
+        model, models.probe(image_size),
         importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio, ignored_layers=[model.fc], global_pruning=False,
     )
@@ -102,26 +115,27 @@ def prune_to_flops(dense: nn.Module, fraction: float, image_size: int = 32) -> t
                        f"(closest {got:.4f}); channel counts are too coarse: pick another --flops")
 
 
-def backbone(args: argparse.Namespace) -> Backbone:
-    if not args.no_gate:
+def backbone(config: StaticPruningConfig) -> Backbone:
+    if not config.no_gate:
         raise GatekitError("the static-pruning baseline trains a plain model: add --no-gate")
-    if args.init_from is not None:
+    if config.init_from is not None:
         raise GatekitError("--prune-from gives the starting weights; drop --init-from")
-    state, _ = read_state_dict(args.prune_from, flag="--prune-from")
+    state, _ = read_state_dict(config.prune_from, flag="--prune-from")
 
-    def build(args: Any, num_classes: int) -> nn.Module:
-        dense = models.classifier(args.arch, num_classes)
-        load_into(dense, state, what=f"model ({args.arch})", source=f"--prune-from {args.prune_from}")
-        pruned, ratio = prune_to_flops(dense, args.flops)
+    def build(config: StaticPruningConfig, num_classes: int) -> nn.Module:
+        dense = models.classifier(config.arch, num_classes)
+        load_into(dense, state, what=f"model ({config.arch})",
+                  source=f"--prune-from {config.prune_from}")
+        pruned, ratio = prune_to_flops(dense, config.flops)
         widths = {name: m.out_channels for name, m in pruned.named_modules()
                   if isinstance(m, nn.Conv2d)}
-        print(f"pruned {args.arch} with Torch-Pruning (L1, ratio {ratio:.4f}): "
+        print(f"pruned {config.arch} with Torch-Pruning (L1, ratio {ratio:.4f}): "
               f"{flops(pruned) / flops(dense):.4f} of its FLOPs", flush=True)
         result.info.update(pruning="torch-pruning MagnitudePruner, L1, local", ratio=ratio,
                            conv_widths=widths)
         return pruned
 
-    result = Backbone(build=build, dense=lambda n: models.classifier(args.arch, n))
+    result = Backbone(build=build, dense=lambda n: models.classifier(config.arch, n))
     return result
 
 
@@ -129,8 +143,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--no-gate" not in argv:
         argv.append("--no-gate")  # the baseline is a plain model; said in the results' command
-    return main(parser(), lambda a: cifar_gaternet.DEFAULTS, cifar_gaternet.load_data, argv,
-                backbone=backbone)
+    return main(config, cifar_gaternet.load_data, argv, backbone=backbone)
 
 
 if __name__ == "__main__":

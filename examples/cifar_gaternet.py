@@ -20,22 +20,20 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from gaternet_training import cli
 from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
+from gaternet_training.config import CifarConfig
 from gaternet_training.distributed import Dist
 from gaternet_training.main import main
 from gaternet_training.models import CIFAR_DEPTHS
 from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data
+from gaternet_training.train import Data, fixed_subset
 
 from gatekit import GatekitError
 
-DEFAULTS = dict(
-    arch="resnet20", gater="resnet20", epochs=160, batch_size=128, lr=0.1, weight_decay=5e-4,
-    warmup_epochs=1, label_smoothing=0.0, gate_loss_weight=0.0, init_bias=0.0, batch_shaping=0.0,
-    workers=2, log_every=50,
-    name="cifar_gaternet", channels_last_cpu=True,
+DEFAULTS = cli.defaults(
+    arch="resnet20", gater="resnet20", epochs=160, batch_size=128, warmup_epochs=1, workers=2,
+    log_every=50, name="cifar_gaternet", channels_last_cpu=True,
 )
 
 
@@ -59,45 +57,46 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_data(args: argparse.Namespace, dist: Dist) -> Data:
-    if args.arch not in CIFAR_DEPTHS:
-        raise GatekitError(f"--arch {args.arch!r} is not a CIFAR ResNet; expected one of "
+def config(argv: list[str] | None = None) -> CifarConfig:
+    """The run's config from ``argv`` (default: the command line)."""
+    return cli.run_config(CifarConfig, parser().parse_args(argv), DEFAULTS)
+
+
+def load_data(config: CifarConfig, dist: Dist) -> Data:
+    if config.arch not in CIFAR_DEPTHS:
+        raise GatekitError(f"--arch {config.arch!r} is not a CIFAR ResNet; expected one of "
                            f"{', '.join(CIFAR_DEPTHS)}")
-    cache_dir = args.cache_dir or default_cache_dir()
+    cache_dir = config.cache_dir or default_cache_dir()
     # Rank 0 extracts and decodes; the others wait and then read the cache.
     if dist.is_main:
-        arrays = load_cifar(args.data, dataset=args.dataset, cache_dir=cache_dir,
-                            download=args.download, workers=args.workers,
-                            train_dir=args.train_dir, val_dir=args.val_dir)
+        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
+                            download=config.download, workers=config.workers,
+                            train_dir=config.train_dir, val_dir=config.val_dir)
     dist.barrier()
     if not dist.is_main:
-        arrays = load_cifar(args.data, dataset=args.dataset, cache_dir=cache_dir, download=False,
-                            workers=args.workers, train_dir=args.train_dir, val_dir=args.val_dir)
-    x, y = _limit(arrays["train_x"], arrays["train_y"], args.limit)
-    xv, yv = _limit(arrays["test_x"], arrays["test_y"], args.limit_val)
+        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
+                            download=False, workers=config.workers,
+                            train_dir=config.train_dir, val_dir=config.val_dir)
+    x, y, xv, yv = (arrays[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    if (keep := fixed_subset(len(x), config.limit)) is not None:
+        x, y = x[keep], y[keep]
+    if (keep := fixed_subset(len(xv), config.limit_val)) is not None:
+        xv, yv = xv[keep], yv[keep]
     if x.shape[1:3] != (32, 32):
         print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
-    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=args.seed,
-              channels_last=args.channels_last_on)
+    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=config.seed,
+              channels_last=config.channels_last_on)
     return Data(
-        train=TensorBatches(x, y, batch_size=args.batch_size, train=True, pad=4, **kw),
+        train=TensorBatches(x, y, batch_size=config.batch_size, train=True, pad=4, **kw),
         val=TensorBatches(xv, yv, batch_size=1000, train=False, **kw),
         classes=list(arrays["classes"]), image_size=int(x.shape[1]), source=arrays["source"],
-        extra={"dataset": args.dataset},
+        extra={"dataset": config.dataset},
     )
-
-
-def _limit(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if not n or n >= len(x):
-        return x, y
-    # A fixed random subset, so a limited run still sees every class.
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
-    return x[keep], y[keep]
 
 
 def cli_main(argv: list[str] | None = None) -> int:
     """Run the script with ``argv`` (default: the command line); returns the exit status."""
-    return main(parser(), lambda a: DEFAULTS, load_data, argv)
+    return main(config, load_data, argv)
 
 
 if __name__ == "__main__":

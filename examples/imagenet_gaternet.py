@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from gaternet_training import cli
+from gaternet_training.config import ImageNetConfig
 from gaternet_training.distributed import Dist
 from gaternet_training.image_folder import (
     LoaderBatches,
@@ -29,26 +30,25 @@ from gaternet_training.image_folder import (
 from gaternet_training.main import main
 from gaternet_training.standin import CLASSES, make_standin
 from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data
+from gaternet_training.train import Data, fixed_subset
+from torch.utils.data import Subset
 
-IMAGENET = dict(
-    arch="resnet50", gater="resnet18", epochs=90, batch_size=64, lr=0.1, weight_decay=1e-4,
-    warmup_epochs=5, label_smoothing=0.1, gate_loss_weight=0.0, init_bias=0.0, batch_shaping=0.0,
-    image_size=224, workers=8,
-    log_every=100, name="imagenet_gaternet", channels_last_cpu=False,
+IMAGENET = cli.defaults(
+    arch="resnet50", gater="resnet18", epochs=90, batch_size=64, weight_decay=1e-4,
+    warmup_epochs=5, label_smoothing=0.1, image_size=224, workers=8, log_every=100,
+    name="imagenet_gaternet",
 )
 # On the stand-in the gates start open and batch shaping keeps each gate's decisions spread
 # over the batch, so the gates end up depending on the image (see docs: recipe).
 STANDIN_INIT_BIAS, STANDIN_BATCH_SHAPING = 1.5, 2.0
 # The stand-in is 32x32: the CIFAR ResNet-20 suits it (torchvision's ResNet-18 stem shrinks
 # it to 8x8 and barely learns in the ~300 steps a 3-minute CPU budget allows).
-STANDIN = dict(
-    arch="resnet20", gater="resnet20", epochs=4, batch_size=32, lr=0.1,
-    weight_decay=5e-4, warmup_epochs=0.5, label_smoothing=0.1, gate_loss_weight=0.0,
-    init_bias=STANDIN_INIT_BIAS, batch_shaping=STANDIN_BATCH_SHAPING,
+STANDIN = cli.defaults(
+    arch="resnet20", gater="resnet20", epochs=4, batch_size=32, warmup_epochs=0.5,
+    label_smoothing=0.1, init_bias=STANDIN_INIT_BIAS, batch_shaping=STANDIN_BATCH_SHAPING,
     image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
-    channels_last_cpu=False, standin_train=2560, standin_val=1000,
 )
+STANDIN_TRAIN, STANDIN_VAL = 2560, 1000  # the stand-in's images (--standin-train, --standin-val)
 
 
 def _both(key: str) -> str:
@@ -66,66 +66,65 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--val-dir", default="val", help="evaluation split folder (default: val)")
     d.add_argument("--image-size", type=int, default=None,
                    help=f"training crop size (default: {_both('image_size')})")
-    d.add_argument("--standin-train", type=int, default=None,
-                   help=f"stand-in training images (default: {STANDIN['standin_train']})")
-    d.add_argument("--standin-val", type=int, default=None,
-                   help=f"stand-in evaluation images (default: {STANDIN['standin_val']})")
-    cli.add_training_args(p, {k: _both(k) if k in IMAGENET else STANDIN[k] for k in STANDIN},
-                          torchvision_weights=True)
+    d.add_argument("--standin-train", type=int, default=STANDIN_TRAIN,
+                   help=f"stand-in training images (default: {STANDIN_TRAIN})")
+    d.add_argument("--standin-val", type=int, default=STANDIN_VAL,
+                   help=f"stand-in evaluation images (default: {STANDIN_VAL})")
+    cli.add_training_args(p, {k: _both(k) for k in STANDIN}, torchvision_weights=True)
     return p
 
 
-def load_data(args: argparse.Namespace, dist: Dist) -> Data:
-    if args.data is None:
-        return _standin(args, dist)
-    root = args.data
-    classes = check_image_folder(root, args.train_dir)
-    check_image_folder(root, args.val_dir)
-    train = image_dataset(root, args.train_dir, imagenet_transforms(args.image_size, True), classes)
-    val = image_dataset(root, args.val_dir, imagenet_transforms(args.image_size, False), classes)
-    if args.limit:
-        train = _subset(train, args.limit)
-    if args.limit_val:
-        val = _subset(val, args.limit_val)
-    kw = dict(workers=args.workers, dist=dist, seed=args.seed, channels_last=args.channels_last_on)
+def config(argv: list[str] | None = None) -> ImageNetConfig:
+    """The run's config from ``argv`` (default: the command line)."""
+    args = parser().parse_args(argv)
+    return cli.run_config(ImageNetConfig, args, IMAGENET if args.data is not None else STANDIN)
+
+
+def load_data(config: ImageNetConfig, dist: Dist) -> Data:
+    if config.data is None:
+        return _standin(config, dist)
+    root, size = config.data, config.image_size
+    classes = check_image_folder(root, config.train_dir)
+    check_image_folder(root, config.val_dir)
+    train = image_dataset(root, config.train_dir, imagenet_transforms(size, True), classes)
+    val = image_dataset(root, config.val_dir, imagenet_transforms(size, False), classes)
+    if (keep := fixed_subset(len(train), config.limit)) is not None:
+        train = Subset(train, keep.tolist())
+    if (keep := fixed_subset(len(val), config.limit_val)) is not None:
+        val = Subset(val, keep.tolist())
+    kw = dict(workers=config.workers, dist=dist, seed=config.seed,
+              channels_last=config.channels_last_on)
     return Data(
-        train=LoaderBatches(train, batch_size=args.batch_size, train=True, **kw),
-        val=LoaderBatches(val, batch_size=args.batch_size, train=False, **kw),
-        classes=classes, image_size=args.image_size, source=str(root),
+        train=LoaderBatches(train, batch_size=config.batch_size, train=True, **kw),
+        val=LoaderBatches(val, batch_size=config.batch_size, train=False, **kw),
+        classes=classes, image_size=size, source=str(root),
     )
 
 
-def _subset(ds, n):
-    import torch
-    from torch.utils.data import Subset
-
-    # A fixed random subset, so a limited run still sees every class.
-    return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
-
-
-def _standin(args: argparse.Namespace, dist: Dist) -> Data:
+def _standin(config: ImageNetConfig, dist: Dist) -> Data:
+    size = config.image_size
     if dist.is_main:
         print(f"no --data given: training on the built-in stand-in ({len(CLASSES)} classes of "
-              f"procedurally drawn shapes, {args.image_size}x{args.image_size}, made on the fly, "
+              f"procedurally drawn shapes, {size}x{size}, made on the fly, "
               f"nothing downloaded); pass --data DIR for ImageNet", flush=True)
-    n_train = args.limit or args.standin_train
-    n_val = args.limit_val or args.standin_val
-    x, y = make_standin(n_train, args.image_size, seed=1)
-    xv, yv = make_standin(n_val, args.image_size, seed=2)
+    n_train = config.limit or config.standin_train
+    n_val = config.limit_val or config.standin_val
+    x, y = make_standin(n_train, size, seed=1)
+    xv, yv = make_standin(n_val, size, seed=2)
     # Statistics of the stand-in's colours (uniform colours on uniform backgrounds).
-    kw = dict(dist=dist, mean=(0.5, 0.5, 0.5), std=(0.3, 0.3, 0.3), seed=args.seed,
-              channels_last=args.channels_last_on)
+    kw = dict(dist=dist, mean=(0.5, 0.5, 0.5), std=(0.3, 0.3, 0.3), seed=config.seed,
+              channels_last=config.channels_last_on)
     return Data(
-        train=TensorBatches(x, y, batch_size=args.batch_size, train=True,
-                            pad=max(1, args.image_size // 8), **kw),
-        val=TensorBatches(xv, yv, batch_size=max(args.batch_size, 256), train=False, **kw),
-        classes=list(CLASSES), image_size=args.image_size, source="built-in stand-in",
+        train=TensorBatches(x, y, batch_size=config.batch_size, train=True,
+                            pad=max(1, size // 8), **kw),
+        val=TensorBatches(xv, yv, batch_size=max(config.batch_size, 256), train=False, **kw),
+        classes=list(CLASSES), image_size=size, source="built-in stand-in",
     )
 
 
 def cli_main(argv: list[str] | None = None) -> int:
     """Run the script with ``argv`` (default: the command line); returns the exit status."""
-    return main(parser(), lambda a: IMAGENET if a.data is not None else STANDIN, load_data, argv)
+    return main(config, load_data, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from gaternet_training.distributed import setup, teardown
+from gaternet_training.losses import Losses
 from gaternet_training.optim import make_optimizer, make_scheduler
 from gaternet_training.tensor_data import TensorBatches
 from gaternet_training.train import Run, train_one_epoch
@@ -78,7 +79,7 @@ def main(out: Path) -> None:
     optimizer = make_optimizer(inner, lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = make_scheduler(optimizer, len(batches), 0)
     run = Run(model, inner, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), dist,
-              None, 0.0, None, log_every=10**9)
+              amp_dtype=None, label_smoothing=0.0, losses=Losses(), log_every=10**9)
     initial = {k: v.detach().clone() for k, v in inner.named_parameters()}
     recording = Recording(batches)
     train_one_epoch(run, recording, 0, 1)

@@ -1,5 +1,5 @@
-"""The example scripts' distillation (--distill-from), the moving budget (--budget A:B:K) and
-the static-pruning baseline (benchmarks/cifar10_static_pruning.py)."""
+"""The example scripts' loss terms, distillation (--distill-from), the moving budget
+(--budget A:B:K) and the static-pruning baseline (benchmarks/cifar10_static_pruning.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,23 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from gaternet_training.distill import Distillation
-from gaternet_training.gate_losses import GateLosses
+from gaternet_training.distill import distillation
+from gaternet_training.losses import Losses, Step, Term, gate_terms
 from gaternet_training.ramp import Ramp
-from test_examples import CIFAR, IMAGENET, ROOT, TINY_CIFAR, TINY_STANDIN, _main, _write_tree
+from test_examples import (
+    CIFAR,
+    IMAGENET,
+    ROOT,
+    STATIC,
+    TINY_CIFAR,
+    TINY_STANDIN,
+    _config,
+    _main,
+    _write_tree,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,16 +31,34 @@ import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 # --------------------------------------------------------------------------------------
-# the moving budget
+# the loss terms
 # --------------------------------------------------------------------------------------
 
 
-def _loss_args(**kw) -> SimpleNamespace:
-    base = dict(gate_loss_weight=Ramp(0.0), target_rate=None, target_rate_weight=Ramp(1.0),
-                budget=None, budget_weight=Ramp(1.0), batch_shaping=None,
-                batch_shaping_prior=(0.6, 0.4), count_downstream=False)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def test_losses_sum_describe_and_skip_their_terms() -> None:
+    """Every method goes over the list: a new loss (a per-sample budget, say) is one more term."""
+    calls = []
+
+    def term(name: str, weight: str, value: float, section: str = "gate_losses") -> Term:
+        def fn(step: Step) -> torch.Tensor:
+            calls.append(name)
+            return torch.tensor(value) * step.logits.sum()
+
+        return Term(name, Ramp.parse(weight), fn, {f"{name}_weight": weight}, section)
+
+    losses = Losses([term("a", "0:2", 3.0), term("b", "0", 5.0), term("c", "1", 7.0, "other")])
+    step = Step(nn.Identity(), torch.zeros(2, 3), torch.ones(2, 4), epoch=5.0, epochs=10)
+    assert losses.weights(5.0, 10) == {"a": 1.0, "b": 0.0, "c": 1.0}
+    assert float(losses(step)) == 1.0 * 3.0 * 8 + 7.0 * 8
+    assert calls == ["a", "c"]  # a term whose weight is 0 is not computed
+    assert losses.describe() == {"gate_losses": {"a_weight": "0:2", "b_weight": "0"},
+                                 "other": {"c_weight": "1"}}
+    assert float(Losses()(step)) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# the moving budget
+# --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("epoch", "budget"), [(0.0, 1.0), (1.0, 0.75), (1.5, 0.625), (2.0, 0.5),
@@ -39,14 +66,16 @@ def _loss_args(**kw) -> SimpleNamespace:
 def test_budget_moves_linearly_then_stays(epoch: float, budget: float) -> None:
     torch.manual_seed(0)
     net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
-    losses = GateLosses(_loss_args(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0)), net, 32,
-                        torch.device("cpu"))
-    net(torch.randn(4, 3, 32, 32))
+    config = _config(budget=Ramp.parse("1:0.5:2"), budget_weight=Ramp(3.0), batch_shaping=0.0)
+    losses = Losses(gate_terms(config, net, 32, torch.device("cpu")))
+    images = torch.randn(4, 3, 32, 32)
+    logits = net(images)
     costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
-    got = losses(net, epoch, 10)
+    got = losses(Step(net, images, logits, epoch, 10))
     want = 3.0 * gatekit.flops_budget_loss(net.last_gates, costs.float(), budget)
     torch.testing.assert_close(got, want)
-    assert losses.describe()["budget"] == "1:0.5:2"
+    assert losses.describe()["gate_losses"]["budget"] == "1:0.5:2"
+    assert list(losses.weights(epoch, 10)) == ["l1", "budget"]
 
 
 @pytest.mark.parametrize("bad", ["1.5", "1:1.5:2", "-0.1"])
@@ -80,15 +109,18 @@ class _Teacher(nn.Module):
 def test_distillation_term_runs_the_teacher_in_eval_without_grad() -> None:
     torch.manual_seed(0)
     teacher = _Teacher().eval()
-    term = Distillation(teacher, Ramp.parse("0:2:4"), 3.0, "teacher.pt")
+    losses = Losses([distillation(teacher, Ramp.parse("0:2:4"), 3.0, "teacher.pt")])
     images, student = torch.randn(6, 3, 2, 2), torch.randn(6, 5, requires_grad=True)
-    assert term(student, images, 0.0, 10) is None and teacher.calls == []  # weight 0: no teacher run
-    got = term(student, images, 1.0, 10)
+    assert float(losses(Step(teacher, images, student, 0.0, 10))) == 0.0
+    assert teacher.calls == []  # weight 0: no teacher run
+    got = losses(Step(teacher, images, student, 1.0, 10))
     want = 0.5 * gatekit.distillation_loss(student, teacher.lin(images.flatten(1)).detach(), 3.0)
     torch.testing.assert_close(got, want)
     assert teacher.calls == [(False, False)]
     got.backward()
     assert student.grad is not None and teacher.lin.weight.grad is None
+    assert losses.describe() == {"distillation": {"from": "teacher.pt", "weight": "0:2:4",
+                                                  "temperature": 3.0}}
 
 
 @pytest.fixture()
@@ -146,8 +178,6 @@ def test_teacher_that_does_not_fit_lists_the_keys(tmp_path: Path, capsys) -> Non
 # --------------------------------------------------------------------------------------
 # the static-pruning baseline
 # --------------------------------------------------------------------------------------
-
-STATIC = ROOT / "benchmarks" / "cifar10_static_pruning.py"
 
 
 def _load(path: Path):

@@ -7,6 +7,7 @@ for the bad-input cases, which only need the message and the untouched checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -18,17 +19,22 @@ import socket
 import subprocess
 import sys
 import tarfile
+import typing
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from gaternet_training import cli
+from gaternet_training.config import ImageNetConfig, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 IMAGENET = EXAMPLES / "imagenet_gaternet.py"
 CIFAR = EXAMPLES / "cifar_gaternet.py"
+STATIC = ROOT / "benchmarks" / "cifar10_static_pruning.py"
 SHARED_CIFAR = next((p for p in (Path("/work/shared/data/cifar10-jpeg.tar.gz"),
                                  ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
                      if p.is_file()), None)
@@ -81,6 +87,11 @@ def _main(path: Path, argv: list[str], capsys) -> tuple[int, str]:
     """Run a script's main in this process; returns the exit status and stderr."""
     status = _load_script(path).cli_main(argv)
     return status, capsys.readouterr().err
+
+
+def _config(script: Path = IMAGENET, argv: Sequence[str] = (), **changes: typing.Any) -> RunConfig:
+    """The config ``script`` builds from ``argv`` (by default: the stand-in's), with ``changes``."""
+    return dataclasses.replace(_load_script(script).config(list(argv)), **changes)
 
 
 def _records(out: Path) -> list[dict]:
@@ -487,6 +498,56 @@ def test_cifar_download_without_network(offline: list[str], tmp_path: Path, caps
     assert ("pass --data a local ImageFolder tree (train/, test/), its .tar.gz, or a directory "
             f"that already holds torchvision's CIFAR download ({tv_dir})") in line
     assert not out.exists() and not any(data.rglob("*"))  # no half-downloaded archive
+
+
+# --------------------------------------------------------------------------------------
+# the run's config
+# --------------------------------------------------------------------------------------
+
+CONFIG_CASES = [
+    pytest.param(IMAGENET, [], id="imagenet-standin"),
+    pytest.param(IMAGENET, ["--data", "d"], id="imagenet-data"),
+    pytest.param(CIFAR, ["--data", "d"], id="cifar"),
+    pytest.param(STATIC, ["--data", "d", "--prune-from", "p.pt", "--flops", "0.5"], id="static"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv"), CONFIG_CASES)
+def test_config_has_every_setting(script: Path, argv: list[str]) -> None:
+    """Every flag of a script is a field of its config, and every field has a value: a setting
+    left out of a script's defaults (as ``channels_last_cpu`` once was: an AttributeError in
+    the middle of a run on CPU) makes the config fail to build, so no run starts, and fails
+    here."""
+    module = _load_script(script)
+    config = module.config(argv)
+    flags = {action.dest for action in module.parser()._actions} - {"help"}
+    names = {f.name for f in dataclasses.fields(config)}
+    assert flags <= names, sorted(flags - names)
+    assert set(cli.SHARED_DEFAULTS) <= names
+    hints = typing.get_type_hints(type(config))
+    unset = sorted(name for name in names if getattr(config, name) is None
+                   and type(None) not in typing.get_args(hints[name]))
+    assert not unset, f"{type(config).__name__}: no value for {unset}"
+    config.check()  # and the defaults are usable
+    assert isinstance(config.channels_last_on, bool)
+
+
+def test_config_without_a_value_or_a_field_does_not_build() -> None:
+    imagenet = _load_script(IMAGENET)
+    args = imagenet.parser().parse_args([])
+    # a setting that is no flag, left out of the defaults
+    defaults = {k: v for k, v in imagenet.STANDIN.items() if k != "channels_last_cpu"}
+    with pytest.raises(TypeError, match="channels_last_cpu"):
+        cli.run_config(ImageNetConfig, args, defaults)
+    # a flag whose default depends on the script, left out of the defaults
+    defaults = {k: v for k, v in imagenet.STANDIN.items() if k != "epochs"}
+    with pytest.raises(TypeError, match=r"ImageNetConfig\.epochs has no value"):
+        cli.run_config(ImageNetConfig, args, defaults)
+    # a flag without a field
+    parser = imagenet.parser()
+    parser.add_argument("--new-flag", default=1)
+    with pytest.raises(TypeError, match="new_flag"):
+        cli.run_config(ImageNetConfig, parser.parse_args([]), imagenet.STANDIN)
 
 
 def test_help_lists_both_defaults() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from gaternet_training import models
+from gaternet_training.config import RunConfig
 from gaternet_training.ramp import Ramp
 from gaternet_training.warm_start import warm_start
-from test_examples import CIFAR, IMAGENET, TINY_CIFAR, TINY_STANDIN, _main, _write_tree
+from test_examples import CIFAR, IMAGENET, TINY_CIFAR, TINY_STANDIN, _config, _main, _write_tree
 from torch.utils.flop_counter import FlopCounterMode
 
 import gatekit
@@ -51,23 +51,24 @@ def test_bad_ramp_flag_is_a_usage_error(tmp_path: Path, capsys) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _args(**kw) -> SimpleNamespace:
+def _cfg(**kw) -> RunConfig:
+    """The stand-in's config with the model and warm-start settings these tests build from."""
     base = dict(arch="resnet20", gater="resnet20", no_gate=False, sites="residual",
                 estimator="semhash", bottleneck=8, group_size=1, init_bias=0.0,
                 gater_resolution=None, freeze_gater=False, init_from=None, init_gater=False,
                 backbone_weights=None)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return _config(IMAGENET, **base)
 
 
-def _build(args: SimpleNamespace, num_classes: int) -> torch.nn.Module:
+def _build(config: RunConfig, num_classes: int) -> torch.nn.Module:
     """The model train.py builds from these flags."""
-    backbone = models.classifier(args.arch, num_classes)
-    if args.no_gate:
+    backbone = models.classifier(config.arch, num_classes)
+    if config.no_gate:
         return backbone
-    return gatekit.gate_model(backbone, models.gater_trunk(args), sites=args.sites,
-                              estimator=args.estimator, bottleneck=args.bottleneck,
-                              group_size=args.group_size, init_bias=args.init_bias)
+    return gatekit.gate_model(backbone, models.gater_trunk(config), sites=config.sites,
+                              estimator=config.estimator, bottleneck=config.bottleneck,
+                              group_size=config.group_size, init_bias=config.init_bias)
 
 
 @pytest.fixture()
@@ -83,8 +84,8 @@ def trained_state(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("gated", [False, True])
 def test_init_from_state_dict_loads_every_tensor(trained_state, gated: bool) -> None:
     path, state = trained_state
-    model = _build(_args(no_gate=not gated, init_from=path, init_gater=gated), 10)
-    lines = warm_start(model, _args(no_gate=not gated, init_from=path, init_gater=gated))
+    model = _build(_cfg(no_gate=not gated, init_from=path, init_gater=gated), 10)
+    lines = warm_start(model, _cfg(no_gate=not gated, init_from=path, init_gater=gated))
     backbone = model.backbone if gated else model
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -98,7 +99,7 @@ def test_init_from_state_dict_loads_every_tensor(trained_state, gated: bool) -> 
 
 def test_init_from_a_gated_checkpoint_takes_its_backbone_and_gater(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    source = _build(_args(), 10)
+    source = _build(_cfg(), 10)
     with torch.no_grad():
         for p in source.parameters():
             p.uniform_(-1, 1)
@@ -106,8 +107,8 @@ def test_init_from_a_gated_checkpoint_takes_its_backbone_and_gater(tmp_path: Pat
     from gaternet_training import checkpoint
 
     torch.save({"format": checkpoint.FORMAT, "model": source.state_dict()}, ckpt)
-    target = _build(_args(), 10)
-    warm_start(target, _args(init_from=ckpt, init_gater=True))
+    target = _build(_cfg(), 10)
+    warm_start(target, _cfg(init_from=ckpt, init_gater=True))
     for a, b in zip(source.backbone.parameters(), target.backbone.parameters(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(source.gater.parameters(), target.gater.parameters(), strict=True):
@@ -159,7 +160,7 @@ def test_not_a_state_dict(tmp_path: Path, capsys) -> None:
 
 
 def test_gater_resolution_resizes_what_the_trunk_sees() -> None:
-    model = _build(_args(gater_resolution=16), 10)
+    model = _build(_cfg(gater_resolution=16), 10)
     seen = []
     model.gater.trunk.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
     model(torch.randn(2, 3, 32, 32))
@@ -172,7 +173,7 @@ def test_gater_resolution_resizes_what_the_trunk_sees() -> None:
 
 
 def test_frozen_gater_keeps_weights_and_statistics() -> None:
-    model = _build(_args(freeze_gater=True), 10).train()
+    model = _build(_cfg(freeze_gater=True), 10).train()
     before = {k: v.clone() for k, v in model.gater.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for _ in range(2):
@@ -240,7 +241,7 @@ def test_run_with_budget_and_batch_shaping_reports_weights_stats_and_flops(
 
 def test_gate_costs_sum_to_the_gated_convs(tmp_path: Path) -> None:
     """``gate_costs`` on the model a run builds: per site, the conv's FLOPs (independent count)."""
-    model = _build(_args(), 10).eval()
+    model = _build(_cfg(), 10).eval()
     costs = gatekit.gate_costs(model, torch.zeros(1, 3, 32, 32))
     convs = dict(resnet20(10).named_modules())
     sizes = {16: 32, 32: 16, 64: 8}

@@ -1,12 +1,14 @@
 """Training code shared by ``examples/imagenet_gaternet.py`` and ``examples/cifar_gaternet.py``.
 
 Start with ``train``: the whole program, top to bottom (model, losses, step, statistics).
-The rest is plumbing, one concept per module: ``cli`` (flags), ``main`` (parse, run, report
-errors), ``models`` (backbones and gater trunks by name), ``warm_start`` (loading trained
-weights), ``gate_losses`` and ``ramp`` (the gate losses and their weight schedules),
-``optim`` (the optimiser recipe), ``checkpoint`` (atomic checkpoints, RNG state),
-``distributed`` (torchrun set-up), ``progress`` (progress output, metrics log), ``report``
-(FLOPs, gate statistics) and the data: ``image_folder`` (ImageFolder trees and the
-DataLoader pipeline), ``tensor_data`` (in-memory data augmented on the device),
-``cifar_data`` (CIFAR decoding and cache), ``standin`` (the procedural data set).
+The rest is plumbing, one concept per module: ``cli`` (flags and their shared defaults),
+``config`` (the run's settings, one typed dataclass), ``main`` (parse, run, report errors),
+``models`` (backbones and gater trunks by name), ``warm_start`` (loading trained weights),
+``losses`` and ``ramp`` (the loss terms and their weight schedules), ``distill``
+(distillation from a dense teacher, one more term), ``optim`` (the optimiser recipe),
+``checkpoint`` (atomic checkpoints, RNG state), ``distributed`` (torchrun set-up),
+``progress`` (progress output, metrics log), ``report`` (FLOPs, gate statistics) and the
+data: ``image_folder`` (ImageFolder trees and the DataLoader pipeline), ``tensor_data``
+(in-memory data augmented on the device), ``cifar_data`` (CIFAR decoding and cache),
+``standin`` (the procedural data set).
 """

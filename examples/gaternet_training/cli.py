@@ -1,12 +1,33 @@
-"""Command-line flags shared by both example scripts; each script supplies its defaults."""
+"""Command-line flags shared by both example scripts, the defaults they share, and the run's
+config built from the parsed flags (:func:`run_config`)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .config import RunConfig
 from .ramp import Ramp, ramp_arg
+
+C = TypeVar("C", bound=RunConfig)
+
+# The defaults of the flags whose default depends on the script, where the scripts agree; a
+# script gives the rest, and what it changes, to :func:`defaults`.  ``arch``, ``gater``,
+# ``epochs``, ``batch_size``, ``warmup_epochs``, ``workers``, ``log_every`` and ``name`` have
+# no shared value: a script that leaves one out cannot build its config.
+SHARED_DEFAULTS: dict[str, Any] = dict(
+    lr=0.1, weight_decay=5e-4, label_smoothing=0.0, gate_loss_weight=0.0, init_bias=0.0,
+    batch_shaping=0.0,
+    channels_last_cpu=False,  # a setting, not a flag: channels_last on CPU without --channels-last
+    backbone_weights=None,  # a flag of imagenet_gaternet.py only (torchvision_weights=True)
+)
+
+
+def defaults(**script: Any) -> dict[str, Any]:
+    """A script's defaults: :data:`SHARED_DEFAULTS` with the script's values."""
+    return {**SHARED_DEFAULTS, **script}
 
 RAMP_HELP = """
 
@@ -42,7 +63,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     """Model, recipe, run-time and output flags.
 
     ``defaults`` gives the defaults that depend on the script (and on its data): a flag left
-    unset is None after parsing and :func:`fill_defaults` fills it; the help text shows the
+    unset is None after parsing and :func:`run_config` fills it; the help text shows the
     string ``defaults`` gives for it.  ``torchvision_weights`` adds ``--backbone-weights``.
     """
     def h(key: str) -> str:
@@ -165,13 +186,20 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                    help="continue from CHECKPOINT (default: <output-dir>/checkpoint.pt)")
 
 
-def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> argparse.Namespace:
-    """Set every flag the user left unset (None) from ``defaults``."""
+def run_config(config_type: type[C], args: argparse.Namespace, defaults: Mapping[str, Any]) -> C:
+    """The run's config from the parsed flags: a flag left unset (None) takes its value from
+    ``defaults`` (the script's, :func:`defaults`).
+
+    A flag without a field of ``config_type``, or a field with no value, raises ``TypeError``:
+    the script and its config disagree, and no run of it can start.
+    """
+    values = vars(args).copy()
     for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+        if values.get(key) is None:
+            values[key] = value
+    values["sites"] = sites_arg(values["sites"])
+    return config_type(**values)
 
 
-def sites_arg(value: str) -> Any:
+def sites_arg(value: str) -> str | list[str]:
     return [s for s in value.split(",") if s] if "," in value else value

@@ -1,4 +1,4 @@
-"""Distillation from a trained dense teacher (``--distill-from``): the teacher and its term.
+"""Distillation from a trained dense teacher (``--distill-from``): one more loss term.
 
 The teacher is the script's ``--arch`` with the weights of a run's ``checkpoint.pt`` (its
 backbone, for a gated run) or of a ``state_dict`` file, every key and shape checked as for
@@ -8,9 +8,7 @@ never part of the model whose FLOPs ``results.json`` reports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,44 +17,37 @@ import gatekit
 from gatekit import GatekitError
 
 from . import models
+from .config import RunConfig
+from .losses import Step, Term
 from .ramp import Ramp
 from .warm_start import load_into, read_state_dict
 
 
-@dataclass
-class Distillation:
-    """The teacher, the weight ramp and the temperature of ``gatekit.distillation_loss``."""
-
-    teacher: nn.Module
-    weight: Ramp
-    temperature: float
-    source: str
-
-    def __call__(self, student_logits: Tensor, images: Tensor, epoch: float, total: float) -> Tensor | None:
-        """The weighted term for this step, or None while its weight is 0."""
-        w = self.weight.at(epoch, total)
-        if w == 0.0:
-            return None
+def distillation(teacher: nn.Module, weight: Ramp, temperature: float, source: str) -> Term:
+    """The term: :func:`gatekit.distillation_loss` of the model's logits against the
+    teacher's on the same images.  The teacher runs under ``torch.no_grad`` in the mode it is
+    in (eval, as :func:`distillation_term` loads it), and only while the weight is not 0."""
+    def loss(step: Step) -> Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        return w * gatekit.distillation_loss(student_logits, teacher_logits, self.temperature)
+            teacher_logits = teacher(step.images)
+        return gatekit.distillation_loss(step.logits, teacher_logits, temperature)
 
-    def describe(self) -> dict[str, Any]:
-        return {"from": self.source, "weight": str(self.weight), "temperature": self.temperature}
+    return Term("distillation", weight, loss,
+                {"from": source, "weight": str(weight), "temperature": temperature},
+                section="distillation")
 
 
-def load_distillation(args: Any, num_classes: int, device: torch.device,
-                      channels_last: bool) -> Distillation | None:
+def distillation_term(config: RunConfig, num_classes: int, device: torch.device) -> Term | None:
     """The distillation ``--distill-from`` asks for (None without it); checked before any write."""
-    if args.distill_from is None:
+    if config.distill_from is None:
         return None
-    if not args.distill_temperature > 0:
-        raise GatekitError(f"--distill-temperature must be > 0, got {args.distill_temperature}")
-    path = Path(args.distill_from)
+    if not config.distill_temperature > 0:
+        raise GatekitError(f"--distill-temperature must be > 0, got {config.distill_temperature}")
+    path = Path(config.distill_from)
     state, _ = read_state_dict(path, flag="--distill-from")
-    teacher = models.classifier(args.arch, num_classes)
-    load_into(teacher, state, what=f"teacher ({args.arch})", source=f"--distill-from {path}")
+    teacher = models.classifier(config.arch, num_classes)
+    load_into(teacher, state, what=f"teacher ({config.arch})", source=f"--distill-from {path}")
     teacher = teacher.to(device).eval().requires_grad_(False)
-    if channels_last:
+    if config.channels_last_on:
         teacher = teacher.to(memory_format=torch.channels_last)
-    return Distillation(teacher, args.distill_weight, float(args.distill_temperature), str(path))
+    return distillation(teacher, config.distill_weight, float(config.distill_temperature), str(path))

@@ -7,8 +7,6 @@ pretrained weights (``weights=None``): nothing is downloaded.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +14,8 @@ from torch import Tensor, nn
 import gatekit
 from gatekit import GatekitError
 from gatekit.models import cifar_resnet
+
+from .config import RunConfig
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110, "resnet164": 164}
 
@@ -106,14 +106,20 @@ def unwrap_trunk(gater: nn.Module) -> nn.Module:
     return gater.trunk if isinstance(gater, GaterTrunk) else gater
 
 
-def gater_trunk(args: Any) -> nn.Module:
+def gater_trunk(config: RunConfig) -> nn.Module:
     """The gater trunk ``--gater`` names, resized (``--gater-resolution``) or frozen
     (``--freeze-gater``) as asked."""
-    gater = trunk(args.gater)
-    resolution, frozen = getattr(args, "gater_resolution", None), getattr(args, "freeze_gater", False)
+    gater = trunk(config.gater)
+    resolution, frozen = config.gater_resolution, config.freeze_gater
     if resolution is not None or frozen:
         gater = GaterTrunk(gater, resolution=resolution, frozen=frozen)
     return gater
+
+
+def probe(image_size: int, device: torch.device | str | None = None) -> Tensor:
+    """One blank RGB image of the run's size, ``(1, 3, S, S)``: the input on which gate costs
+    (the budget's) and FLOPs (the report's) are counted."""
+    return torch.zeros(1, 3, image_size, image_size, device=device)
 
 
 def count_params(module: nn.Module) -> int:

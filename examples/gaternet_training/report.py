@@ -12,6 +12,8 @@ from torch import nn
 import gatekit
 import gatekit.plots
 
+from . import models
+
 
 def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None, *,
                 downstream: bool = False, dense_backbone: nn.Module | None = None) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
     ``at_open_fraction`` the pruned model's, ``backbone_fraction`` their ratio.
     """
     cpu = copy.deepcopy(model).float().cpu().eval()
-    x = torch.zeros(1, 3, image_size, image_size)
+    x = models.probe(image_size)
     out: dict[str, Any] = {"dense": _count(cpu, x)}
     if dense_backbone is not None:
         out["backbone_dense"] = _count(copy.deepcopy(dense_backbone).float().cpu().eval(), x)

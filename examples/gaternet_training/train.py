@@ -8,8 +8,9 @@
 5. after every epoch an evaluation pass and a checkpoint;
 6. at the end the gate statistics (:class:`gatekit.GateStats`), FLOPs and ``results.json``.
 
-Plumbing lives beside it: ``checkpoint``, ``distributed``, ``progress``, ``optim``,
-``models`` (backbones and trunks by name), ``gate_losses`` (the configured gate losses),
+Plumbing lives beside it: ``config`` (the run's settings, read as typed fields),
+``checkpoint``, ``distributed``, ``progress``, ``optim``, ``models`` (backbones and trunks
+by name), ``losses`` (the loss terms: gate losses, and ``distill``'s distillation),
 ``warm_start``, ``report`` and the data modules.  Only rank 0 writes files; every rank
 computes the same reduced metrics.
 """
@@ -35,11 +36,13 @@ from torch import Tensor, nn
 
 import gatekit
 from gatekit import GatekitError
+from gatekit.stats import OPEN_THRESHOLD
 
 from . import checkpoint, models
-from .distill import Distillation, load_distillation
+from .config import RunConfig
+from .distill import distillation_term
 from .distributed import Dist, setup, teardown
-from .gate_losses import GateLosses
+from .losses import Losses, Step, gate_terms
 from .optim import make_optimizer, make_scheduler
 from .progress import MetricsLog, Progress
 from .report import flop_counts, gate_report, gate_report_1_99
@@ -58,6 +61,15 @@ class Data:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def fixed_subset(size: int, n: int | None) -> Tensor | None:
+    """The indices of a fixed random subset of ``n`` of ``size`` items (``--limit``,
+    ``--limit-val``), the same in every run, so a limited run still sees every class; None
+    when ``n`` is unset or covers them all."""
+    if not n or n >= size:
+        return None
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]
+
+
 @dataclass
 class Run:
     """What one step needs besides the batch: the model, its optimiser and the recipe."""
@@ -70,14 +82,13 @@ class Run:
     dist: Dist
     amp_dtype: torch.dtype | None
     label_smoothing: float
-    gate_losses: GateLosses | None  # None for a plain backbone
-    distillation: Distillation | None  # --distill-from: a dense teacher's term
+    losses: Losses  # the terms added to the cross-entropy: gate losses, distillation
     log_every: int
     step: int = 0
 
     @property
     def gated(self) -> bool:
-        return self.gate_losses is not None
+        return isinstance(self.inner, gatekit.GaterNet)
 
     def autocast(self) -> Any:
         if self.amp_dtype is None:
@@ -89,79 +100,84 @@ class Run:
 class Backbone:
     """How a script builds its backbone when not by ``--arch`` name alone (a pruned model).
 
-    ``build(args, num_classes)`` returns the backbone (deterministic in ``args``, so that
+    ``build(config, num_classes)`` returns the backbone (deterministic in ``config``, so that
     ``--resume`` rebuilds the same one); ``dense(num_classes)`` the dense model whose FLOPs
     the reported ``backbone_dense`` counts, so that a smaller backbone is compared with the
     model it was made from.
     """
 
-    build: Callable[[Any, int], nn.Module]
+    build: Callable[[Any, int], nn.Module]  # (the script's RunConfig, number of classes)
     dense: Callable[[int], nn.Module]
     info: dict[str, Any] = field(default_factory=dict)  # what build did, for results.json
 
 
-def train(args: Any, load_data: Callable[[Any, Dist], Data],
+def train(config: RunConfig, load_data: Callable[[Any, Dist], Data],
           backbone: Backbone | None = None) -> dict[str, Any] | None:
-    """Train as ``args`` say; returns the results dict on rank 0 (None on other ranks)."""
-    dist = setup(args.device)
+    """Train as ``config`` says; returns the results dict on rank 0 (None on other ranks).
+
+    ``load_data(config, dist)`` is the script's loader; it reads the script's own fields."""
+    dist = setup(config.device)
     try:
-        return _train(args, dist, load_data, backbone)
+        return _train(config, dist, load_data, backbone)
     finally:
         teardown()
 
 
-def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
+def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data],
            build: Backbone | None) -> dict[str, Any] | None:
     start = time.perf_counter()
-    out_dir, ckpt_path, resume = _paths(args)
+    out_dir, ckpt_path, resume = _paths(config)
     ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
     cuda = dist.device.type == "cuda"
     if cuda:
         # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
         # pays off; its heuristic choice can be several times slower for small CIFAR convs.
         torch.backends.cudnn.benchmark = True
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     # 1. The data.
-    for name, what in ((args.arch, "model"), (None if args.no_gate else args.gater, "gater")):
+    for name, what in ((config.arch, "model"), (None if config.no_gate else config.gater, "gater")):
         if name is not None:
             models.check_name(name, what)
-    data = load_data(args, dist)
-    config = _config(args, data)
+    data = load_data(config, dist)
+    ckpt_config = _checkpoint_config(config, data)
     if ckpt is not None:
-        checkpoint.check_config(ckpt, config, resume)
+        checkpoint.check_config(ckpt, ckpt_config, resume)
 
     # 2. The model.  Seeded after loading the data, whose decoding may or may not draw random
     # numbers (a cache hit draws none), so the initial weights depend on the seed alone.
-    random.seed(args.seed + dist.rank)
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-    backbone = (build.build(args, len(data.classes)) if build is not None
-                else models.classifier(args.arch, len(data.classes)))
-    if args.no_gate:
+    random.seed(config.seed + dist.rank)
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    backbone = (build.build(config, len(data.classes)) if build is not None
+                else models.classifier(config.arch, len(data.classes)))
+    if config.no_gate:
         inner: nn.Module = backbone
     else:
         inner = gatekit.gate_model(
-            backbone, models.gater_trunk(args), sites=args.sites, estimator=args.estimator,
-            bottleneck=args.bottleneck, group_size=args.group_size, init_bias=args.init_bias,
+            backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
+            bottleneck=config.bottleneck, group_size=config.group_size,
+            init_bias=config.init_bias,
         )
     # Warm start before anything is written: a file that does not fit fails the run here.
-    warm = warm_start(inner, args) if ckpt is None else []
+    warm = warm_start(inner, config) if ckpt is None else []
     inner = inner.to(dist.device)
-    if args.channels_last_on:
+    if config.channels_last_on:
         inner = inner.to(memory_format=torch.channels_last)
-    # The gate losses the flags ask for (none for a plain backbone); checked before any write.
-    gate_losses = None if args.no_gate else GateLosses(args, inner, data.image_size, dist.device)
-    distillation = load_distillation(args, len(data.classes), dist.device, args.channels_last_on)
+    # The loss terms the flags ask for, checked before any write: the gate losses (none for a
+    # plain backbone), then distillation from a dense teacher.
+    terms = [] if config.no_gate else gate_terms(config, inner, data.image_size, dist.device)
+    teacher = distillation_term(config, len(data.classes), dist.device)
+    losses = Losses([*terms, *([teacher] if teacher is not None else [])])
 
     # 3. The optimiser and schedule, stepped every iteration.
     steps_per_epoch = len(data.train)
-    optimizer = make_optimizer(inner, args.lr, args.momentum, args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.epochs * steps_per_epoch,
-                               round(args.warmup_epochs * steps_per_epoch))
+    optimizer = make_optimizer(inner, config.lr, config.momentum, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.epochs * steps_per_epoch,
+                               round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
     # Per-rank random streams (gate noise) differ; weights are synchronised by DDP.
-    torch.manual_seed(args.seed + 1000003 * dist.rank)
+    torch.manual_seed(config.seed + 1000003 * dist.rank)
 
     start_epoch, best = 0, 0.0
     metrics = MetricsLog(out_dir / "metrics.jsonl")
@@ -175,40 +191,41 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
         for line in warm:
             print(line, flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str))
+        (out_dir / "args.json").write_text(json.dumps(config.record(), indent=1, default=str))
 
     model: nn.Module = inner
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
-    if args.compile:
-        model = torch.compile(model, mode=args.compile_mode)
-    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, args.label_smoothing,
-              gate_losses, distillation, args.log_every, step=start_epoch * steps_per_epoch)
+    if config.compile:
+        model = torch.compile(model, mode=config.compile_mode)
+    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
+              losses, config.log_every, step=start_epoch * steps_per_epoch)
     if dist.is_main:
-        kind = "plain" if args.no_gate else f"gated by {args.gater} ({inner.num_gates} gates)"
-        print(f"{args.arch} {kind}, {models.count_params(inner):,} parameters; "
+        kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
+        print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
               f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
               f"{len(data.classes)} classes; {dist.world_size} process(es) on {dist.device.type}, "
-              f"{precision}{', channels_last' if args.channels_last_on else ''}"
-              f"{', compiled' if args.compile else ''}", flush=True)
+              f"{precision}{', channels_last' if config.channels_last_on else ''}"
+              f"{', compiled' if config.compile else ''}", flush=True)
 
     # 4 and 5. The epochs: train, evaluate, checkpoint.
     epoch_seconds = []
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         data.train.set_epoch(epoch)
-        train_numbers = train_one_epoch(run, data.train, epoch, args.epochs)
+        train_numbers = train_one_epoch(run, data.train, epoch, config.epochs)
         if cuda:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
-        val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{args.epochs} eval")
+        val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{config.epochs} eval")
         best = max(best, val["acc"])
         seconds = time.perf_counter() - t0
         epoch_seconds.append(train_seconds)
         states = dist.gather_objects({"rng": checkpoint.rng_state(), "data": data.train.state_dict()})
         if dist.is_main:
             checkpoint.save_atomic({
-                "format": checkpoint.FORMAT, "config": config, "args": _plain(vars(args)),
+                "format": checkpoint.FORMAT, "config": ckpt_config,
+                "args": _plain(config.record()),
                 "epoch": epoch + 1, "step": run.step, "best_acc": best,
                 "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -220,21 +237,21 @@ def _train(args: Any, dist: Dist, load_data: Callable[[Any, Dist], Data],
                            **{f"val_{k}": v for k, v in val.items()},
                            "train_seconds": train_seconds, "epoch_seconds": seconds})
             gate = f", open {100 * val['open']:.1f}%" if run.gated else ""
-            print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_numbers['loss']:.4f} acc "
+            print(f"epoch {epoch + 1}/{config.epochs}: train loss {train_numbers['loss']:.4f} acc "
                   f"{100 * train_numbers['acc']:.2f}% | val loss {val['loss']:.4f} acc "
                   f"{100 * val['acc']:.2f}%{gate} | {train_seconds:.1f}s train, {seconds:.1f}s "
                   f"total", flush=True)
         dist.barrier()
 
     # 6. The gate statistics, FLOPs and results.json.
-    return _final_report(args, run, data, out_dir, metrics, best, epoch_seconds,
+    return _final_report(config, run, data, out_dir, metrics, best, epoch_seconds,
                          time.perf_counter() - start, build)
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
                     epochs: int) -> dict[str, float]:
-    """One pass over ``batches``: the step is forward, task + gate (+ distillation) losses,
-    backward, update.
+    """One pass over ``batches``: the step is forward, task loss + the loss terms (gate
+    losses, distillation), backward, update.
 
     Metrics are summed on the device and synchronised only when shown or at the end of the
     epoch, so the loop never waits on the device per step.  Sums are reduced over ranks.
@@ -248,15 +265,12 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: i
         with run.autocast():
             logits = run.model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.label_smoothing)
+            # Gate terms read the gates of this forward pass from the GaterNet itself (not its
+            # DDP or compiled wrapper); distillation reads the images and the logits.
+            loss = loss + run.losses(Step(run.inner, images, logits, run.step / steps, epochs))
             opened = None
-            if run.distillation is not None:
-                term = run.distillation(logits, images, run.step / steps, epochs)
-                if term is not None:
-                    loss = loss + term
-            if run.gate_losses is not None:
-                # Gate losses read the gates of this forward pass from the GaterNet itself.
-                loss = loss + run.gate_losses(run.inner, run.step / steps, epochs)
-                opened = (run.inner.last_gates.detach() > 0.5).float().mean()
+            if run.gated:
+                opened = (run.inner.last_gates.detach() > OPEN_THRESHOLD).float().mean()
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -298,7 +312,7 @@ def evaluate(run: Run, batches: Iterable[tuple[Tensor, Tensor]], *,
             logits = model(images)
         opened = None
         if run.gated:
-            opened = (model.last_gates > 0.5).float().mean()
+            opened = (model.last_gates > OPEN_THRESHOLD).float().mean()
             if stats is not None:
                 stats.update(model.last_gates, labels)
         sums.add(F.cross_entropy(logits.float(), labels, reduction="sum"), logits, labels, opened)
@@ -337,12 +351,12 @@ class _Sums:
 # --------------------------------------------------------------------------------------
 
 
-def _paths(args: Any) -> tuple[Path, Path, Path | None]:
-    out_dir = Path(args.output_dir or Path("runs") / args.name)
+def _paths(config: RunConfig) -> tuple[Path, Path, Path | None]:
+    out_dir = Path(config.output_dir or Path("runs") / config.name)
     ckpt_path = out_dir / "checkpoint.pt"
     resume = None
-    if args.resume is not None:
-        resume = ckpt_path if args.resume == "auto" else Path(args.resume)
+    if config.resume is not None:
+        resume = ckpt_path if config.resume == "auto" else Path(config.resume)
     elif ckpt_path.exists():
         raise GatekitError(
             f"{ckpt_path} already exists; pass --resume to continue that run, or choose another "
@@ -351,17 +365,17 @@ def _paths(args: Any) -> tuple[Path, Path, Path | None]:
     return out_dir, ckpt_path, resume
 
 
-def _config(args: Any, data: Data) -> dict[str, Any]:
+def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
-    gated = not args.no_gate
-    return {"arch": args.arch, "gated": gated,
-            "gater": args.gater if gated else None,
-            "sites": args.sites if gated else None,
-            "estimator": args.estimator if gated else None,
-            "bottleneck": args.bottleneck if gated else None,
-            "group_size": args.group_size if gated else None,
-            "gater_resolution": getattr(args, "gater_resolution", None) if gated else None,
-            "freeze_gater": (getattr(args, "freeze_gater", False) or None) if gated else None,
+    gated = not config.no_gate
+    return {"arch": config.arch, "gated": gated,
+            "gater": config.gater if gated else None,
+            "sites": config.sites if gated else None,
+            "estimator": config.estimator if gated else None,
+            "bottleneck": config.bottleneck if gated else None,
+            "group_size": config.group_size if gated else None,
+            "gater_resolution": config.gater_resolution if gated else None,
+            "freeze_gater": (config.freeze_gater or None) if gated else None,
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
@@ -397,7 +411,7 @@ def _parameter_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
+def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metrics: MetricsLog, best: float,
                   epoch_seconds: list[float], wall: float,
                   build: Backbone | None) -> dict[str, Any] | None:
     inner, dist = run.inner, run.dist
@@ -414,8 +428,9 @@ def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: Metri
         return None
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "arch": args.arch, "gated": run.gated, "gater": args.gater if run.gated else None,
-        "data": data.source, "classes": data.classes, "epochs": args.epochs, "seed": args.seed,
+        "arch": config.arch, "gated": run.gated, "gater": config.gater if run.gated else None,
+        "data": data.source, "classes": data.classes, "epochs": config.epochs,
+        "seed": config.seed,
         "world_size": dist.world_size, "device": str(dist.device),
         "val_acc": final["acc"], "val_error": 1.0 - final["acc"], "val_loss": final["loss"],
         "best_val_acc": best, "params": models.param_counts(inner),
@@ -428,20 +443,17 @@ def _final_report(args: Any, run: Run, data: Data, out_dir: Path, metrics: Metri
         results["val_open_fraction"] = final["open"]
         results["gate_stats"] = gate_report(stats, out_dir, data.classes)
         results["gate_stats_1_99"] = gate_report_1_99(stats)
-    if run.gate_losses is not None:
-        results["gate_losses"] = run.gate_losses.describe()
-    if run.distillation is not None:
-        results["distillation"] = run.distillation.describe()
+    results.update(run.losses.describe())  # gate_losses (a gated run), distillation
     if build is not None and build.info:
         results["backbone_build"] = build.info
-    results["warm_start"] = {"init_from": _plain(vars(args)).get("init_from"),
-                             "init_gater": bool(getattr(args, "init_gater", False)),
-                             "backbone_weights": getattr(args, "backbone_weights", None)}
+    results["warm_start"] = {
+        "init_from": str(config.init_from) if config.init_from is not None else None,
+        "init_gater": config.init_gater, "backbone_weights": config.backbone_weights}
     results["flops"] = flop_counts(inner, data.image_size, stats,
-                                   downstream=bool(getattr(args, "count_downstream", False)),
+                                   downstream=config.count_downstream,
                                    dense_backbone=build.dense(len(data.classes)) if build else None)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    metrics.write({"event": "final", "epoch": args.epochs, "val_acc": final["acc"],
+    metrics.write({"event": "final", "epoch": config.epochs, "val_acc": final["acc"],
                    "val_loss": final["loss"], "wall_seconds": wall})
     gate = f", {100 * final['open']:.1f}% of gates open" if run.gated else ""
     print(f"\nfinal: {100 * final['acc']:.2f}% accuracy ({100 * (1 - final['acc']):.2f}% error) "

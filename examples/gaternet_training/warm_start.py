@@ -17,7 +17,6 @@ the classifier layer a gater trunk does not have (``fc``, ``classifier``, ``head
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -27,6 +26,7 @@ import gatekit
 from gatekit import GatekitError
 
 from . import checkpoint, models
+from .config import RunConfig
 
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
 
@@ -127,11 +127,9 @@ def load_into(module: nn.Module, state: dict[str, Tensor], *, what: str, source:
     return len(own)
 
 
-def warm_start(model: nn.Module, args: Any) -> list[str]:
+def warm_start(model: nn.Module, config: RunConfig) -> list[str]:
     """Apply ``--init-from`` / ``--init-gater`` / ``--backbone-weights``; returns lines to print."""
-    init_from = getattr(args, "init_from", None)
-    weights = getattr(args, "backbone_weights", None)
-    init_gater = getattr(args, "init_gater", False)
+    init_from, weights, init_gater = config.init_from, config.backbone_weights, config.init_gater
     if init_from is None and weights is None:
         if init_gater:
             raise GatekitError("--init-gater needs --init-from (the weights to copy into the "
@@ -148,16 +146,17 @@ def warm_start(model: nn.Module, args: Any) -> list[str]:
         backbone_state, gater_state = read_state_dict(Path(init_from))
         source = f"--init-from {init_from}"
     else:
-        backbone_state, gater_state = torchvision_state_dict(args.arch, weights), None
+        backbone_state, gater_state = torchvision_state_dict(config.arch, weights), None
         source = f"--backbone-weights {weights}"
     target = model.backbone if gated else model
     lines = []
-    n = load_into(target, backbone_state, what=f"backbone ({args.arch})", source=source)
+    n = load_into(target, backbone_state, what=f"backbone ({config.arch})", source=source)
     lines.append(f"warm start: backbone from {source} ({n} tensors)")
     if init_gater:
         if gater_state is None:
             raise GatekitError(f"{source} holds no gater weights to copy into the gater trunk")
-        n = load_into(models.unwrap_trunk(model.gater), gater_state, what=f"gater trunk ({args.gater})", source=source,
+        n = load_into(models.unwrap_trunk(model.gater), gater_state,
+                      what=f"gater trunk ({config.gater})", source=source,
                       allow_extra_classifier=True)
         lines.append(f"warm start: gater trunk from {source} ({n} tensors)")
     return lines
