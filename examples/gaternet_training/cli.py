@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .budgets import DEFAULT_EVAL_BUDGETS, budget_range_arg, eval_budgets_arg
 from .config import RunConfig
 from .ramp import Ramp, ramp_arg
 
@@ -129,6 +130,15 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                    help="pull the batch's FLOPs-weighted open fraction of the gated convs to B "
                         "in [0, 1] (gatekit.flops_budget_loss with gatekit.gate_costs); A:B:K "
                         "moves the budget from A to B over K epochs")
+    r.add_argument("--budget-range", type=budget_range_arg, default=None, metavar="LO:HI[:K]",
+                   help="one model for any budget: the gater's head reads a per-sample budget "
+                        "(gatekit.gate_model(budget_input=True)), drawn uniformly from [LO, HI] "
+                        "for every sample at every step, each sample pulled to its own budget; "
+                        "with K the range widens from HI down to LO over the first K epochs")
+    r.add_argument("--eval-budgets", type=eval_budgets_arg, default=DEFAULT_EVAL_BUDGETS,
+                   metavar="B,B,...",
+                   help="with --budget-range: the budgets results.json evaluates the model at "
+                        f"(default: {','.join(f'{b:g}' for b in DEFAULT_EVAL_BUDGETS)})")
     r.add_argument("--budget-weight", type=ramp_arg, default=Ramp(1.0),
                    help="weight of the budget loss (default: 1.0)")
     r.add_argument("--count-downstream", action="store_true",

@@ -20,6 +20,7 @@ import torch
 
 from gatekit import GatekitError
 
+from .budgets import BudgetRange
 from .ramp import Ramp
 
 
@@ -54,6 +55,8 @@ class RunConfig:
     target_rate: float | None
     target_rate_weight: Ramp
     budget: Ramp | None
+    budget_range: BudgetRange | None  # one model for any budget (--budget-range)
+    eval_budgets: tuple[float, ...]
     budget_weight: Ramp
     count_downstream: bool
     batch_shaping: Ramp
@@ -112,7 +115,8 @@ class RunConfig:
         if self.lr <= 0:
             raise GatekitError(f"--lr must be > 0, got {self.lr}")
         if self.no_gate:
-            for name, value in (("gater_resolution", self.gater_resolution),
+            for name, value in (("budget_range", self.budget_range),
+                                ("gater_resolution", self.gater_resolution),
                                 ("freeze_gater", self.freeze_gater),
                                 ("init_gater", self.init_gater)):
                 if value:

@@ -10,6 +10,8 @@ gated run (:func:`gate_terms`):
 - ``--budget``: the batch's FLOPs-weighted open fraction pulled to a budget
   (:func:`gatekit.flops_budget_loss`, costs from :func:`gatekit.gate_costs` at the training
   image size); the budget itself may move (``1:0.56:5``, a :class:`Ramp`);
+- ``--budget-range``: each sample's FLOPs-weighted open fraction pulled to the budget it was
+  drawn (a budget-input model, :mod:`.budgets`);
 - ``--batch-shaping``: each gate's open probability over the batch pulled to a Beta prior
   (:func:`gatekit.batch_shaping_loss` on :attr:`gatekit.GaterNet.last_probs`).
 
@@ -126,6 +128,18 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
             # a constant budget stays a number in results.json; a moving one is its A:B:K
             {"budget": budget.start if budget.end is None else str(budget),
              "budget_weight": str(config.budget_weight),
+             "count_downstream": config.count_downstream}))
+    budget_range = config.budget_range
+    if budget_range is not None:
+        if budget is not None:
+            raise GatekitError("--budget and --budget-range both set the budget; pass one: "
+                               "--budget for one budget, --budget-range for a model that serves any")
+        costs = _costs(model, image_size, device, config.count_downstream)
+        terms.append(Term(
+            "budget", config.budget_weight,
+            # each sample held to the budget it was given (GaterNet.last_budget)
+            lambda s: gatekit.flops_budget_loss(s.gates, costs, s.model.last_budget),
+            {"budget_range": str(budget_range), "budget_weight": str(config.budget_weight),
              "count_downstream": config.count_downstream}))
     shaping, prior = config.batch_shaping, tuple(config.batch_shaping_prior)
     if shaping.active:

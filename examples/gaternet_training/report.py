@@ -16,7 +16,8 @@ from . import models
 
 
 def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None, *,
-                downstream: bool = False, dense_backbone: nn.Module | None = None) -> dict[str, Any]:
+                downstream: bool = False, dense_backbone: nn.Module | None = None,
+                budget: float | None = None) -> dict[str, Any]:
     """FLOPs per image, counted by ``FlopCounterMode`` on a CPU copy in eval mode.
 
     For a gated model, ``dense`` counts gater and backbone with every gate open;
@@ -29,17 +30,20 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
 
     A statically pruned plain model is counted against the dense model it was pruned from
     (``dense_backbone``): ``backbone_dense`` is that model's FLOPs, ``dense`` and
-    ``at_open_fraction`` the pruned model's, ``backbone_fraction`` their ratio.
+    ``at_open_fraction`` the pruned model's, ``backbone_fraction`` their ratio.  A model with
+    a budget input runs at ``budget``.
     """
     cpu = copy.deepcopy(model).float().cpu().eval()
     x = models.probe(image_size)
-    out: dict[str, Any] = {"dense": _count(cpu, x)}
+    # a budget-input model is run at ``budget`` (its head reads it: a few FLOPs)
+    kw: dict[str, Any] = {} if budget is None else {"budget": budget}
+    out: dict[str, Any] = {"dense": _count(lambda x: cpu(x, **kw), x)}
     if dense_backbone is not None:
         out["backbone_dense"] = _count(copy.deepcopy(dense_backbone).float().cpu().eval(), x)
         out["at_open_fraction"] = out["dense"]
         out["backbone_fraction"] = out["dense"] / out["backbone_dense"]
     if isinstance(cpu, gatekit.GaterNet):
-        out["gater"] = _count(cpu.gate_logits, x)
+        out["gater"] = _count(lambda x: cpu.gate_logits(x, **kw), x)
         out["backbone_dense"] = out["dense"] - out["gater"]
         if stats is not None and stats.num_samples:
             costs = gatekit.gate_costs(cpu, x, downstream=downstream)

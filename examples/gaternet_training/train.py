@@ -39,6 +39,7 @@ from gatekit import GatekitError
 from gatekit.stats import OPEN_THRESHOLD
 
 from . import checkpoint, models
+from .budgets import BudgetRange
 from .config import RunConfig
 from .distill import distillation_term
 from .distributed import Dist, setup, teardown
@@ -85,6 +86,11 @@ class Run:
     losses: Losses  # the terms added to the cross-entropy: gate losses, distillation
     log_every: int
     step: int = 0
+    budgets: BudgetRange | None = None  # --budget-range: each sample draws its budget
+
+    def budget_kwargs(self, n: int, epoch: float, device: torch.device) -> dict[str, Any]:
+        """``budget=`` for a training forward of ``n`` samples (nothing without a budget input)."""
+        return {} if self.budgets is None else {"budget": self.budgets.draw(n, epoch, device)}
 
     @property
     def gated(self) -> bool:
@@ -157,7 +163,7 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
         inner = gatekit.gate_model(
             backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
             bottleneck=config.bottleneck, group_size=config.group_size,
-            init_bias=config.init_bias,
+            init_bias=config.init_bias, budget_input=config.budget_range is not None,
         )
     # Warm start before anything is written: a file that does not fit fails the run here.
     warm = warm_start(inner, config) if ckpt is None else []
@@ -199,7 +205,8 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     if config.compile:
         model = torch.compile(model, mode=config.compile_mode)
     run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
-              losses, config.log_every, step=start_epoch * steps_per_epoch)
+              losses, config.log_every, step=start_epoch * steps_per_epoch,
+              budgets=config.budget_range)
     if dist.is_main:
         kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
         print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
@@ -263,7 +270,8 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: i
                         log_every=run.log_every)
     for images, labels in batches:
         with run.autocast():
-            logits = run.model(images)
+            logits = run.model(images, **run.budget_kwargs(images.shape[0], run.step / steps,
+                                                           images.device))
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.label_smoothing)
             # Gate terms read the gates of this forward pass from the GaterNet itself (not its
             # DDP or compiled wrapper); distillation reads the images and the logits.
@@ -292,9 +300,14 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: i
 
 @torch.no_grad()
 def evaluate(run: Run, batches: Iterable[tuple[Tensor, Tensor]], *,
-             stats: gatekit.GateStats | None = None, desc: str = "eval") -> dict[str, float]:
+             stats: gatekit.GateStats | None = None, desc: str = "eval",
+             budget: float | None = None) -> dict[str, float]:
     """Loss (no label smoothing), accuracy and open fraction over the whole split; gate
-    decisions go into ``stats`` when given."""
+    decisions go into ``stats`` when given.  A budget-input model runs at ``budget`` (by
+    default the midpoint of its training range)."""
+    kw: dict[str, Any] = {}
+    if run.budgets is not None:
+        kw["budget"] = run.budgets.midpoint if budget is None else budget
     # The unwrapped model: DDP would sync buffers per call, and ranks may see a different
     # number of evaluation batches.
     model = run.inner
@@ -309,7 +322,7 @@ def evaluate(run: Run, batches: Iterable[tuple[Tensor, Tensor]], *,
                         log_every=max(run.log_every, 10**9))
     for images, labels in batches:
         with run.autocast():
-            logits = model(images)
+            logits = model(images, **kw)
         opened = None
         if run.gated:
             opened = (model.last_gates > OPEN_THRESHOLD).float().mean()
@@ -376,6 +389,7 @@ def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
             "group_size": config.group_size if gated else None,
             "gater_resolution": config.gater_resolution if gated else None,
             "freeze_gater": (config.freeze_gater or None) if gated else None,
+            "budget_input": (config.budget_range is not None) or None if gated else None,
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
@@ -404,6 +418,39 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
             for k, v in d.items() if not callable(v)}
 
 
+def _evaluate_with_stats(run: Run, data: Data, desc: str, budget: float | None = None
+                         ) -> tuple[dict[str, float], gatekit.GateStats | None]:
+    """An evaluation pass with gate statistics merged over ranks (on rank 0)."""
+    stats = (gatekit.GateStats.for_model(run.inner, num_classes=len(data.classes))
+             if run.gated else None)
+    numbers = evaluate(run, data.val, stats=stats, desc=desc, budget=budget)
+    if stats is not None:
+        merged = run.dist.gather_objects(stats)
+        stats = merged[0]
+        for other in merged[1:]:
+            stats.merge(other)
+    return numbers, stats
+
+
+def _budget_points(config: RunConfig, inner: nn.Module, data: Data,
+                   at_budgets: list[tuple[float, dict[str, float], Any]]) -> list[dict[str, Any]]:
+    """A budget-input model at each evaluation budget: test error, FLOPs fractions (of the
+    dense backbone, and of the plain model with the gater included) and 1%/99% statistics."""
+    points = []
+    for b, numbers, stats in at_budgets:
+        f = flop_counts(inner, data.image_size, stats, downstream=config.count_downstream, budget=b)
+        s = gate_report_1_99(stats)
+        points.append({"budget": b, "test_error": 1.0 - numbers["acc"],
+                       "backbone_flops_fraction": f["backbone_fraction"],
+                       "total_flops_fraction_of_plain": f["at_open_fraction"] / f["backbone_dense"],
+                       "open_fraction": numbers["open"],
+                       "input_dependent_fraction_1_99": s["input_dependent"] / s["num_gates"],
+                       "gate_stats_1_99": s})
+        print(f"budget {b:g}: {100 * numbers['acc']:.2f}% accuracy, backbone at "
+              f"{100 * f['backbone_fraction']:.1f}% of its dense FLOPs", flush=True)
+    return points
+
+
 def _parameter_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for _, p in model.named_parameters():
@@ -415,15 +462,14 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
                   epoch_seconds: list[float], wall: float,
                   build: Backbone | None) -> dict[str, Any] | None:
     inner, dist = run.inner, run.dist
-    stats = gatekit.GateStats.for_model(inner, num_classes=len(data.classes)) if run.gated else None
-    final = evaluate(run, data.val, stats=stats, desc="final eval")
+    final, stats = _evaluate_with_stats(run, data, "final eval")
     # DDP keeps ranks in step; the digests let a user (and the tests) check it bit for bit.
     digests = dist.gather_objects(_parameter_digest(inner))
-    if stats is not None:
-        merged = dist.gather_objects(stats)
-        stats = merged[0]
-        for other in merged[1:]:
-            stats.merge(other)
+    at_budgets = []
+    if run.budgets is not None:
+        for b in config.eval_budgets:
+            numbers, b_stats = _evaluate_with_stats(run, data, f"eval at budget {b:g}", budget=b)
+            at_budgets.append((b, numbers, b_stats))
     if not dist.is_main:
         return None
     results: dict[str, Any] = {
@@ -449,9 +495,14 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
     results["warm_start"] = {
         "init_from": str(config.init_from) if config.init_from is not None else None,
         "init_gater": config.init_gater, "backbone_weights": config.backbone_weights}
+    mid = run.budgets.midpoint if run.budgets is not None else None
     results["flops"] = flop_counts(inner, data.image_size, stats,
                                    downstream=config.count_downstream,
-                                   dense_backbone=build.dense(len(data.classes)) if build else None)
+                                   dense_backbone=build.dense(len(data.classes)) if build else None,
+                                   budget=mid)
+    if run.budgets is not None:
+        results["budget_input"] = {"range": str(run.budgets), "reported_at": mid,
+                                   "points": _budget_points(config, inner, data, at_budgets)}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     metrics.write({"event": "final", "epoch": config.epochs, "val_acc": final["acc"],
                    "val_loss": final["loss"], "wall_seconds": wall})
