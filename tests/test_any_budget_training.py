@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_the_range_widens_as_written(text: str, epoch: float, low: float) -> Non
 
 @pytest.mark.parametrize("bad", ["0:1", "0.5:0.4", "0.3", "0.3:1:0", "a:b", "0.3:1.2"])
 def test_bad_ranges(bad: str) -> None:
-    with pytest.raises(Exception, match="expected|length K"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected|length K"):
         budget_range_arg(bad)
 
 
