@@ -177,13 +177,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def variants(plain, net, skips, x, gates, batch):
-    """The timed functions for one point; ``gates`` None: the gater's own gates."""
+def variants(plain, net, skips, x, gates, batch, folded=None):
+    """The timed functions for one point; ``gates`` None: the gater's own gates.
+    ``folded``: the plain backbone with its BatchNorms folded into the convs, as the skip
+    path folds them (the fair plain baseline: a user can fold BatchNorm without gating)."""
 
     def gater():
         return net.estimator(net.gate_logits(x))
 
     fns = {"plain": lambda: plain(x), "gater": gater}
+    if folded is not None:
+        fns["plain_folded"] = lambda: folded(x)
     if gates is None:
         fns["dense"] = lambda: net(x)
         for mode, skip in skips.items():
@@ -283,7 +287,9 @@ def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) ->
     for mode, skip in skips.items():
         out = skip(x) if gates is None else skip(x, gates=gates)
         diffs[mode] = (out - ref).abs().max().item()
-    fns = variants(plain, net, skips, x, gates, batch)
+    from torch.fx.experimental.optimization import fuse  # conv+BN folding for eval
+
+    fns = variants(plain, net, skips, x, gates, batch, folded=fuse(plain))
     for fn in fns.values():  # warm-up: allocator, oneDNN caches, auto's measurement
         fn()
         fn()
@@ -300,6 +306,8 @@ def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) ->
         "times_ms": times,
         "speedup_vs_plain": {k: med["plain"] / v for k, v in med.items() if k.startswith("skip") or k == "dense"},
         "speedup_vs_dense": {k: med["dense"] / v for k, v in med.items() if k.startswith("skip")},
+        "speedup_vs_plain_folded": {k: med["plain_folded"] / v for k, v in med.items()
+                                    if k.startswith("skip") or k == "dense"},
         "auto_choice": None if auto is None else sorted(set(auto.backbone.mode.choices.values())),
         "max_abs_diff": diffs,
         "max_abs_output": ref.abs().max().item(),
@@ -316,7 +324,7 @@ def print_row(row: dict) -> None:
     opened = row["open"] if isinstance(row["open"], str) else f"{row['open']:.2f}"
     print(
         f"{row['model']:>8} t{row['threads']} b{row['batch']:<3} open {opened:>7}: plain "
-        f"{med['plain']:.1f} ms, gater {med['gater']:.1f} ms, dense {med['dense']:.1f} ms "
+        f"{med['plain']:.1f} ms (BN folded {med.get('plain_folded', float('nan')):.1f} ms), gater {med['gater']:.1f} ms, dense {med['dense']:.1f} ms "
         f"({row['speedup_vs_plain']['dense']:.2f}x); {skips}; auto chose {row['auto_choice']}"
     )
 
