@@ -48,12 +48,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from skip_inference_cpu import cpu_model, time_interleaved  # the same timing for both benchmarks
 from torch import nn
 
 import gatekit
@@ -154,27 +154,6 @@ def random_gates(
             rest = shared[keep:][torch.randperm(site.num_gates - keep, generator=gen)]
             gates[i, site.offset + torch.cat([shared[:keep], rest[: k - keep]])] = 1.0
     return gates
-
-
-def time_interleaved(fns: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def variants(plain, net, skips, x, gates, batch, folded=None):
