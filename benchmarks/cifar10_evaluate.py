@@ -14,6 +14,10 @@ counted as the run counted them: ``backbone_flops_fraction`` (``flops.backbone_f
 and ``total_flops_fraction_of_plain`` (``flops.at_open_fraction`` / ``flops.backbone_dense``,
 gater included).
 
+A run with a budget input (``--budget-range``) is evaluated at ``--budget B`` (repeatable),
+by default at every budget its results file evaluated (``budget_input.points``); each
+budget prints its own line, with ``"budget"`` added, equal to that point of the file.
+
 ``--export-weights OUT`` instead writes the model weights of a run's ``checkpoint.pt``
 (``WEIGHTS``) to ``OUT``, without the optimiser state: what the results folder commits.
 """
@@ -93,36 +97,54 @@ def rebuild(results: dict[str, Any], config: CifarConfig, state: dict[str, torch
         backbone = _resize_to(backbone, state)
     model = backbone if not results["gated"] else gatekit.gate_model(
         backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
-        bottleneck=config.bottleneck, group_size=config.group_size)
+        bottleneck=config.bottleneck, group_size=config.group_size,
+        budget_input=config.budget_range is not None)
     model.load_state_dict(state)
     return model
 
 
-def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path | None) -> dict[str, float]:
+def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path | None,
+                 budgets: list[float] | None = None) -> list[dict[str, float]]:
+    """One dict per evaluation: one for a run without a budget input; for a run with one,
+    one per budget of ``budgets`` (default: those its results file evaluated)."""
     results = json.loads(results_path.read_text())
     config = _run_config(results, data, cache_dir)
+    budget_input = config.budget_range is not None
+    if budgets and not budget_input:
+        raise gatekit.GatekitError(
+            f"--budget is for a run with a budget input (--budget-range); {results_path} has none")
+    if budget_input and not budgets:
+        budgets = [p["budget"] for p in results["budget_input"]["points"]]
     dist = setup("cpu")
     loaded = cifar_gaternet.load_data(config, dist)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model = rebuild(results, config, state, len(loaded.classes)).eval()
     if config.channels_last_on:
         model = model.to(memory_format=torch.channels_last)
+    return [_evaluate(model, results, config, loaded, b)
+            for b in (budgets if budget_input else [None])]
+
+
+def _evaluate(model: nn.Module, results: dict[str, Any], config: CifarConfig, loaded: Any,
+              budget: float | None) -> dict[str, float]:
     gated = isinstance(model, gatekit.GaterNet)
     stats = gatekit.GateStats.for_model(model, num_classes=len(loaded.classes)) if gated else None
+    kw = {} if budget is None else {"budget": budget}
     correct = count = 0
     with torch.no_grad():
         for images, labels in loaded.val:
-            logits = model(images)
+            logits = model(images, **kw)
             correct += int((logits.argmax(1) == labels).sum())
             count += labels.shape[0]
             if stats is not None:
                 stats.update(model.last_gates, labels)
     flops = flop_counts(model, loaded.image_size, stats, downstream=config.count_downstream,
                         dense_backbone=models.classifier(config.arch, len(loaded.classes))
-                        if "backbone_build" in results else None)
+                        if "backbone_build" in results else None, budget=budget)
     fraction = flops.get("backbone_fraction", 1.0)
     total = flops.get("at_open_fraction", flops["dense"]) / flops.get("backbone_dense", flops["dense"])
-    return {"test_error": 1.0 - correct / count, "backbone_flops_fraction": fraction,
+    out = {} if budget is None else {"budget": budget}
+    return {**out, "test_error": 1.0 - correct / count, "backbone_flops_fraction": fraction,
             "total_flops_fraction_of_plain": total}
 
 
@@ -135,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=None,
                    help="the run's results JSON (default: WEIGHTS with suffix .json)")
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--budget", type=float, action="append", default=None, metavar="B",
+                   help="a budget-input run: evaluate at budget B (repeatable; default: the "
+                        "budgets of the run's results file)")
     p.add_argument("--export-weights", type=Path, default=None, metavar="OUT")
     args = p.parse_args(argv)
     try:
@@ -148,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         results_path = args.results or args.weights.with_suffix(".json")
         if not results_path.is_file():
             raise gatekit.GatekitError(f"no results file {results_path}; pass --results")
-        print(json.dumps(evaluate_run(args.weights, results_path, args.data, args.cache_dir)))
+        for line in evaluate_run(args.weights, results_path, args.data, args.cache_dir, args.budget):
+            print(json.dumps(line))
     except gatekit.GatekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,13 +28,24 @@ class GaterHead(nn.Module):
     layer's bias; a positive value (e.g. 3) starts training with most gates open.
 
     ``budget_input=True`` makes the head read a per-sample compute budget ``b`` in (0, 1]
-    as well (one trained model for any budget).  The budget enters twice, as the feature
-    ``u = 2b - 1``: added to the bottleneck, ``ReLU(BN(fc1(f)) + budget_embed(u))``, so
-    that the image and the budget interact; and as a per-gate shift of the logits,
-    ``+ budget_gate(u)``, one slope per gate, so that each gate can learn the budget above
-    which it opens (a ranking of the filters by budget).  Both start at zero: at
-    initialisation the head computes what the head without a budget computes.  The trunk
-    runs once; only the head sees the budget.
+    as well (one trained model for any budget).  The budget enters as the feature
+    ``u = 2b - 1``, three times::
+
+        logits = fc2(ReLU(BN(fc1(f)) + budget_embed(u))) + budget_gate(u) + budget_scale * u
+
+    - ``budget_scale * u``, one learned scalar: a shift of every logit, a threshold that
+      closes the gates the head ranks lowest for this image first as the budget falls.
+      Every gate's gradient adds into this one number, so it learns within tens of steps;
+    - ``budget_gate(u)``, one slope per gate (a linear map without bias: the per-gate term
+      gives gate ``j`` the shift ``budget_gate.weight[j, 0] * u``), so that each gate can move
+      its own threshold.
+      Alone it does not suffice: a gate's share of the budget loss's gradient is its share of
+      the cost (about 1/num_gates), and a 336-gate ResNet-20 head trained with SGD at
+      lr 0.1 kept the same open fraction at budgets 0.3 and 1.0 after 300 steps;
+    - ``budget_embed(u)`` added to the bottleneck, so that the image and the budget interact.
+
+    All three start at zero: at initialisation the head computes what the head without a
+    budget computes.  The trunk runs once; only the head sees the budget.
 
     >>> import torch
     >>> head = GaterHead(64, 336, bottleneck=8)
@@ -70,6 +81,7 @@ class GaterHead(nn.Module):
         if self.budget_input:
             self.budget_embed = nn.Linear(1, bottleneck, **kw)
             self.budget_gate = nn.Linear(1, num_gates, bias=False, **kw)
+            self.budget_scale = nn.Parameter(torch.zeros((), **kw))
         with torch.no_grad():
             self.fc1.bias.zero_()
             self.fc2.bias.fill_(float(init_bias))
@@ -86,7 +98,8 @@ class GaterHead(nn.Module):
         if budget is None:
             raise GatekitError("this GaterHead needs a budget (N,) (built with budget_input=True)")
         u = (2.0 * budget.to(hidden.dtype) - 1.0).unsqueeze(1)
-        return self.fc2(self.relu(hidden + self.budget_embed(u))) + self.budget_gate(u)
+        return (self.fc2(self.relu(hidden + self.budget_embed(u))) + self.budget_gate(u)
+                + self.budget_scale * u)
 
     def extra_repr(self) -> str:
         return "budget_input=True" if self.budget_input else ""

@@ -232,7 +232,7 @@ def test_static_pruning_refuses_a_gated_run(tmp_path: Path, capsys) -> None:
 EVALUATE = ROOT / "benchmarks" / "cifar10_evaluate.py"
 
 
-@pytest.mark.parametrize("kind", ["budget", "static"])
+@pytest.mark.parametrize("kind", ["budget", "static", "any_budget"])
 def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, monkeypatch,
                                                         kind: str) -> None:
     if kind == "static":
@@ -247,6 +247,11 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
         script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
                                "--count-downstream", "--gater-resolution", "16", "--budget", "0.5",
                                "--budget-weight", "50", "--lr", "0.5"]
+    elif kind == "any_budget":
+        script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
+                               "--count-downstream", "--gater-resolution", "16", "--budget-range",
+                               "0.3:1.0", "--eval-budgets", "0.3,1.0", "--budget-weight", "200", "--epochs", "6",
+                               "--lr", "0.5"]
     else:
         script, argv = STATIC, [*common, "--prune-from", str(tmp_path / "start.pt"), "--flops", "0.6"]
     monkeypatch.setattr(sys, "argv", [str(script), *argv])  # the command results.json records
@@ -257,8 +262,22 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
     (tmp_path / "w.json").write_text((out / "results.json").read_text())
     capsys.readouterr()
     assert evaluate.main([str(weights), "--data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 0
-    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     results = json.loads((out / "results.json").read_text())
+    if kind == "any_budget":  # one line per budget the run evaluated, equal to its points
+        points = results["budget_input"]["points"]
+        assert [g["budget"] for g in lines] == [p["budget"] for p in points] == [0.3, 1.0]
+        for g, p in zip(lines, points):
+            for key in ("test_error", "backbone_flops_fraction", "total_flops_fraction_of_plain"):
+                assert g[key] == pytest.approx(p[key], abs=1e-4), (p["budget"], key)
+        assert points[0]["backbone_flops_fraction"] < points[1]["backbone_flops_fraction"] - 0.01
+        capsys.readouterr()
+        assert evaluate.main([str(weights), "--data", str(data), "--cache-dir",
+                              str(tmp_path / "cache"), "--budget", "1.0"]) == 0
+        (one,) = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+        assert one == pytest.approx(lines[1], abs=1e-6)
+        return
+    (got,) = lines
     flops = results["flops"]
     assert got["test_error"] == pytest.approx(results["val_error"], abs=1e-4)
     assert got["backbone_flops_fraction"] == pytest.approx(flops["backbone_fraction"], abs=1e-4)
