@@ -7,12 +7,16 @@ Two models, each timed side by side in one process (interleaved round by round, 
   ``--resnet50-gater-size`` (112);
 - ``resnet20``: CIFAR ResNet-20, ``"inner"`` policy, 32 px, with the gater ``--cifar-gater``:
   ``tiny`` (two strided 3x3 convs, 16 and 32 filters, on the image resized to 16 px:
-  under 1% of ResNet-20's FLOPs; built here) or ``resnet20`` (the budget run's gater).
+  under 1% of ResNet-20's FLOPs; built here) or ``resnet20`` (a 16-px ResNet-20 trunk);
+- ``resnet20_run``: a trained CIFAR GaterNet rebuilt from a run's committed weights,
+  ``--cifar-run WEIGHTS`` (with ``WEIGHTS.json``, as ``benchmarks/cifar10_evaluate.py``
+  rebuilds it; by default the budget run ``benchmarks/results/cifar10/vs_budget_s0.pt``,
+  whose gater is a ResNet-20 trunk at 8 px), on the first test images of ``--cifar-data``
+  (the CIFAR-10 data, as for ``cifar_gaternet.py --data``; random images without it).
+  Besides the drawn gates, its rows with ``open == "trained"`` use the model's own gates.
 
-Weights are random (BatchNorm statistics randomised so that folding is not trivial),
-unless ``--resnet20-state`` gives a trained GaterNet's ``state_dict`` for the CIFAR model
-(built with ``--cifar-gater``): then rows with ``open == "trained"`` use that gater's own
-gates on ``--trained-inputs`` (a tensor file of images; random images by default).
+Weights of ``resnet50`` and ``resnet20`` are random (BatchNorm statistics randomised so
+that folding is not trivial).
 
 Variants, each the whole forward from image to output:
 
@@ -49,6 +53,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +65,7 @@ import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 MODES = ("pattern", "union", "gather", "auto")
+RUN = Path(__file__).parent / "results" / "cifar10" / "vs_budget_s0.pt"
 
 
 class Resized(nn.Module):
@@ -123,13 +129,44 @@ def build(model: str, args: argparse.Namespace) -> tuple[nn.Module, gatekit.Gate
     randomise_batchnorm(plain)
     randomise_batchnorm(gater)
     net = gatekit.gate_model(plain, gater, sites="inner").eval()
-    if model == "resnet20" and args.resnet20_state is not None:
-        net.load_state_dict(torch.load(args.resnet20_state, map_location="cpu", weights_only=True))
-        plain.load_state_dict(
-            {k[len("backbone.") :]: v for k, v in net.state_dict().items() if k.startswith("backbone.")},
-            strict=False,
-        )
     return plain.eval(), net, size
+
+
+def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
+    """A trained CIFAR run rebuilt from its weights and results file (as
+    ``cifar10_evaluate.py`` does), and the plain ResNet-20 with its backbone's weights."""
+    import cifar10_evaluate
+
+    results_path = weights.with_suffix(".json")
+    if not results_path.is_file():
+        raise SystemExit(f"--cifar-run {weights}: no results file {results_path} beside it")
+    results = json.loads(results_path.read_text())
+    if not results.get("gated"):
+        raise SystemExit(f"--cifar-run {weights}: expected a gated run, {results_path} is not one")
+    config = cifar10_evaluate._run_config(results, Path("."), None)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net = cifar10_evaluate.rebuild(results, config, state, num_classes=10).eval()
+    if net.head.budget_input:
+        raise SystemExit(f"--cifar-run {weights}: a budget-input run is not timed here")
+    plain = resnet20(num_classes=10)
+    plain.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    return plain.eval(), net, config
+
+
+def test_images(config: Any, data: Path | None, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """The first ``batch`` CIFAR-10 test images, normalised as the runs evaluate them
+    (random images without ``data``)."""
+    if data is None:
+        return torch.randn(batch, 3, 32, 32, generator=gen)
+    import dataclasses
+
+    import cifar10_evaluate  # noqa: F401  (puts examples/ on the path)
+    import cifar_gaternet
+    from gaternet_training.distributed import setup
+
+    loaded = cifar_gaternet.load_data(dataclasses.replace(config, data=data), setup("cpu"))
+    images, _ = next(iter(loaded.val))
+    return images[:batch].contiguous()
 
 
 def flops(module: nn.Module, *inputs, **kwargs) -> int:
@@ -184,7 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["resnet50", "resnet20"])
+    parser.add_argument("--models", nargs="+", default=["resnet50", "resnet20", "resnet20_run"],
+                        choices=["resnet50", "resnet20", "resnet20_run"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -192,10 +230,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="ResNet-50 image size")
     parser.add_argument("--resnet50-gater-size", type=int, default=112)
     parser.add_argument("--cifar-gater", choices=["tiny", "resnet20"], default="tiny")
-    parser.add_argument("--resnet20-state", type=Path, default=None,
-                        help="a trained CIFAR GaterNet's state_dict (built with --cifar-gater)")
-    parser.add_argument("--trained-inputs", type=Path, default=None,
-                        help="images (N, 3, 32, 32) for the trained gates; default random")
+    parser.add_argument("--cifar-run", type=Path, default=RUN,
+                        help="model resnet20_run: a CIFAR run's weights, its results file beside "
+                             "them with suffix .json (default: %(default)s)")
+    parser.add_argument("--cifar-data", type=Path, default=None,
+                        help="CIFAR-10 data for resnet20_run's test images (default: random images)")
     parser.add_argument("--agree", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point")
     parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
@@ -219,7 +258,12 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         for model in args.models:
-            plain, net, size = build(model, args)
+            if model == "resnet20_run":
+                plain, net, config = build_run(args.cifar_run)
+                size, images = 32, test_images(config, args.cifar_data, max(args.batches), gen)
+            else:
+                plain, net, size = build(model, args)
+                images = None
             skips = {mode: gatekit.skip_compute(net, batching=mode) for mode in args.modes}
             if "pattern" not in skips:
                 skips["pattern"] = gatekit.skip_compute(net)
@@ -231,16 +275,19 @@ def main() -> None:
                 "num_gates": net.num_gates,
                 "routes": [list(r) for r in skips["pattern"].routes],
             }
+            if model == "resnet20_run":
+                models[model]["weights"] = str(args.cifar_run)
+                models[model]["images"] = "CIFAR-10 test" if args.cifar_data else "random"
             share = models[model]["gater_flops"] / models[model]["plain_flops"]
             print(f"\n{model}: gater {100 * share:.1f}% of the plain backbone's FLOPs")
             opens: list = list(args.open)
-            if model == "resnet20" and args.resnet20_state is not None:
+            if images is not None:
                 opens.append("trained")
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 for batch in args.batches:
-                    if args.trained_inputs is not None and model == "resnet20":
-                        x = torch.load(args.trained_inputs, weights_only=True)[:batch].float()
+                    if images is not None:
+                        x = images[:batch]
                     else:
                         x = torch.randn(batch, 3, size, size, generator=gen)
                     for fraction in opens:
