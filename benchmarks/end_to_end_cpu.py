@@ -243,6 +243,9 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end_cpu.json"
     )
     parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also profile (torch.profiler) plain and skip-compute with the gater "
+                             "at batch 1, 1 thread, 50%% open; tables written to DIR")
     args = parser.parse_args()
 
     machine = {
@@ -298,6 +301,8 @@ def main() -> None:
                             if isinstance(s.backbone.mode, gatekit.inference._auto.AutoBatching):
                                 s.backbone.mode.choices.clear()
                         row = point(args, model, plain, net, skips, x, gates, batch, threads, fraction)
+                        if args.profile is not None and batch == 1 and threads == 1 and fraction == 0.5:
+                            row["profile"] = profile(plain, net, skips["pattern"], x, gates, args.profile, model)
                         results.append(row)
                         write_report(args, machine, models, results)
                         print_row(row)
@@ -340,6 +345,38 @@ def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) ->
         # Other processes competing for the cores inflate every timing.
         "loadavg_1min": os.getloadavg()[0],
     }
+
+
+def profile(plain, net, skip, x, gates, out: Path, model: str, calls: int = 20) -> dict:
+    """Where the time goes at batch 1: ``torch.profiler`` over ``calls`` calls of the plain
+    backbone and of the gater plus skip-compute backbone, tables by self CPU time (written
+    to ``out``), and each side's total split by operator."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    def run(fn) -> dict:
+        for _ in range(3):
+            fn()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                fn()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / calls / 1e3
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        return {"table": events.table(sort_by="self_cpu_time_total", row_limit=25),
+                "ms_per_call": total,
+                "top_ops_ms": {e.key: e.self_cpu_time_total / calls / 1e3 for e in top},
+                "op_calls_per_call": sum(e.count for e in events) / calls}
+
+    gater = lambda: net.estimator(net.gate_logits(x))  # noqa: E731
+    sides = {"plain": run(lambda: plain(x)), "gater": run(gater),
+             "skip_backbone": run(lambda: skip.backbone(x, gates if gates is not None else gater()))}
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n\n".join(f"== {model}, batch 1, 1 thread: {k} ({v['ms_per_call']:.2f} ms of op time "
+                        f"per call, {v['op_calls_per_call']:.0f} op calls)\n{v['table']}"
+                        for k, v in sides.items())
+    (out / f"profile_{model}_b1.txt").write_text(text)
+    return {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in sides.items()}
 
 
 def print_row(row: dict) -> None:
