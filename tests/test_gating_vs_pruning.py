@@ -77,3 +77,57 @@ def test_summary_refuses_unequal_epochs_missing_weights_and_wrong_kinds(runs) ->
         m.summarise([runs["plain"]], [runs["plain"]], [runs["budget"]])
     with pytest.raises(SystemExit, match="not a gated run"):
         m.summarise([runs["plain"]], [runs["static"]], [runs["static"]])
+
+
+# --------------------------------------------------------------------------------------
+# benchmarks/cifar10_any_budget.py: one model for any budget, against the runs above
+# --------------------------------------------------------------------------------------
+
+ANY = ROOT / "benchmarks" / "cifar10_any_budget.py"
+
+
+def _any_module():
+    spec = importlib.util.spec_from_file_location("anyb", ANY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _point(b: float, err: float, frac: float) -> dict:
+    return {"budget": b, "test_error": err, "backbone_flops_fraction": frac,
+            "total_flops_fraction_of_plain": frac + 0.06, "open_fraction": 0.5,
+            "input_dependent_fraction_1_99": 0.3, "gate_stats_1_99": {}}
+
+
+def test_any_budget_reads_its_points_and_judges_the_targets(runs, tmp_path: Path, capsys) -> None:
+    m = _any_module()
+    points = [_point(0.3, 0.20, 0.31), _point(0.56, 0.1405, 0.575), _point(1.0, 0.1350, 0.99)]
+    run = _write(runs["folder"], "any", {"gated": True, "val_error": 0.15, "flops": {"dense": 1},
+                                         "budget_input": {"range": "0.3:1", "points": points}})
+    budget = json.loads(runs["budget"].read_text())
+    runs["budget"].write_text(json.dumps({**budget, "gate_losses": {"budget": "1:0.56:5"}}))
+    out, png = tmp_path / "any_budget.json", tmp_path / "any.png"
+    assert m.main([str(run), "--budget", str(runs["budget"]), "--static", str(runs["static"]),
+                   "--plain", str(runs["plain"]), "--out", str(out), "--plot", str(png)]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary) == {"file", "weights", "epochs", "points"}  # the issue's shape
+    assert summary["weights"] == m._rel(run.with_suffix(".pt")) and summary["epochs"] == 10
+    assert summary["points"] == [{k: p[k] for k in m.POINT_KEYS} for p in points]
+    assert png.stat().st_size > 10_000
+    text = capsys.readouterr().out
+    assert "MET    achieved backbone FLOPs within 0.03 of every budget (worst: 0.575 at budget 0.56)" in text
+    assert "MET    at budget 0.56: 14.05% within 0.3 of the budget runs' 13.90%" in text
+    assert "MET    at budget 1: 13.50% <= plain 13.37% + 0.3" in text
+    assert "MET    monotone" in text
+    # a point off its budget, an error that rises with the budget, a point missing
+    bad = [_point(0.3, 0.13, 0.36), _point(0.6, 0.145, 0.6), _point(1.0, 0.1350, 0.99)]
+    lines = m.targets({"points": bad}, [{"test_error": 0.139}], 0.56, [{"test_error": 0.1337}])
+    assert lines[0].startswith("MISSED") and "0.360 at budget 0.3" in lines[0]
+    assert lines[1].startswith("MISSED") and "no point at the budget runs' budget 0.56" in lines[1]
+    assert lines[3].startswith("MISSED") and "+1.50 from budget 0.3 to 0.6" in lines[3]
+
+
+def test_any_budget_refuses_a_run_without_a_budget_input(runs) -> None:
+    m = _any_module()
+    with pytest.raises(SystemExit, match="no budget_input.points"):
+        m.summarise(runs["budget"])
