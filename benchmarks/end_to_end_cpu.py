@@ -58,14 +58,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torchvision
-from skip_inference_cpu import cpu_model, time_interleaved  # the same timing for both benchmarks
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or via runpy alike
+from skip_inference_cpu import cpu_model, time_interleaved  # the same timing for both benchmarks
 
 import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 MODES = ("pattern", "union", "gather", "auto")
-RUN = Path(__file__).parent / "results" / "cifar10" / "vs_budget_s0.pt"
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_s0.pt"
+
+
+def _shown(path: Path) -> str:
+    """A path as the JSON records it: as given, or relative to the repository root if it is
+    an absolute path inside it (as the default ``--cifar-run`` is)."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
 class Resized(nn.Module):
@@ -279,7 +289,7 @@ def main() -> None:
                 "routes": [list(r) for r in skips["pattern"].routes],
             }
             if model == "resnet20_run":
-                models[model]["weights"] = str(args.cifar_run)
+                models[model]["weights"] = _shown(args.cifar_run)
                 models[model]["images"] = "CIFAR-10 test" if args.cifar_data else "random"
             share = models[model]["gater_flops"] / models[model]["plain_flops"]
             print(f"\n{model}: gater {100 * share:.1f}% of the plain backbone's FLOPs")
@@ -398,7 +408,7 @@ def write_report(args: argparse.Namespace, machine: dict, models: dict, results:
         "backbone and the dense gated model, batch 1 to 32",
         "command": "python benchmarks/end_to_end_cpu.py " + " ".join(sys.argv[1:]),
         "machine": machine,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": models,
         "results": results,
     }

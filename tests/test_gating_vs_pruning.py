@@ -129,5 +129,5 @@ def test_any_budget_reads_its_points_and_judges_the_targets(runs, tmp_path: Path
 
 def test_any_budget_refuses_a_run_without_a_budget_input(runs) -> None:
     m = _any_module()
-    with pytest.raises(SystemExit, match="no budget_input.points"):
+    with pytest.raises(SystemExit, match=r"no budget_input\.points"):
         m.summarise(runs["budget"])
