@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or v
 from skip_inference_cpu import cpu_model, time_interleaved  # the same timing for both benchmarks
 
 import gatekit
-from gatekit.models import resnet20, resnet20_gater
+from gatekit.models import conv_gater, resnet20, resnet20_gater
 
 MODES = ("pattern", "union", "gather", "auto")
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,19 +92,9 @@ class Resized(nn.Module):
 
 
 def tiny_gater(size: int = 16) -> nn.Module:
-    """Two strided 3x3 convs (16, 32 filters) with BatchNorm and ReLU on the image resized
-    to ``size`` px, pooled: features ``(N, 32)``."""
-    trunk = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-    return Resized(trunk, size)
+    """``gatekit.models.conv_gater()`` (two strided 3x3 convs, 16 and 32 filters, BatchNorm,
+    ReLU, pooled: features ``(N, 32)``) on the image resized to ``size`` px."""
+    return Resized(conv_gater((16, 32)), size)
 
 
 def resnet18_trunk(size: int) -> nn.Module:

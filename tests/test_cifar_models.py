@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gatekit import GatekitError
@@ -14,6 +15,7 @@ from gatekit.models import (
     BasicBlock,
     Bottleneck,
     CifarResNet,
+    conv_gater,
     resnet20,
     resnet20_gater,
     resnet56,
@@ -110,3 +112,33 @@ def test_initialisation_follows_released_code() -> None:
 def test_bad_arguments(kwargs, match) -> None:
     with pytest.raises(GatekitError, match=match):
         CifarResNet(**kwargs)
+
+
+def test_conv_gater_is_strided_convs_pooled() -> None:
+    """conv_gater against the same layers written out with torch.nn.functional."""
+    torch.manual_seed(0)
+    gater = conv_gater((8, 12)).eval()
+    for m in gater.modules():  # BN statistics that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-1, 1)
+    x = torch.randn(3, 3, 16, 16)
+    convs = [m for m in gater.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in gater.modules() if isinstance(m, nn.BatchNorm2d)]
+    y = x
+    for conv, bn in zip(convs, bns):
+        y = F.conv2d(y, conv.weight, stride=2, padding=1)
+        y = F.relu(F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    torch.testing.assert_close(gater(x), y.mean(dim=(2, 3)))
+    assert gater(x).shape == (3, 12) and gater.num_features == 12
+    assert [c.out_channels for c in convs] == [8, 12] and all(c.stride == (2, 2) for c in convs)
+    # the cost the module docstring states: two convs on 16 px, 8x8 then 4x4 outputs
+    default = [m for m in conv_gater().modules() if isinstance(m, nn.Conv2d)]
+    assert sum(c.out_channels * c.in_channels * 9 * (16 // 2 ** (i + 1)) ** 2
+               for i, c in enumerate(default)) == 101_376
+
+
+@pytest.mark.parametrize("widths", [(), (16, 0), (16.0,)])
+def test_conv_gater_refuses_bad_widths(widths) -> None:
+    with pytest.raises(GatekitError, match="positive ints"):
+        conv_gater(widths)

@@ -232,7 +232,7 @@ def test_static_pruning_refuses_a_gated_run(tmp_path: Path, capsys) -> None:
 EVALUATE = ROOT / "benchmarks" / "cifar10_evaluate.py"
 
 
-@pytest.mark.parametrize("kind", ["budget", "static", "any_budget"])
+@pytest.mark.parametrize("kind", ["budget", "budget_conv_gater", "static", "any_budget"])
 def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, monkeypatch,
                                                         kind: str) -> None:
     if kind == "static":
@@ -247,6 +247,10 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
         script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
                                "--count-downstream", "--gater-resolution", "16", "--budget", "0.5",
                                "--budget-weight", "50", "--lr", "0.5"]
+    elif kind == "budget_conv_gater":  # the gater of a few ops (gatekit.models.conv_gater)
+        script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
+                               "--count-downstream", "--gater", "conv", "--gater-resolution", "16",
+                               "--budget", "0.5", "--budget-weight", "50", "--lr", "0.5"]
     elif kind == "any_budget":
         script, argv = CIFAR, [*common, "--init-from", str(tmp_path / "start.pt"), "--sites", "inner",
                                "--count-downstream", "--gater-resolution", "16", "--budget-range",
@@ -283,7 +287,9 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
     assert got["backbone_flops_fraction"] == pytest.approx(flops["backbone_fraction"], abs=1e-4)
     assert got["total_flops_fraction_of_plain"] == pytest.approx(
         flops["at_open_fraction"] / flops["backbone_dense"], abs=1e-4)
-    if kind == "budget":
+    if kind.startswith("budget"):
         assert flops["backbone_fraction"] < 0.999  # some gates closed: the fractions are tested
+    if kind == "budget_conv_gater":  # two convs on 16 px (2 * 101,376 FLOPs) and the head
+        assert 202_752 < flops["gater"] < 0.01 * flops["backbone_dense"]
     state = torch.load(weights, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # weights only, no optimiser

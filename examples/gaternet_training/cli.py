@@ -72,7 +72,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
 
     m = parser.add_argument_group("model")
     m.add_argument("--arch", help=f"backbone name (default: {h('arch')})")
-    m.add_argument("--gater", help=f"gater trunk name (default: {h('gater')})")
+    m.add_argument("--gater", help=f"gater trunk name: a backbone name, or \"conv\" (two strided 3x3 "
+                                   f"convs, a gater for small backbones) (default: {h('gater')})")
     m.add_argument("--no-gate", action="store_true",
                    help="train the plain backbone with the same recipe (for comparison)")
     m.add_argument("--sites", default="residual",

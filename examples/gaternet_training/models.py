@@ -13,11 +13,14 @@ from torch import Tensor, nn
 
 import gatekit
 from gatekit import GatekitError
-from gatekit.models import cifar_resnet
+from gatekit.models import cifar_resnet, conv_gater
 
 from .config import RunConfig
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110, "resnet164": 164}
+# Gater trunks that are not classifiers: ``--gater conv`` is gatekit.models.conv_gater (two
+# strided 3x3 convs, 16 and 32 filters, pooled), a gater with a few ops for small backbones.
+GATER_ONLY = {"conv": conv_gater}
 
 
 def _torchvision_names() -> list[str]:
@@ -27,12 +30,14 @@ def _torchvision_names() -> list[str]:
 
 
 def check_name(name: str, what: str) -> None:
-    if name in CIFAR_DEPTHS:
+    if name in CIFAR_DEPTHS or (what == "gater" and name in GATER_ONLY):
         return
     names = _torchvision_names()
     if name not in names:
         raise GatekitError(
-            f"unknown {what} {name!r}; expected a CIFAR ResNet ({', '.join(CIFAR_DEPTHS)}) or a "
+            f"unknown {what} {name!r}; expected a CIFAR ResNet ({', '.join(CIFAR_DEPTHS)}), "
+            + (f"a small gater ({', '.join(GATER_ONLY)}), " if what == "gater" else "")
+            + "or a "
             f"torchvision classifier such as resnet18, resnet50, mobilenet_v3_small "
             f"({len(names)} available: `python -c \"import torchvision; "
             f"print(torchvision.models.list_models(module=torchvision.models))\"`)"
@@ -52,6 +57,8 @@ def classifier(name: str, num_classes: int) -> nn.Module:
 def trunk(name: str) -> nn.Module:
     """A feature extractor ``(N, C, H, W) -> (N, D)``: classifier ``name`` without its last layer."""
     check_name(name, "gater")
+    if name in GATER_ONLY:
+        return GATER_ONLY[name]()
     if name in CIFAR_DEPTHS:
         return cifar_resnet.CifarResNet(CIFAR_DEPTHS[name], num_classes=0)
     model = classifier(name, num_classes=1000)

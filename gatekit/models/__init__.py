@@ -16,11 +16,14 @@ from .cifar_resnet import (
     resnet110,
     resnet164,
 )
+from .conv_gater import ConvGater, conv_gater
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",
+    "ConvGater",
+    "conv_gater",
     "resnet20",
     "resnet20_gater",
     "resnet56",
