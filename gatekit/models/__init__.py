@@ -16,7 +16,7 @@ from .cifar_resnet import (
     resnet110,
     resnet164,
 )
-from .conv_gater import ConvGater, conv_gater
+from .small_gater import ConvGater, conv_gater
 
 __all__ = [
     "BasicBlock",
