@@ -12,6 +12,10 @@ points are read from ``budget_input.points`` of that file, never typed.  The sep
 trained budget runs (``--budget B`` or ``--budget A:B:K``), the statically pruned runs and
 the plain runs are read as ``cifar10_gating_vs_pruning.py`` reads them, for the comparison:
 all runs must have the same number of epochs.  The targets are printed, not stored.
+
+``RUN.json`` may be what ``cifar10_calibrate_budget.py`` wrote (the run with a calibrated
+budget map, its weights ``RUN.pt``); ``--before FILE.json`` then draws the run before
+calibration as well, in grey.
 """
 
 from __future__ import annotations
@@ -25,13 +29,36 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar10_gating_vs_pruning import OUT, _entry, _load, _rel  # the same reading of run files
+from cifar10_gating_vs_pruning import (  # the same reading of run files
+    OUT,
+    ROOT,
+    _entry,
+    _load,
+    _rel,
+)
 
 POINT_KEYS = ("budget", "test_error", "backbone_flops_fraction", "total_flops_fraction_of_plain")
 
 
+def _load_run(path: Path) -> dict[str, Any]:
+    """A budget-input run's results file, or the file of its calibration
+    (``cifar10_calibrate_budget.py``: ``calibrated_from`` names the run, whose own file and
+    weights must be there too)."""
+    try:
+        r = json.loads(path.read_text())
+    except FileNotFoundError:
+        sys.exit(f"error: {path} does not exist; expected a run's results.json")
+    if "calibrated_from" not in r:
+        return _load(path)
+    _load(ROOT / r["calibrated_from"]["file"])
+    if not path.with_suffix(".pt").is_file():
+        sys.exit(f"error: {path.with_suffix('.pt')} does not exist; commit the calibrated "
+                 "weights beside the calibration's results")
+    return r
+
+
 def summarise(run: Path) -> dict[str, Any]:
-    r = _load(run)
+    r = _load_run(run)
     info = r.get("budget_input")
     if not info or not info.get("points"):
         sys.exit(f"error: {run} has no budget_input.points; expected a run trained with "
@@ -85,7 +112,7 @@ def targets(summary: dict[str, Any], budget: list[dict[str, Any]], budget_at: fl
 
 
 def plot(summary: dict[str, Any], budget_range: str, others: dict[str, list[dict[str, Any]]],
-         path: Path) -> None:
+         path: Path, before: dict[str, Any] | None = None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -96,6 +123,10 @@ def plot(summary: dict[str, Any], budget_range: str, others: dict[str, list[dict
             label=f"one model, budget range {budget_range}: backbone")
     ax.plot([p["total_flops_fraction_of_plain"] for p in points], acc, "o--", color="tab:blue",
             mfc="none", linewidth=0.8, label="one model, gater included")
+    if before is not None:
+        old = sorted(before["points"], key=lambda p: p["budget"])
+        ax.plot([p["backbone_flops_fraction"] for p in old], [100 * (1 - p["test_error"]) for p in old],
+                ".:", color="tab:gray", label="the same model before calibration: backbone")
     for p, a in zip(points, acc):
         ax.annotate(f"{p['budget']:g}", (p["backbone_flops_fraction"], a), fontsize=6,
                     textcoords="offset points", xytext=(3, -8))
@@ -106,6 +137,18 @@ def plot(summary: dict[str, Any], budget_range: str, others: dict[str, list[dict
             a = 100 * (1 - r["test_error"])
             ax.scatter([r.get("backbone_flops_fraction", 1.0)], [a], color=color, marker=marker,
                        s=50, zorder=3, label=f"{name} (seed {r['seed']}): {a:.2f}%")
+    # a point far below the others (a budget the model cannot serve) would flatten the
+    # rest: the axis stops 2 points below the lowest of the others and marks it at the edge
+    others_acc = sorted(acc)
+    floor = min(a for a in others_acc if a >= others_acc[-1] - 10.0) - 2.0
+    below = [(p, a) for p, a in zip(points, acc) if a < floor]
+    if below:
+        ax.set_ylim(bottom=floor)
+        for p, a in below:
+            x = p["backbone_flops_fraction"]
+            ax.scatter([x], [floor], marker="v", color="tab:blue", s=60, zorder=4, clip_on=False)
+            ax.annotate(f"budget {p['budget']:g}: {a:.1f}% (off the axis)", (x, floor),
+                        textcoords="offset points", xytext=(6, 6), fontsize=7, color="tab:blue")
     ax.set_xlabel("FLOPs per image, fraction of the dense ResNet-20")
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
     ax.set_title(f"ResNet-20, {summary['epochs']} epochs from one plain start: one model "
@@ -122,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, metavar="RUN.json")
     for kind in ("budget", "static", "plain"):
         p.add_argument(f"--{kind}", type=Path, action="append", required=True, metavar="FILE.json")
+    p.add_argument("--before", type=Path, default=None, metavar="FILE.json",
+                   help="the run before calibration, drawn in grey")
     p.add_argument("--out", type=Path, default=OUT / "any_budget.json")
     p.add_argument("--plot", type=Path, default=OUT / "any_budget_accuracy_flops.png")
     args = p.parse_args(argv)
@@ -134,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(at) != 1:
         sys.exit(f"error: the budget runs end at different budgets ({sorted(at)})")
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    plot(summary, _load(args.run)["budget_input"]["range"], others, args.plot)
+    before = summarise(args.before) if args.before is not None else None
+    plot(summary, _load_run(args.run)["budget_input"]["range"], others, args.plot, before)
     print(json.dumps(summary, indent=1))
     print("\n".join(targets(summary, others["budget"], at.pop(), others["plain"])))
     print(f"wrote {_rel(args.out)} and {_rel(args.plot)}")

@@ -16,7 +16,10 @@ gater included).
 
 A run with a budget input (``--budget-range``) is evaluated at ``--budget B`` (repeatable),
 by default at every budget its results file evaluated (``budget_input.points``); each
-budget prints its own line, with ``"budget"`` added, equal to that point of the file.
+budget prints its own line, with ``"budget"`` added, equal to that point of the file.  The
+weights and file that ``cifar10_calibrate_budget.py`` writes (a calibrated budget map in
+the head) are evaluated the same way: the model is rebuilt from the run the file names in
+``calibrated_from``.
 
 ``--export-weights OUT`` instead writes the model weights of a run's ``checkpoint.pt``
 (``WEIGHTS``) to ``OUT``, without the optimiser state: what the results folder commits.
@@ -48,6 +51,19 @@ from gaternet_training.report import flop_counts
 import gatekit
 
 STATIC_SCRIPT = "cifar10_static_pruning.py"
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A run's results file; for the file of a calibrated model
+    (``cifar10_calibrate_budget.py``), the calibrated run's, with this file's ``budget_input``
+    (the points measured through the calibration)."""
+    results = json.loads(Path(path).read_text())
+    source = results.get("calibrated_from")
+    if source is None:
+        return results
+    root = Path(__file__).resolve().parents[1]
+    run = json.loads((root / source["file"]).read_text())
+    return {**run, "budget_input": results["budget_input"]}
 
 
 def _run_config(results: dict[str, Any], data: Path, cache_dir: Path | None) -> CifarConfig:
@@ -107,7 +123,7 @@ def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path 
                  budgets: list[float] | None = None) -> list[dict[str, float]]:
     """One dict per evaluation: one for a run without a budget input; for a run with one,
     one per budget of ``budgets`` (default: those its results file evaluated)."""
-    results = json.loads(results_path.read_text())
+    results = load_results(results_path)
     config = _run_config(results, data, cache_dir)
     budget_input = config.budget_range is not None
     if budgets and not budget_input:
@@ -127,6 +143,13 @@ def evaluate_run(weights: Path, results_path: Path, data: Path, cache_dir: Path 
 
 def _evaluate(model: nn.Module, results: dict[str, Any], config: CifarConfig, loaded: Any,
               budget: float | None) -> dict[str, float]:
+    return evaluate_with_stats(model, results, config, loaded, budget)[0]
+
+
+def evaluate_with_stats(model: nn.Module, results: dict[str, Any], config: CifarConfig,
+                        loaded: Any, budget: float | None
+                        ) -> tuple[dict[str, float], gatekit.GateStats | None]:
+    """The printed numbers of one evaluation, and its gate statistics (None for a plain model)."""
     gated = isinstance(model, gatekit.GaterNet)
     stats = gatekit.GateStats.for_model(model, num_classes=len(loaded.classes)) if gated else None
     kw = {} if budget is None else {"budget": budget}
@@ -144,8 +167,8 @@ def _evaluate(model: nn.Module, results: dict[str, Any], config: CifarConfig, lo
     fraction = flops.get("backbone_fraction", 1.0)
     total = flops.get("at_open_fraction", flops["dense"]) / flops.get("backbone_dense", flops["dense"])
     out = {} if budget is None else {"budget": budget}
-    return {**out, "test_error": 1.0 - correct / count, "backbone_flops_fraction": fraction,
-            "total_flops_fraction_of_plain": total}
+    return ({**out, "test_error": 1.0 - correct / count, "backbone_flops_fraction": fraction,
+             "total_flops_fraction_of_plain": total}, stats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :func:`flops_budget_loss` (with :func:`gate_costs`, the FLOPs each gate saves) and
   :func:`batch_shaping_loss`; :func:`distillation_loss` from a trained dense teacher;
 - functional forms in :mod:`gatekit.functional`;
+- :func:`calibrate_budget`: a budget-input model's budget made the FLOPs fraction it keeps;
 - gate statistics over an evaluation pass: :class:`GateStats`; their plots in
   :mod:`gatekit.plots`;
 - :class:`GatekitError`, the one exception raised for bad input.
@@ -22,6 +23,7 @@ tensor([[1., 0.]])
 
 from . import functional, plots
 from ._errors import GatekitError
+from .calibration import calibrate_budget
 from .costs import gate_costs
 from .distillation import distillation_loss
 from .estimators import (
@@ -60,6 +62,7 @@ __all__ = [
     "SkipComputeNet",
     "StraightThroughSigmoid",
     "batch_shaping_loss",
+    "calibrate_budget",
     "distillation_loss",
     "expected_l0_loss",
     "flops_budget_loss",

@@ -16,7 +16,66 @@ from ._graph import is_conv
 from .estimators import Gate
 from .sites import GateSite
 
-__all__ = ["GaterHead", "GaterNet"]
+__all__ = ["BudgetMap", "GaterHead", "GaterNet"]
+
+
+class BudgetMap(nn.Module):
+    """A monotone piecewise-linear map from a requested budget to the head's budget input.
+
+    ``requested`` ``(K,)`` strictly increasing, ``knob`` ``(K,)`` non-decreasing, ``K >= 2``:
+    ``forward(b)`` interpolates linearly between the knots and holds the end values outside
+    them.  ``achieved`` ``(K,)`` records the mean fraction the calibration images kept at each
+    knot's knob (where a requested budget lies below what the model can reach, achieved is
+    above it: read it before trusting the map there).  All three are buffers, saved in the
+    model's ``state_dict``; a fresh model of the same build loads them back (its head makes
+    the map when the state holds one).
+
+    >>> import torch
+    >>> m = BudgetMap(torch.tensor([0.2, 0.6, 1.0]), torch.tensor([0.0, 0.5, 1.0]))
+    >>> m(torch.tensor([0.1, 0.4, 0.8, 1.0]))
+    tensor([0.0000, 0.2500, 0.7500, 1.0000])
+    """
+
+    requested: Tensor
+    knob: Tensor
+    achieved: Tensor
+
+    def __init__(self, requested: Tensor, knob: Tensor, achieved: Tensor | None = None):
+        super().__init__()
+        requested = torch.as_tensor(requested, dtype=torch.float32).detach().clone()
+        knob = torch.as_tensor(knob, dtype=torch.float32).detach().clone()
+        achieved = (requested.clone() if achieved is None
+                    else torch.as_tensor(achieved, dtype=torch.float32).detach().clone())
+        if requested.ndim != 1 or requested.shape[0] < 2 or knob.shape != requested.shape \
+                or achieved.shape != requested.shape:
+            raise GatekitError(
+                f"BudgetMap expects requested, knob and achieved as 1-d tensors of one length "
+                f">= 2, got shapes {tuple(requested.shape)}, {tuple(knob.shape)} and "
+                f"{tuple(achieved.shape)}")
+        if not bool(torch.isfinite(requested).all() & torch.isfinite(knob).all()):
+            raise GatekitError("BudgetMap expects finite requested budgets and knob values")
+        if not bool((requested[1:] > requested[:-1]).all()):
+            raise GatekitError(
+                f"BudgetMap expects strictly increasing requested budgets, got "
+                f"{requested.tolist()}")
+        if not bool((knob[1:] >= knob[:-1]).all()):
+            raise GatekitError(
+                f"BudgetMap expects knob values that never decrease (a larger budget never "
+                f"asks the head for less), got {knob.tolist()}")
+        self.register_buffer("requested", requested)
+        self.register_buffer("knob", knob)
+        self.register_buffer("achieved", achieved)
+
+    def forward(self, budget: Tensor) -> Tensor:
+        r, k = self.requested.to(budget.dtype), self.knob.to(budget.dtype)
+        hi = torch.searchsorted(r, budget.contiguous()).clamp(1, r.shape[0] - 1)
+        r0, r1, k0, k1 = r[hi - 1], r[hi], k[hi - 1], k[hi]
+        t = ((budget - r0) / (r1 - r0)).clamp(0.0, 1.0)
+        return k0 + t * (k1 - k0)
+
+    def extra_repr(self) -> str:
+        return (f"knots={self.requested.shape[0]}, requested {self.requested[0].item():.3g} to "
+                f"{self.requested[-1].item():.3g}")
 
 
 class GaterHead(nn.Module):
@@ -46,6 +105,11 @@ class GaterHead(nn.Module):
 
     All three start at zero: at initialisation the head computes what the head without a
     budget computes.  The trunk runs once; only the head sees the budget.
+
+    ``budget_map`` (None until :func:`gatekit.calibrate_budget` installs one) is a
+    :class:`BudgetMap`: when set, ``forward`` maps each requested budget
+    to the head input that kept that FLOPs fraction on calibration images, and feeds that
+    to the three terms above; :meth:`logits` takes the head input itself.
 
     >>> import torch
     >>> head = GaterHead(64, 336, bottleneck=8)
@@ -82,6 +146,7 @@ class GaterHead(nn.Module):
             self.budget_embed = nn.Linear(1, bottleneck, **kw)
             self.budget_gate = nn.Linear(1, num_gates, bias=False, **kw)
             self.budget_scale = nn.Parameter(torch.zeros((), **kw))
+        self.budget_map: BudgetMap | None = None
         with torch.no_grad():
             self.fc1.bias.zero_()
             self.fc2.bias.fill_(float(init_bias))
@@ -97,9 +162,31 @@ class GaterHead(nn.Module):
             return self.fc2(self.relu(hidden))
         if budget is None:
             raise GatekitError("this GaterHead needs a budget (N,) (built with budget_input=True)")
-        u = (2.0 * budget.to(hidden.dtype) - 1.0).unsqueeze(1)
+        if self.budget_map is not None:
+            budget = self.budget_map(budget)
+        return self._budget_logits(hidden, budget)
+
+    def logits(self, features: Tensor, knob: Tensor) -> Tensor:
+        """The logits at head input ``knob`` ``(N,)``, bypassing ``budget_map`` (what
+        :func:`gatekit.calibrate_budget` searches over)."""
+        if not self.budget_input:
+            raise GatekitError("this GaterHead takes no budget (built with budget_input=False)")
+        return self._budget_logits(self.bn(self.fc1(features)), knob)
+
+    def _budget_logits(self, hidden: Tensor, knob: Tensor) -> Tensor:
+        u = (2.0 * knob.to(hidden.dtype) - 1.0).unsqueeze(1)
         return (self.fc2(self.relu(hidden + self.budget_embed(u))) + self.budget_gate(u)
                 + self.budget_scale * u)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A calibrated model's state holds its BudgetMap: make one of that size to load into.
+        key = f"{prefix}budget_map.requested"
+        if self.budget_input and self.budget_map is None and key in state_dict:
+            n = state_dict[key].shape
+            device = self.fc2.weight.device
+            self.budget_map = BudgetMap(torch.linspace(0, 1, n[0]), torch.zeros(n)).to(device)
+            self.budget_map.train(self.training)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return "budget_input=True" if self.budget_input else ""

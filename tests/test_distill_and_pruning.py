@@ -280,6 +280,7 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
                               str(tmp_path / "cache"), "--budget", "1.0"]) == 0
         (one,) = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
         assert one == pytest.approx(lines[1], abs=1e-6)
+        _check_calibration(tmp_path, data, weights, points, capsys)
         return
     (got,) = lines
     flops = results["flops"]
@@ -293,3 +294,40 @@ def test_evaluate_rebuilds_the_run_and_gets_its_numbers(tmp_path: Path, capsys, 
         assert 202_752 < flops["gater"] < 0.01 * flops["backbone_dense"]
     state = torch.load(weights, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # weights only, no optimiser
+
+
+CALIBRATE = ROOT / "benchmarks" / "cifar10_calibrate_budget.py"
+
+
+def _check_calibration(tmp_path: Path, data: Path, weights: Path, points: list, capsys) -> None:
+    """cifar10_calibrate_budget.py on a budget-input run: the budget becomes the backbone
+    fraction kept, the map travels in the weights, and cifar10_evaluate.py rechecks it."""
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "calibrated"
+    calibrate = _load(CALIBRATE)
+    assert calibrate.main([str(weights), "--data", str(data), *cache, "--out", str(out),
+                           "--images", "24", "--budget", "0.45", "--budget", "0.6"]) == 0
+    capsys.readouterr()
+    written = json.loads(out.with_suffix(".json").read_text())
+    state = torch.load(out.with_suffix(".pt"), weights_only=True)
+    assert written["calibration"]["map"]["knob"] == pytest.approx(
+        state["head.budget_map.knob"].tolist())
+    assert written["calibrated_from"]["weights"] == str(weights)
+    got = written["budget_input"]["points"]
+    assert [p["budget"] for p in got] == [0.45, 0.6]
+    # calibrated, the two budgets keep what they ask for, within the model's reach (0.39 to
+    # 0.70 on these images; the gates of this tiny model barely follow the image, so the
+    # training images' map carries to the test images)
+    for p in got:
+        assert p["backbone_flops_fraction"] == pytest.approx(p["budget"], abs=0.05)
+    assert evaluate_main(weights=out.with_suffix(".pt"), data=data, cache=cache, capsys=capsys) == [
+        pytest.approx({k: p[k] for k in ("budget", "test_error", "backbone_flops_fraction",
+                                         "total_flops_fraction_of_plain")}, abs=1e-4) for p in got]
+    assert calibrate.main([str(out.with_suffix(".pt")), "--data", str(data), *cache,
+                           "--out", str(tmp_path / "again")]) == 2
+    assert "calibrated already" in capsys.readouterr().err
+
+
+def evaluate_main(*, weights: Path, data: Path, cache: list[str], capsys) -> list[dict]:
+    assert _load(EVALUATE).main([str(weights), "--data", str(data), *cache]) == 0
+    return [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]

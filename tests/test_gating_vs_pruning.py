@@ -131,3 +131,31 @@ def test_any_budget_refuses_a_run_without_a_budget_input(runs) -> None:
     m = _any_module()
     with pytest.raises(SystemExit, match=r"no budget_input\.points"):
         m.summarise(runs["budget"])
+
+
+def test_any_budget_reads_a_calibration_and_the_run_before_it(runs, tmp_path: Path, capsys) -> None:
+    m = _any_module()
+    before = [_point(0.3, 0.149, 0.414), _point(0.56, 0.1424, 0.509), _point(1.0, 0.1382, 1.0)]
+    run = _write(runs["folder"], "any", {"gated": True, "val_error": 0.15, "flops": {"dense": 1},
+                                         "budget_input": {"range": "0.3:1", "points": before}})
+    after = [_point(0.3, 0.58, 0.2999), _point(0.56, 0.1424, 0.5600), _point(1.0, 0.1382, 1.0)]
+    calibrated = runs["folder"] / "any_calibrated.json"
+    calibrated.write_text(json.dumps({"command": "cifar10_calibrate_budget.py x", "epochs": 10,
+                                      "calibrated_from": {"file": str(run), "weights": "w"},
+                                      "budget_input": {"range": "0.3:1", "points": after}}))
+    budget = json.loads(runs["budget"].read_text())
+    runs["budget"].write_text(json.dumps({**budget, "gate_losses": {"budget": "1:0.56:5"}}))
+    out, png = tmp_path / "any_budget.json", tmp_path / "any.png"
+    argv = [str(calibrated), "--before", str(run), "--budget", str(runs["budget"]), "--static",
+            str(runs["static"]), "--plain", str(runs["plain"]), "--out", str(out), "--plot", str(png)]
+    with pytest.raises(SystemExit, match=r"any_calibrated\.pt does not exist"):
+        m.main(argv)
+    calibrated.with_suffix(".pt").write_bytes(b"w")
+    assert m.main(argv) == 0
+    summary = json.loads(out.read_text())
+    assert summary["file"] == m._rel(calibrated) and summary["weights"] == m._rel(calibrated.with_suffix(".pt"))
+    assert summary["points"] == [{k: p[k] for k in m.POINT_KEYS} for p in after]
+    assert "MET    achieved backbone FLOPs within 0.03 of every budget" in capsys.readouterr().out
+    run.unlink()  # the calibration names a run that is gone
+    with pytest.raises(SystemExit, match=r"any\.json does not exist"):
+        m.main(argv)

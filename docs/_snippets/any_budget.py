@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import gatekit
 from gatekit.models import resnet20, resnet20_gater
@@ -38,3 +39,14 @@ with torch.no_grad():
         kept = (fast.last_gates * costs).sum(1) / costs.sum()
         print(f"budget {b}: logits {tuple(out.shape)}, kept fraction per image {kept.tolist()}")
 # [/serve]
+
+# [calibrate]
+with FlopCounterMode(display=False) as counter:  # the backbone's FLOPs, every gate open
+    resnet20().eval()(torch.zeros(1, 3, 32, 32))
+backbone_flops = counter.get_total_flops()
+calibration = torch.utils.data.DataLoader(data, batch_size=16)  # images held for it
+budget_map = gatekit.calibrate_budget(model, calibration, costs, dense_flops=backbone_flops)
+with torch.no_grad():
+    model(images, budget=0.5)  # now: half of the backbone's FLOPs, on average
+print("kept on the calibration images at the knots:", budget_map.achieved[::20].tolist())
+# [/calibrate]

@@ -1,0 +1,178 @@
+"""calibrate_budget and BudgetMap: a budget-input model's budget made the FLOPs fraction it keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import gatekit
+from gatekit import GatekitError
+from gatekit.gater import BudgetMap
+from gatekit.models import resnet20, resnet20_gater
+
+
+def _net(seed: int = 0) -> gatekit.GaterNet:
+    """A budget-input net whose head depends on the image and on the budget."""
+    torch.manual_seed(seed)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True)
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.normal_(0, 0.5)
+        net.head.budget_scale.fill_(3.0)
+    return net.eval()
+
+
+def _step_net(thresholds: torch.Tensor) -> gatekit.GaterNet:
+    """A head whose gate j opens exactly when the head input exceeds thresholds[j], for
+    every image: logits = 2 * (u - (2 t_j - 1)) with u = 2 * knob - 1."""
+    net = _net()
+    with torch.no_grad():
+        for p in (net.head.fc2.weight, net.head.budget_gate.weight):
+            p.zero_()
+        net.head.budget_scale.fill_(2.0)
+        net.head.fc2.bias.copy_(-2.0 * (2.0 * thresholds - 1.0))
+    return net
+
+
+def _kept(net: gatekit.GaterNet, x: torch.Tensor, budget: float, costs: torch.Tensor,
+          dense: float) -> float:
+    """The mean kept fraction of the model's own forward at ``budget``."""
+    with torch.no_grad():
+        net(x, budget=budget)
+    closed = 1.0 - net.last_gates.double()
+    return float(((dense - closed @ costs.double()) / dense).mean())
+
+
+def test_budget_map_interpolates_as_numpy_does() -> None:
+    requested = torch.tensor([0.1, 0.35, 0.5, 0.9, 1.0])
+    knob = torch.tensor([-0.3, 0.2, 0.2, 0.7, 1.1])
+    b = torch.cat([torch.linspace(0.01, 1.0, 57), requested])
+    got = BudgetMap(requested, knob)(b)
+    want = np.interp(b.numpy(), requested.numpy(), knob.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_step_gates_reach_each_attainable_budget_exactly() -> None:
+    # 20 gates of equal cost opening one by one at knob 0.0, 0.05, ..., 0.95: the fraction
+    # m / 20 is attainable and the knob must land just past threshold m - 1 (one grid step).
+    thresholds = torch.arange(20, dtype=torch.float32) / 20
+    net = _step_net(torch.cat([thresholds.repeat_interleave(1), torch.full((316,), 5.0)]))
+    costs = torch.cat([torch.ones(20), torch.zeros(316)])
+    x = torch.randn(6, 3, 32, 32)
+    m = gatekit.calibrate_budget(net, [x], costs, budgets=torch.arange(1, 21) / 20)
+    step = 2.0 / 200  # knob_range (-0.5, 1.5) over 201 points
+    for i, r in enumerate(m.requested.tolist()):
+        assert _kept(net, x, r, costs, 20.0) == pytest.approx(r, abs=1e-6)
+        t = float(thresholds[i])
+        assert t < float(m.knob[i]) <= t + step + 1e-6
+    torch.testing.assert_close(m.achieved, m.requested)
+
+
+def test_a_budget_below_what_the_model_reaches_maps_to_the_cheapest_knob() -> None:
+    # half of the cost is always open: fractions below 0.5 cannot be reached
+    thresholds = torch.cat([torch.full((10,), -5.0), torch.linspace(0.0, 0.9, 10),
+                            torch.full((316,), 5.0)])
+    net = _step_net(thresholds)
+    costs = torch.cat([torch.ones(20), torch.zeros(316)])
+    x = torch.randn(2, 3, 32, 32)
+    m = gatekit.calibrate_budget(net, [x], costs, budgets=torch.tensor([0.2, 0.5, 0.8]))
+    assert float(m.knob[0]) == pytest.approx(-0.5)
+    assert float(m.achieved[0]) == pytest.approx(0.5)  # recorded, not hidden
+    assert m.achieved[1:].tolist() == pytest.approx([0.5, 0.8])
+
+
+def test_an_image_dependent_model_keeps_the_requested_fraction_of_the_backbone() -> None:
+    net = _net()
+    with torch.no_grad():  # the image moves the logits a little, the budget a lot
+        net.head.fc2.weight.mul_(0.1)
+        net.head.budget_gate.weight.mul_(0.2)
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32), downstream=True)
+    dense = float(costs.sum()) * 1.6  # ungated convs and the head: a backbone fraction
+    x = torch.randn(96, 3, 32, 32)
+    before = [_kept(net, x, r, costs, dense) for r in (0.5, 0.7, 0.9)]
+    m = gatekit.calibrate_budget(net, [x[:48], (x[48:], torch.zeros(48))], costs, dense_flops=dense)
+    assert net.head.budget_map is m
+    assert max(abs(k - r) for k, r in zip(before, (0.5, 0.7, 0.9))) > 0.05  # it had to move
+    with torch.no_grad():
+        net(x, budget=0.7)
+    opened = net.last_gates.mean(0)
+    assert bool(((opened > 0) & (opened < 1)).any())  # gates that follow the image
+    for r in (0.45, 0.5, 0.6, 0.7, 0.8, 0.9):
+        kept = _kept(net, x, r, costs, dense)
+        assert kept == pytest.approx(r, abs=0.01)
+        i = int(torch.argmin((m.requested - r).abs()))
+        assert _kept(net, x, float(m.requested[i]), costs, dense) == pytest.approx(
+            float(m.achieved[i]), abs=1e-6)
+    net.head.budget_map = None
+    assert _kept(net, x, 0.7, costs, dense) == pytest.approx(before[1])
+
+
+def test_calibration_restores_train_mode_and_round_trips_through_a_state_dict() -> None:
+    net = _net().train()
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
+    gatekit.calibrate_budget(net.eval(), [torch.randn(8, 3, 32, 32)], costs)
+    net.train()
+    gatekit.calibrate_budget(net, [torch.randn(8, 3, 32, 32)], costs)
+    assert net.training and net.gater.training
+    fresh = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True)
+    fresh.load_state_dict(net.state_dict())  # strict: the map is made and loaded
+    assert torch.equal(fresh.head.budget_map.knob, net.head.budget_map.knob)
+    x, b = torch.randn(3, 3, 32, 32), torch.tensor([0.3, 0.6, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x, budget=b), net.eval()(x, budget=b))
+    with pytest.raises(RuntimeError, match="budget_map"):
+        net.load_state_dict(_net().state_dict())  # a calibrated model given an uncalibrated state
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes")  # last_* set during export
+def test_a_calibrated_model_skips_compiles_and_exports() -> None:
+    net = _net()
+    gatekit.calibrate_budget(net, [torch.randn(16, 3, 32, 32)],
+                             gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32)))
+    x, b = torch.randn(4, 3, 32, 32), torch.tensor([0.25, 0.5, 0.75, 1.0])
+    with torch.no_grad():
+        want = net(x, budget=b)
+        gates = net.last_gates
+        fast = gatekit.skip_compute(net, batching="pattern")
+        torch.testing.assert_close(fast(x, budget=b), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast.last_gates, gates)
+        compiled = torch.compile(net, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, budget=b), want)
+    exported = torch.export.export(net, (x,), {"budget": b})
+    torch.testing.assert_close(exported.module()(x, budget=b), want)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"costs": torch.ones(5)}, r"shape \(336,\)"),
+    ({"costs": -torch.ones(336)}, "non-negative"),
+    ({"dense_flops": 10.0}, "dense_flops >="),
+    ({"knob_range": (1.0, 0.0)}, "lo < hi"),
+    ({"steps": 1}, "steps >= 2"),
+    ({"budgets": torch.tensor([0.5])}, "two distinct budgets"),
+    ({"budgets": torch.tensor([0.0, 0.5])}, r"in \(0, 1\]"),
+    ({"batches": []}, "no batches"),
+    ({"batches": [[None]]}, "input tensors"),
+])
+def test_bad_calibration_arguments(kwargs, match) -> None:
+    net = _net()
+    args = {"batches": [torch.randn(2, 3, 32, 32)], "costs": torch.ones(336), **kwargs}
+    with pytest.raises(GatekitError, match=match):
+        gatekit.calibrate_budget(net, args.pop("batches"), args.pop("costs"), **args)
+
+
+def test_a_model_without_a_budget_input_is_refused() -> None:
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner")
+    with pytest.raises(GatekitError, match="budget_input=True"):
+        gatekit.calibrate_budget(net, [torch.randn(2, 3, 32, 32)], torch.ones(336))
+
+
+@pytest.mark.parametrize("requested, knob, match", [
+    ([0.5], [0.5], "length >= 2"),
+    ([0.5, 0.4], [0.1, 0.2], "strictly increasing"),
+    ([0.4, 0.5], [0.3, 0.2], "never decrease"),
+    ([0.4, float("nan")], [0.3, 0.4], "finite"),
+])
+def test_bad_budget_maps(requested, knob, match) -> None:
+    with pytest.raises(GatekitError, match=match):
+        BudgetMap(torch.tensor(requested), torch.tensor(knob))
