@@ -66,7 +66,7 @@ from skip_inference_cpu import cpu_model, time_interleaved  # the same timing fo
 import gatekit
 from gatekit.models import conv_gater, resnet20, resnet20_gater
 
-MODES = ("pattern", "union", "gather", "auto")
+MODES = ("pattern", "union", "gather", "masked", "auto")
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_s0.pt"
 
@@ -300,6 +300,7 @@ def main() -> None:
                         for s in skips.values():  # auto measures afresh for every point
                             if isinstance(s.backbone.mode, gatekit.inference._auto.AutoBatching):
                                 s.backbone.mode.choices.clear()
+                                s.backbone.mode.timings.clear()
                         row = point(args, model, plain, net, skips, x, gates, batch, threads, fraction)
                         if args.profile is not None and batch == 1 and threads == 1 and fraction == 0.5:
                             row["profile"] = profile(plain, net, skips["pattern"], x, gates, args.profile, model)
@@ -340,6 +341,10 @@ def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) ->
         "speedup_vs_plain_folded": {k: med["plain_folded"] / v for k, v in med.items()
                                     if k.startswith("skip") or k == "dense"},
         "auto_choice": None if auto is None else sorted(set(auto.backbone.mode.choices.values())),
+        # what auto measured when it chose: each candidate's fastest of its timed runs
+        "auto_timings_ms": None if auto is None else [
+            {mode: 1000 * t for mode, t in timings.items()}
+            for timings in auto.backbone.mode.timings.values()],
         "max_abs_diff": diffs,
         "max_abs_output": ref.abs().max().item(),
         # Other processes competing for the cores inflate every timing.

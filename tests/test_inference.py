@@ -201,7 +201,7 @@ def test_a_batching_mode_is_one_class(gated_nets, monkeypatch):
     assert CountingChannels.calls == 3 * len(skip_convs)  # every SkipConv asks the run's Channels
 
 
-@pytest.mark.parametrize("batching", ["pattern", "gather"])
+@pytest.mark.parametrize("batching", ["pattern", "gather", "masked"])
 def test_float32_close_to_dense(batching):
     torch.manual_seed(0)
     net = gatekit.gate_model(
@@ -273,7 +273,7 @@ def tiny_gated_net() -> gatekit.GaterNet:
     ).eval()
 
 
-@pytest.mark.parametrize("batching", ["pattern", "gather"])
+@pytest.mark.parametrize("batching", ["pattern", "gather", "masked"])
 def test_unsliceable_sites_run_dense_and_pooling_passes_through(batching):
     net = tiny_gated_net()
     fast = gatekit.skip_compute(net, batching=batching)
@@ -479,6 +479,18 @@ def test_skip_computes_only_open_channels(gated_nets, batching):
         assert conv_flops_run(fast, x2, gates) == conv_flops_expected(net, x2, gates, readers)
 
 
+def test_masked_batching_computes_every_filter_and_matches_dense(gated_nets):
+    net, size = gated_nets("resnet50", "inner", 8)
+    fast = gatekit.skip_compute(net, batching="masked")
+    readers = _resnet50_inner_readers(net)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    gates = random_gates(2, net.num_gates, p=0.3, seed=4)
+    assert not torch.equal(gates[0], gates[1])  # a mixed batch: the mode runs
+    every = conv_flops_expected(net, x, torch.ones_like(gates), readers)
+    assert conv_flops_run(fast, x, gates) == every
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+
+
 def test_skip_computes_only_open_channels_residual_sites(gated_nets):
     # resnet20 "all": conv1 sliced into conv2; conv2 (before the addition) computes only
     # its open filters and scatters them.
@@ -607,7 +619,7 @@ def test_gather_computes_only_open_channels_padded_to_the_batch_max(gated_nets):
         assert sum(got.values()) < (0.75 if p == 0.5 else 0.5) * sum(dense.values())
 
 
-@pytest.mark.parametrize("fastest", ["pattern", "union", "gather"])
+@pytest.mark.parametrize("fastest", ["pattern", "union", "gather", "masked"])
 def test_auto_measures_once_per_shape_and_matches_dense(gated_nets, monkeypatch, fastest):
     net, size = gated_nets("resnet20", "all", 4)
     fast = gatekit.skip_compute(net, batching="auto")
@@ -632,7 +644,36 @@ def test_auto_measures_once_per_shape_and_matches_dense(gated_nets, monkeypatch,
         gates = differing_gates(net, seed)[:3]
         assert_close(fast(x, gates=gates), net(x, gates=gates))
     assert list(mode.choices.values()) == [fastest]
-    assert runs == ["pattern", "pattern", "union", "union", "gather", "gather", fastest]
+    # one warm-up and three timed runs each, then the choice alone
+    assert runs == [n for n in ("pattern", "union", "gather", "masked") for _ in range(4)] + [fastest]
+    (timings,) = mode.timings.values()
+    assert timings == {n: 1.0 if n == fastest else 2.0 for n in mode.modes}
     x1 = torch.randn(1, 3, size, size, dtype=torch.float64)
     fast(x1, gates=differing_gates(net, 42)[:1])  # one sample: one pattern, nothing to choose
-    assert len(mode.choices) == 1 and len(runs) == 7
+    assert len(mode.choices) == 1 and len(runs) == 17
+
+
+def test_auto_keeps_each_candidate_s_fastest_run(gated_nets, monkeypatch):
+    # pattern is slow twice and fast once (noise adds time, never removes it): its minimum,
+    # 0.5, beats union's steady 1.0
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    mode = fast.backbone.mode
+    clock = [0.0]
+    monkeypatch.setattr(gatekit.inference._auto.time, "perf_counter", lambda: clock[0])
+    durations = {"pattern": iter([9.0, 3.0, 0.5, 3.0]), "union": iter([1.0] * 4),
+                 "gather": iter([2.0] * 4), "masked": iter([1.5] * 4)}
+    for name, candidate in mode.modes.items():
+        original = candidate.run_mixed
+
+        def timed(*args, n=name, f=original):
+            clock[0] += next(durations[n])
+            return f(*args)
+
+        monkeypatch.setattr(candidate, "run_mixed", timed)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 40)[:3]
+    assert_close(fast(x, gates=gates), net(x, gates=gates))
+    assert mode.choices[mode.key(x, gates)] == "pattern"
+    assert mode.timings[mode.key(x, gates)] == {"pattern": 0.5, "union": 1.0, "gather": 2.0,
+                                                "masked": 1.5}

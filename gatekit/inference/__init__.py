@@ -14,8 +14,8 @@ check, the graph clean-up, the returned class, the route mode names), ``_plan`` 
 gated graph (which sites can be sliced, where their zeros go), ``_conv`` is the sliced
 convolution, ``_skip`` rewrites the graph and runs it, ``_batching`` is the seam for
 batching modes (how a batch of mixed gate patterns runs), one module each: ``_pattern``,
-``_union``, ``_gather`` (one grouped call per site for the whole batch), ``_auto``
-(the fastest of those, measured once per input shape); ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
+``_union``, ``_gather`` (one grouped call per site for the whole batch), ``_masked``
+(every filter, closed ones zeroed), ``_auto`` (the fastest of those, measured once per input shape); ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
 BatchNorm algebra; the rules about graph nodes they share with site finding live in
 ``gatekit._graph``.
 

@@ -4,7 +4,7 @@ samples open different filters.
 The rewritten graph (``_skip``) runs with one :class:`~._conv.Channels` object per run,
 which says what every site computes and runs each :class:`~._conv.SkipConv`.  A batching
 mode is a :class:`Batching` subclass in its own module (``_pattern``, ``_union``,
-``_gather``, ``_auto``), listed once in ``_skip.BATCHINGS``: it splits the batch into runs,
+``_gather``, ``_masked``, ``_auto``), listed once in ``_skip.BATCHINGS``: it splits the batch into runs,
 makes each run's :class:`~._conv.Channels` and merges the outputs.  A mode whose samples compute different
 channels within one run brings its own :class:`~._conv.Channels` too.
 

@@ -40,8 +40,8 @@ class SiteRoute(NamedTuple):
     ``batching``: under :func:`gatekit.skip_compute`, the batching mode that runs a
     ``"sliced"`` or ``"scatter"`` site when the samples of a batch open different
     filters (``"pattern"``: one pass per pattern; ``"union"``: the filters open in any
-    sample; ``"gather"``: each sample's own filters in one grouped call; ``"auto"``: the
-    fastest of these, measured per input shape); ``""`` for a dense site and under
+    sample; ``"gather"``: each sample's own filters in one grouped call; ``"masked"``: every
+    filter, closed ones zeroed; ``"auto"``: the fastest of these, measured per input shape); ``""`` for a dense site and under
     :func:`gatekit.fuse_gated_convs`.
 
     >>> import gatekit
