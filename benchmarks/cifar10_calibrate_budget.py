@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cifar_gaternet
 from cifar10_evaluate import _run_config, evaluate_with_stats, load_results, rebuild
+from cifar10_gating_vs_pruning import _rel
 from gaternet_training import models
 from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
 from gaternet_training.distributed import setup
@@ -40,13 +41,6 @@ from gaternet_training.report import flop_counts, gate_report_1_99
 from gaternet_training.tensor_data import TensorBatches
 
 import gatekit
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rel(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def calibration_batches(config: Any, images: int, seed: int, dist: Any) -> TensorBatches:
@@ -81,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         results_path = args.results or args.weights.with_suffix(".json")
+        if not results_path.is_file() or not args.weights.is_file():
+            missing = args.weights if not args.weights.is_file() else results_path
+            raise gatekit.GatekitError(f"no file {missing}; expected a run's weights and its "
+                                       f"results file beside them (or --results)")
         results = load_results(results_path)
         if "calibrated_from" in json.loads(results_path.read_text()):
             raise gatekit.GatekitError(f"{results_path} is calibrated already; pass the run's own")

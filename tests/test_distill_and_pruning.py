@@ -326,6 +326,8 @@ def _check_calibration(tmp_path: Path, data: Path, weights: Path, points: list, 
     assert calibrate.main([str(out.with_suffix(".pt")), "--data", str(data), *cache,
                            "--out", str(tmp_path / "again")]) == 2
     assert "calibrated already" in capsys.readouterr().err
+    assert calibrate.main([str(tmp_path / "none.pt"), "--data", str(data), "--out", str(out)]) == 2
+    assert "no file" in capsys.readouterr().err
 
 
 def evaluate_main(*, weights: Path, data: Path, cache: list[str], capsys) -> list[dict]:
