@@ -35,6 +35,7 @@ from cifar10_gating_vs_pruning import (  # the same reading of run files
     _entry,
     _load,
     _rel,
+    finish_plot,
 )
 
 POINT_KEYS = ("budget", "test_error", "backbone_flops_fraction", "total_flops_fraction_of_plain")
@@ -149,13 +150,8 @@ def plot(summary: dict[str, Any], budget_range: str, others: dict[str, list[dict
             ax.scatter([x], [floor], marker="v", color="tab:blue", s=60, zorder=4, clip_on=False)
             ax.annotate(f"budget {p['budget']:g}: {a:.1f}% (off the axis)", (x, floor),
                         textcoords="offset points", xytext=(6, 6), fontsize=7, color="tab:blue")
-    ax.set_xlabel("FLOPs per image, fraction of the dense ResNet-20")
-    ax.set_ylabel("CIFAR-10 test accuracy (%)")
-    ax.set_title(f"ResNet-20, {summary['epochs']} epochs from one plain start: one model "
-                 "for any budget", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.savefig(path, dpi=120)
+    finish_plot(fig, ax, f"ResNet-20, {summary['epochs']} epochs from one plain start: one model "
+                "for any budget", path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,10 +128,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 ax.scatter([total], [acc], facecolors="none", edgecolors=color, marker=marker, s=60,
                            zorder=3, label=f"{kind} (seed {r['seed']}), gater included: {total:.3f}")
                 ax.plot([x, total], [acc, acc], color=color, linewidth=0.8)
+    finish_plot(fig, ax, f"ResNet-20, {summary['epochs']} epochs from one plain start: gating vs "
+                "static pruning", path)
+
+
+def finish_plot(fig: Any, ax: Any, title: str, path: Path) -> None:
+    """The axes, title, grid and legend of an accuracy-against-FLOPs plot, saved to ``path``."""
     ax.set_xlabel("FLOPs per image, fraction of the dense ResNet-20")
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
-    ax.set_title(f"ResNet-20, {summary['epochs']} epochs from one plain start: gating vs "
-                 "static pruning", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="lower right")
     fig.savefig(path, dpi=120)

@@ -12,11 +12,15 @@ from test_examples import ROOT
 SCRIPT = ROOT / "benchmarks" / "cifar10_gating_vs_pruning.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("gvp", SCRIPT)
+def _script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _module():
+    return _script(SCRIPT, "gvp")
 
 
 def _write(folder: Path, name: str, results: dict, weights: bool = True) -> Path:
@@ -87,10 +91,7 @@ ANY = ROOT / "benchmarks" / "cifar10_any_budget.py"
 
 
 def _any_module():
-    spec = importlib.util.spec_from_file_location("anyb", ANY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script(ANY, "anyb")
 
 
 def _point(b: float, err: float, frac: float) -> dict:
