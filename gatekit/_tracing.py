@@ -19,11 +19,14 @@ serves both modes.  A mode-dependent module that holds convs, or a mode-dependen
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from ._errors import GatekitError
@@ -112,15 +115,34 @@ class _GateTracer(fx.Tracer):
         return node
 
 
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """The installed torch and gatekit package folders, resolved (symlinks followed)."""
+    import gatekit
+
+    return tuple(os.path.realpath(os.path.dirname(m.__file__)) for m in (torch, gatekit))
+
+
+def _in_library(filename: str) -> bool:
+    """Whether ``filename`` is a file of the torch or gatekit package itself.
+
+    Decided by the packages' real locations, never by folder names: user code in a folder
+    called ``gatekit`` or ``torch`` (a clone of this repository, ``~/src/torch/...``) is the
+    user's.
+    """
+    path = os.path.realpath(filename)
+    return any(os.path.commonpath((path, d)) == d for d in _library_dirs()
+               if os.path.splitdrive(path)[0] == os.path.splitdrive(d)[0])
+
+
 def _user_frame(exc: BaseException) -> tuple[str, str]:
     """The innermost traceback frame outside torch and gatekit (the user's failing code):
     its function name and ``file:line``."""
     found = ("", "")
     for frame in traceback.extract_tb(exc.__traceback__):
-        path = frame.filename.replace("\\", "/")
-        if "/torch/" in path or "/gatekit/" in path:
+        if _in_library(frame.filename):
             continue
-        found = (frame.name, f"{path.rsplit('/', 1)[-1]}:{frame.lineno}")
+        found = (frame.name, f"{os.path.basename(frame.filename)}:{frame.lineno}")
     return found
 
 

@@ -35,7 +35,8 @@ EXAMPLES = ROOT / "examples"
 IMAGENET = EXAMPLES / "imagenet_gaternet.py"
 CIFAR = EXAMPLES / "cifar_gaternet.py"
 STATIC = ROOT / "benchmarks" / "cifar10_static_pruning.py"
-SHARED_CIFAR = next((p for p in (Path("/work/shared/data/cifar10-jpeg.tar.gz"),
+# The real CIFAR-10 archive: $GATEKIT_CIFAR10_ARCHIVE, else shared/data/ beside the checkout.
+SHARED_CIFAR = next((p for p in (Path(os.environ.get("GATEKIT_CIFAR10_ARCHIVE", "")),
                                  ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
                      if p.is_file()), None)
 

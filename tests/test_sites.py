@@ -342,3 +342,45 @@ def test_gate_site_is_frozen() -> None:
     assert (site.num_gates, site.stop) == (4, 8)
     with pytest.raises(AttributeError):
         site.offset = 0
+
+
+_USER_CODE = '''
+import torch
+from torch import nn
+
+
+def user_branch(x):
+    return x if x.mean() > 0 else -x  # line 7: data-dependent control flow
+
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.conv(user_branch(self.stem(x)))
+'''
+
+
+@pytest.mark.parametrize("folder", ["gatekit", "torch", "src/torch/gatekit"])
+def test_untraceable_user_code_found_whatever_its_folder_is_called(tmp_path, folder) -> None:
+    # User code in a folder named like a library (a clone of this repository is the most
+    # natural case) is still the user's: the message names its function, file and line.
+    import importlib.util
+
+    where = tmp_path / folder
+    where.mkdir(parents=True)
+    path = where / "user_model.py"
+    path.write_text(_USER_CODE)
+    spec = importlib.util.spec_from_file_location(f"user_model_{folder.replace('/', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(GatekitError) as info:
+        get_gate_sites(module.UserNet(), "all")
+    msg = str(info.value)
+    assert "in function 'user_branch' (user_model.py:7)" in msg, msg
+    assert "autowrap_functions=[user_branch]" in msg, msg
+    sites = get_gate_sites(module.UserNet(), "all", autowrap_functions=[module.user_branch])
+    assert [s.name for s in sites] == ["conv"]
