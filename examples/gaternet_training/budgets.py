@@ -3,7 +3,10 @@ evaluates, and its loss term.
 
 Every training step draws each sample's budget uniformly from ``[low, HI]``; ``low`` is LO,
 or, with ``K``, moves from HI down to LO over the first K epochs (a curriculum that starts
-at the trained model's full compute and widens).  The model's head reads the budget
+at the trained model's full compute and widens).  ``--budget-ends F`` is the sandwich rule of
+slimmable networks in per-sample form: in every batch, a fraction F/2 of the samples gets the
+range's low end and F/2 its high end, the rest uniform draws, so that both ends are trained at
+every step at no extra cost per step (the samples of a batch already carry their own budgets).  The model's head reads the budget
 (``gate_model(..., budget_input=True)``) and :func:`gatekit.flops_budget_loss` holds each
 sample to its own.  Evaluation: every epoch at the range's midpoint; at the end, at every
 budget of ``--eval-budgets``.
@@ -27,6 +30,7 @@ class BudgetRange:
     low: float
     high: float
     epochs: float | None = None  # the curriculum's length; None: the whole range from the start
+    ends: float = 0.0  # --budget-ends: the fraction of each batch at the range's two ends
 
     def low_at(self, epoch: float) -> float:
         if self.epochs is None:
@@ -34,9 +38,15 @@ class BudgetRange:
         return Ramp(self.high, self.low, self.epochs).at(epoch, self.epochs)
 
     def draw(self, n: int, epoch: float, device: torch.device) -> Tensor:
-        """``n`` budgets, uniform on ``[low_at(epoch), high]``."""
+        """``n`` budgets: ``round(n * ends / 2)`` at ``low_at(epoch)``, as many at ``high``,
+        the rest uniform on ``[low_at(epoch), high]`` (all uniform without ``ends``)."""
         low = self.low_at(epoch)
-        return torch.rand(n, device=device) * (self.high - low) + low
+        budgets = torch.rand(n, device=device) * (self.high - low) + low
+        k = min(round(n * self.ends / 2), n // 2)
+        if k:
+            budgets[:k] = low
+            budgets[k:2 * k] = self.high
+        return budgets
 
     @property
     def midpoint(self) -> float:
@@ -63,6 +73,18 @@ def budget_range_arg(value: str) -> BudgetRange:
     if len(numbers) == 3 and numbers[2] <= 0:
         raise argparse.ArgumentTypeError(f"the curriculum's length K must be > 0 epochs, got {value!r}")
     return BudgetRange(low, high, numbers[2] if len(numbers) == 3 else None)
+
+
+def budget_ends_arg(value: str) -> float:
+    try:
+        ends = float(value)
+    except ValueError:
+        ends = float("nan")
+    if not 0.0 <= ends <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected the fraction of each batch given the range's two ends, in [0, 1], "
+            f"got {value!r}")
+    return ends
 
 
 def eval_budgets_arg(value: str) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .budgets import DEFAULT_EVAL_BUDGETS, budget_range_arg, eval_budgets_arg
+from .budgets import DEFAULT_EVAL_BUDGETS, budget_ends_arg, budget_range_arg, eval_budgets_arg
 from .config import RunConfig
 from .ramp import Ramp, ramp_arg
 
@@ -136,6 +136,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
                         "(gatekit.gate_model(budget_input=True)), drawn uniformly from [LO, HI] "
                         "for every sample at every step, each sample pulled to its own budget; "
                         "with K the range widens from HI down to LO over the first K epochs")
+    r.add_argument("--budget-ends", type=budget_ends_arg, default=0.0, metavar="F",
+                   help="with --budget-range: the sandwich rule per sample; a fraction F/2 of "
+                        "every batch trains at the range's low end and F/2 at its high end, the "
+                        "rest at uniform draws (default: 0, all uniform)")
     r.add_argument("--eval-budgets", type=eval_budgets_arg, default=DEFAULT_EVAL_BUDGETS,
                    metavar="B,B,...",
                    help="with --budget-range: the budgets results.json evaluates the model at "

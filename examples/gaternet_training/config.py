@@ -56,6 +56,7 @@ class RunConfig:
     target_rate_weight: Ramp
     budget: Ramp | None
     budget_range: BudgetRange | None  # one model for any budget (--budget-range)
+    budget_ends: float  # the fraction of each batch at the range's two ends (--budget-ends)
     eval_budgets: tuple[float, ...]
     budget_weight: Ramp
     count_downstream: bool
@@ -114,8 +115,12 @@ class RunConfig:
                 raise GatekitError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.lr <= 0:
             raise GatekitError(f"--lr must be > 0, got {self.lr}")
+        if self.budget_ends and self.budget_range is None:
+            raise GatekitError(f"--budget-ends {self.budget_ends:g} shapes the budgets that "
+                               "--budget-range draws; add --budget-range LO:HI[:K] or drop it")
         if self.no_gate:
             for name, value in (("budget_range", self.budget_range),
+                                ("budget_ends", self.budget_ends),
                                 ("gater_resolution", self.gater_resolution),
                                 ("freeze_gater", self.freeze_gater),
                                 ("init_gater", self.init_gater)):

@@ -139,7 +139,8 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
             "budget", config.budget_weight,
             # each sample held to the budget it was given (GaterNet.last_budget)
             lambda s: gatekit.flops_budget_loss(s.gates, costs, s.model.last_budget),
-            {"budget_range": str(budget_range), "budget_weight": str(config.budget_weight),
+            {"budget_range": str(budget_range), "budget_ends": config.budget_ends,
+             "budget_weight": str(config.budget_weight),
              "count_downstream": config.count_downstream}))
     shaping, prior = config.batch_shaping, tuple(config.batch_shaping_prior)
     if shaping.active:
