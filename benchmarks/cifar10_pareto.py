@@ -1,0 +1,211 @@
+"""Accuracy against FLOPs on CIFAR-10: one gated model at every budget against static pruning.
+
+    python benchmarks/cifar10_pareto.py \\
+        --plain benchmarks/results/cifar10/vs_plain_s0.json \\
+        --static benchmarks/results/cifar10/static_f030_s0.json --static ... \\
+        --any-budget benchmarks/results/cifar10/pareto_anyb_s0_calibrated.json --any-budget ... \\
+        --dedicated benchmarks/results/cifar10/vs_budget_conv_s0.json --dedicated ...
+
+Writes ``pareto.json`` and two plots: test error against the backbone's FLOPs, and against
+the whole model's FLOPs (gater included).  Every number is read from the run files, never
+typed, as ``cifar10_gating_vs_pruning.py`` reads them: ``--plain`` and ``--static`` are
+``results.json`` files of ``examples/cifar_gaternet.py --no-gate`` and
+``benchmarks/cifar10_static_pruning.py`` (a static run's ``budget`` is its ``--flops``, its
+``backbone_flops_fraction`` what the pruned model kept); ``--any-budget`` is a budget-input
+run, usually as ``cifar10_calibrate_budget.py`` wrote it (its ``budget_input.points``);
+``--dedicated`` (optional) a run trained for one budget (``--budget``).  Each file's weights
+(``FILE.pt``) must be beside it: ``python benchmarks/cifar10_evaluate.py FILE.pt --data ...``
+rechecks it.  All runs must have the same number of epochs.
+
+The targets (means over seeds; a static budget compared with the one model's point at that
+budget, their backbone FLOPs within 0.02) are printed, not stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cifar10_any_budget import POINT_KEYS, _load_run, final_budget
+from cifar10_gating_vs_pruning import OUT, _entry, _load, _rel
+
+FLOPS_WINDOW = 0.02  # a static point and the one model's are compared within this
+
+
+def static_budget(path: Path) -> float:
+    """The ``--flops`` a static run was pruned to, read from its command."""
+    words = shlex.split(_load(path)["command"])
+    for i, w in enumerate(words):
+        if w == "--flops" and i + 1 < len(words):
+            return float(words[i + 1])
+        if w.startswith("--flops="):
+            return float(w.split("=", 1)[1])
+    sys.exit(f"error: {path}'s command has no --flops; expected a cifar10_static_pruning.py run")
+
+
+def any_budget_entry(path: Path) -> dict[str, Any]:
+    r = _load_run(path)
+    info = r.get("budget_input")
+    if not info or not info.get("points"):
+        sys.exit(f"error: {path} has no budget_input.points; expected a run trained with "
+                 "--budget-range (or its calibration)")
+    run = _load(Path(__file__).resolve().parents[1] / r["calibrated_from"]["file"]) \
+        if "calibrated_from" in r else r
+    return {"file": _rel(path), "weights": _rel(path.with_suffix(".pt")), "seed": run["seed"],
+            "epochs": run["epochs"], "budget_range": info["range"],
+            "calibrated": "calibrated_from" in r,
+            "train_seconds_per_epoch": run.get("train_seconds_per_epoch"),
+            "points": [{k: p[k] for k in POINT_KEYS} for p in info["points"]]}
+
+
+def summarise(plain: list[Path], static: list[Path], any_budget: list[Path],
+              dedicated: list[Path]) -> dict[str, Any]:
+    anyb = [any_budget_entry(p) for p in any_budget]
+    epochs = {_load(p)["epochs"] for p in (*plain, *static, *dedicated)} | {a["epochs"] for a in anyb}
+    if len(epochs) != 1:
+        sys.exit(f"error: the runs differ in epochs ({sorted(epochs)}); compare equal training")
+    for a in anyb:
+        del a["epochs"]
+    statics = [{"budget": static_budget(p), **_entry(p, "static")} for p in static]
+    dedicated_entries = [{"budget": final_budget(p), **_entry(p, "budget")} for p in dedicated]
+    return {"epochs": epochs.pop(), "plain": [_entry(p, "plain") for p in plain],
+            "static": sorted(statics, key=lambda s: (s["budget"], s["seed"])),
+            "any_budget": anyb, "dedicated": dedicated_entries}
+
+
+def _by_budget(entries: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+    out: dict[float, list[dict[str, Any]]] = {}
+    for e in entries:
+        out.setdefault(e["budget"], []).append(e)
+    return out
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.mean(r[key] for r in rows)
+
+
+def one_model_mean(summary: dict[str, Any]) -> dict[float, dict[str, float]]:
+    """The one model's points averaged over its seeds, by requested budget (only budgets that
+    every seed was evaluated at)."""
+    runs = summary["any_budget"]
+    common = set.intersection(*({p["budget"] for p in r["points"]} for r in runs)) if runs else set()
+    out = {}
+    for b in sorted(common):
+        rows = [next(p for p in r["points"] if p["budget"] == b) for r in runs]
+        out[b] = {k: _mean(rows, k) for k in POINT_KEYS if k != "budget"}
+    return out
+
+
+def targets(summary: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with its numbers and MET / MISSED."""
+    def line(ok: bool, text: str) -> str:
+        return f"{'MET   ' if ok else 'MISSED'} {text}"
+
+    one = one_model_mean(summary)
+    lines = []
+    for b, rows in sorted(_by_budget(summary["static"]).items()):
+        s_err, s_f = _mean(rows, "test_error"), _mean(rows, "backbone_flops_fraction")
+        point = one.get(b)
+        if point is None:
+            lines.append(line(False, f"static {b:g}: the one model was not evaluated at {b:g}"))
+            continue
+        close = abs(point["backbone_flops_fraction"] - s_f) <= FLOPS_WINDOW
+        margin = 0.01 if b <= 0.40 + 1e-9 else 0.0
+        lines.append(line(
+            close and point["test_error"] <= s_err - margin,
+            f"at {b:g}: one model {100 * point['test_error']:.2f}% <= static "
+            f"{100 * s_err:.2f}%{f' - {100 * margin:.1f}' if margin else ''} (backbone FLOPs "
+            f"{point['backbone_flops_fraction']:.3f} vs {s_f:.3f}, within {FLOPS_WINDOW})"))
+    plain = _mean(summary["plain"], "test_error")
+    full = one.get(1.0)
+    lines.append(line(full is not None and full["test_error"] <= plain + 0.002,
+                      f"at 1.0: one model {100 * full['test_error']:.2f}% <= plain "
+                      f"{100 * plain:.2f}% + 0.2" if full else "at 1.0: not evaluated"))
+    worst = max(((abs(p["backbone_flops_fraction"] - p["budget"]), p["budget"], r["seed"])
+                 for r in summary["any_budget"] for p in r["points"]), default=(1.0, None, None))
+    lines.append(line(worst[0] <= 0.03, f"achieved backbone FLOPs within 0.03 of every budget "
+                                        f"(worst {worst[0]:.4f}, budget {worst[1]}, seed {worst[2]})"))
+    return lines
+
+
+def plot(summary: dict[str, Any], x_key: str, path: Path) -> None:
+    """Test error against FLOPs (``x_key``: backbone or total), every arm of the summary."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    total = x_key == "total_flops_fraction_of_plain"
+
+    def x_of(row: dict[str, Any]) -> float:  # a static or plain model has no gater
+        return row.get(x_key, row.get("backbone_flops_fraction", 1.0))
+
+    statics = _by_budget(summary["static"])
+    ax.scatter([x_of(s) for s in summary["static"]], [100 * s["test_error"] for s in summary["static"]],
+               color="tab:green", marker="^", s=28, alpha=0.6, label="static pruning (each seed)")
+    xs = sorted(statics)
+    ax.plot([statistics.mean(x_of(s) for s in statics[b]) for b in xs],
+            [100 * _mean(statics[b], "test_error") for b in xs], "^-", color="tab:green",
+            label="static pruning (mean)")
+    for r in summary["any_budget"]:
+        pts = sorted(r["points"], key=lambda p: p["budget"])
+        ax.plot([p[x_key] for p in pts], [100 * p["test_error"] for p in pts], ".:",
+                color="tab:blue", alpha=0.6, label=f"one model, seed {r['seed']}")
+    one = one_model_mean(summary)
+    ax.plot([one[b][x_key] for b in one], [100 * one[b]["test_error"] for b in one], "o-",
+            color="tab:blue", label="one model (mean of seeds)")
+    if summary["dedicated"]:
+        ax.scatter([x_of(d) for d in summary["dedicated"]],
+                   [100 * d["test_error"] for d in summary["dedicated"]], color="tab:orange",
+                   marker="D", s=36, zorder=3, label="a run trained for its one budget")
+    for p in summary["plain"]:
+        ax.scatter([1.0], [100 * p["test_error"]], color="tab:gray", marker="s", s=44, zorder=3,
+                   label=f"plain (seed {p['seed']})")
+    ax.set_ylabel("CIFAR-10 test error (%)")
+    # errors far above the rest (a budget a model cannot serve) would flatten the curve
+    errors = sorted(100 * p["test_error"] for r in summary["any_budget"] for p in r["points"])
+    errors += [100 * s["test_error"] for s in summary["static"]]
+    top = min(max(errors), statistics.median(errors) + 12.0)
+    ax.set_ylim(min(errors) - 0.5, top + 0.5)
+    what = "the whole model, gater included" if total else "the backbone"
+    ax.set_xlabel(f"FLOPs per image of {what}, fraction of the dense ResNet-20")
+    ax.set_title(f"ResNet-20, {summary['epochs']} epochs from one plain start: one gated model "
+                 "at every budget against static pruning", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper right")
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    for kind in ("plain", "static", "any-budget"):
+        p.add_argument(f"--{kind}", type=Path, action="append", required=True, metavar="FILE.json")
+    p.add_argument("--dedicated", type=Path, action="append", default=[], metavar="FILE.json")
+    p.add_argument("--out", type=Path, default=OUT / "pareto.json")
+    p.add_argument("--plot", type=Path, default=OUT / "pareto_backbone_flops.png",
+                   help="against backbone FLOPs; the plot against total FLOPs is written beside "
+                        "it with 'backbone' replaced by 'total' in the name")
+    args = p.parse_args(argv)
+    summary = summarise(args.plain, args.static, args.any_budget, args.dedicated)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, "backbone_flops_fraction", args.plot)
+    total = args.plot.with_name(args.plot.name.replace("backbone", "total"))
+    if total == args.plot:
+        total = args.plot.with_name(args.plot.stem + "_total" + args.plot.suffix)
+    plot(summary, "total_flops_fraction_of_plain", total)
+    print(json.dumps(summary, indent=1))
+    print("\n".join(targets(summary)))
+    print(f"wrote {_rel(args.out)}, {_rel(args.plot)} and {_rel(total)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
