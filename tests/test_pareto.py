@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_gating_vs_pruning import _script, _write
-
 from test_examples import ROOT
+from test_gating_vs_pruning import _script, _write
 
 SCRIPT = ROOT / "benchmarks" / "cifar10_pareto.py"
 DENSE = 80_000_000
