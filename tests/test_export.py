@@ -9,7 +9,9 @@ exported model runs, on inputs other than the example it was exported with.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +259,27 @@ def test_errors(monkeypatch, tmp_path):
     with pytest.raises(gatekit.GatekitError, match=r'onnxscript.*pip install "gatekit\[export\]"'):
         gatekit.export_onnx(net, x, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---- the example script -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_conv_s0.pt"
+DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def test_example_script_help():
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"), "--help"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0 and "--out" in run.stdout, run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (RUN.is_file() and DATA.is_file()), reason="needs the run and CIFAR-10")
+def test_example_script_checks_the_committed_run(tmp_path):
+    out = tmp_path / "model.onnx"
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"), str(RUN),
+                          "--out", str(out), "--images", "20", "--data", str(DATA)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "same class 20/20" in run.stdout and out.is_file()
