@@ -12,6 +12,8 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :func:`batch_shaping_loss`; :func:`distillation_loss` from a trained dense teacher;
 - functional forms in :mod:`gatekit.functional`;
 - :func:`calibrate_budget`: a budget-input model's budget made the FLOPs fraction it keeps;
+- deployment that keeps per-image skipping: :func:`export_program` (torch.export),
+  :func:`export_onnx` (ONNX Runtime), both through :func:`exportable`;
 - gate statistics over an evaluation pass: :class:`GateStats`; their plots in
   :mod:`gatekit.plots`;
 - :class:`GatekitError`, the one exception raised for bad input.
@@ -34,6 +36,7 @@ from .estimators import (
     StraightThroughSigmoid,
     get_gate,
 )
+from .export import export_onnx, export_program, exportable
 from .gater import GaterNet
 from .inference import SkipComputeNet, fuse_gated_convs, skip_compute
 from .losses import (
@@ -65,6 +68,9 @@ __all__ = [
     "calibrate_budget",
     "distillation_loss",
     "expected_l0_loss",
+    "export_onnx",
+    "export_program",
+    "exportable",
     "flops_budget_loss",
     "functional",
     "fuse_gated_convs",

@@ -1,4 +1,4 @@
-"""Importing gatekit stays lean: no Triton, torchvision or matplotlib, and CUDA untouched.
+"""Importing gatekit stays lean: no Triton, torchvision, matplotlib or ONNX, and CUDA untouched.
 
 The imports run in a fresh interpreter, so modules other tests loaded cannot hide a
 regression.  ``import torch`` alone is the baseline: only what gatekit adds on top counts.
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-HEAVY = ("triton", "torchvision", "matplotlib")
-MODULES = ("gatekit", "gatekit.ops")
+HEAVY = ("triton", "torchvision", "matplotlib", "onnx", "onnxscript", "onnxruntime")
+MODULES = ("gatekit", "gatekit.ops", "gatekit.export")
 
 # Imports torch, then each module in turn; after each, the heavy modules loaded so far and
 # whether CUDA is initialised.

@@ -1,0 +1,228 @@
+"""Does the exported GaterNet pay in ONNX Runtime?  Plain ONNX vs exported GaterNet vs eager.
+
+Three variants, timed side by side in one process (interleaved call by call, medians), at
+each ``--threads`` intra-op thread count (ONNX Runtime's ``intra_op_num_threads`` and
+``torch.set_num_threads``):
+
+- ``onnx_plain``: the plain backbone exported with ``torch.onnx.export(dynamo=True)`` at
+  the same opset, run with the same session options (what gating has to beat);
+- ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included;
+- ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet (its default
+  batching), gater included.
+
+Cases:
+
+- ``resnet50``: torchvision ResNet-50, ``"inner"`` sites, at ``--size`` (224) with a
+  ResNet-18 trunk gater on the image resized to ``--gater-size`` (112), random weights
+  (BatchNorm statistics randomised), at each ``--open`` fraction: the head's last bias is
+  set so that each gate is open on that fraction of random images (per image about that
+  fraction is open; the samples of a batch differ, so a batch runs the union of their
+  open filters); batches ``--batches`` (1 and 8);
+- ``resnet20_run``: the trained CIFAR ResNet-20 conv-gater run ``--cifar-run``
+  (``vs_budget_conv_s0.pt``) on the first CIFAR-10 test images of ``--cifar-data``, with
+  its own gates, batches ``--cifar-batches`` (1 and 32).
+
+Rows record the open fraction the gates had (per image, and the batch's union).  Output:
+JSON (``--out``, rewritten after every row, with the machine, the command and the load
+average) and a table on stdout.  Timings need a quiet machine.  The full measurement::
+
+    python benchmarks/export_cpu.py
+
+``--quick`` checks the script end to end in a minute or two (small images, one thread,
+few repeats, 50% open only); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import end_to_end_cpu  # builders shared with the eager end-to-end benchmark
+
+import gatekit
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_conv_s0.pt"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--models", nargs="+", default=["resnet50", "resnet20_run"],
+                   choices=["resnet50", "resnet20_run"])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--open", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--cifar-batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--gater-size", type=int, default=112)
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per variant and point")
+    p.add_argument("--opset", type=int, default=gatekit.export._api.OPSET)
+    p.add_argument("--cifar-run", type=Path, default=DEFAULT_RUN)
+    p.add_argument("--cifar-data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: benchmarks/results/export_cpu.json (with --quick, a file in "
+                        "the temporary directory)")
+    p.add_argument("--quick", action="store_true",
+                   help="a functional check: 64-px ResNet-50 (32-px gater), 1 thread, 50%% "
+                        "open, batches 1 and 2, 3 repeats; numbers mean nothing")
+    return p
+
+
+def session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_plain(plain: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """The plain backbone as ONNX, as export_onnx writes a GaterNet: dynamo, dynamic batch."""
+    batch = torch.export.Dim("batch", min=1)
+    x = example.expand(2, *example.shape[1:]).contiguous()
+    program = torch.export.export(plain, (x,), dynamic_shapes={"x": {0: batch}}, strict=False)
+    torch.onnx.export(program, (), str(path), dynamo=True, input_names=["image"],
+                      output_names=["output"], opset_version=opset, verbose=False, optimize=True)
+
+
+def set_open_fraction(net: gatekit.GaterNet, fraction: float, size: int, seed: int) -> None:
+    """Shift the head's last bias so that each gate is open on ``fraction`` of 64 random
+    images (a per-gate quantile of its logits)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(64, 3, size, size, generator=gen)
+    with torch.no_grad():
+        logits = torch.cat([net.gate_logits(images[i : i + 16]) for i in range(0, 64, 16)])
+        net.head.fc2.bias -= torch.quantile(logits, 1.0 - fraction, dim=0)
+
+
+def time_variants(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median ms per call of each function, calls interleaved round by round."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def open_fractions(net: gatekit.GaterNet, x: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        gates = net.estimator(net.gate_logits(x))
+    return {"per_image": gates.mean().item(), "union": (gates != 0).any(0).float().mean().item()}
+
+
+def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], label: Any,
+            args: argparse.Namespace, tmp: Path, rows: list[dict], report: dict) -> None:
+    example = x_all[:1]
+    plain_path, gated_path = tmp / f"{name}_plain.onnx", tmp / f"{name}_gaternet.onnx"
+    export_plain(plain, example, plain_path, args.opset)
+    routes = gatekit.export_onnx(net, example, gated_path, opset=args.opset)
+    fast = gatekit.skip_compute(net)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        plain_s, gated_s = session(plain_path, threads), session(gated_path, threads)
+        for batch in batches:
+            x = x_all[:batch].contiguous()
+            feed = {"image": x.numpy()}
+            with torch.no_grad():
+                check = (torch.from_numpy(gated_s.run(None, feed)[0]) - net(x)).abs().max().item()
+                medians = time_variants({
+                    "onnx_plain": lambda s=plain_s, f=feed: s.run(None, f),
+                    "onnx_gaternet": lambda s=gated_s, f=feed: s.run(None, f),
+                    "eager_skip": lambda x=x: fast(x),
+                }, args.repeats)
+            row = {"model": name, "open": label, "batch": batch, "threads": threads,
+                   "open_fraction": open_fractions(net, x), "median_ms": medians,
+                   "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
+                   "onnx_gaternet_vs_eager_skip": medians["eager_skip"] / medians["onnx_gaternet"],
+                   "max_abs_diff_onnx_vs_eager": check,
+                   "sites": {m: sum(r.mode == m for r in routes) for m in ("sliced", "scatter", "dense")}}
+            rows.append(row)
+            print_row(row)
+            write(args, report)
+
+
+def print_row(row: dict) -> None:
+    med, sp = row["median_ms"], row["speedup_vs_onnx_plain"]
+    opened = row["open"] if isinstance(row["open"], str) else f"{row['open']:.2f}"
+    print(f"{row['model']:>12} t{row['threads']} b{row['batch']:<3} open {opened:>7} "
+          f"(union {row['open_fraction']['union']:.2f}): onnx plain {med['onnx_plain']:.2f} ms, "
+          f"onnx gaternet {med['onnx_gaternet']:.2f} ms ({sp['onnx_gaternet']:.2f}x), eager skip "
+          f"{med['eager_skip']:.2f} ms ({sp['eager_skip']:.2f}x); |diff| "
+          f"{row['max_abs_diff_onnx_vs_eager']:.1e}")
+
+
+def write(args: argparse.Namespace, report: dict) -> None:
+    report["load_average_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.size, args.gater_size, args.threads, args.open = 64, 32, [1], [0.5]
+        args.batches, args.cifar_batches, args.repeats = [1, 2], [1, 2], 3
+    if args.out is None:
+        args.out = (Path(tempfile.gettempdir()) / "export_cpu_quick.json" if args.quick
+                    else ROOT / "benchmarks" / "results" / "export_cpu.json")
+    import onnxruntime as ort
+
+    rows: list[dict] = []
+    report = {
+        "question": "ONNX Runtime on the CPU: the exported GaterNet (gater included) against "
+                    "the plain backbone's ONNX and eager skip_compute",
+        "command": "python benchmarks/export_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpu": end_to_end_cpu.cpu_model(), "torch": torch.__version__,
+                    "onnxruntime": ort.__version__, "python": platform.python_version(),
+                    "platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_average_start": os.getloadavg(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": rows,
+    }
+    gen = torch.Generator().manual_seed(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            if model == "resnet50":
+                for fraction in args.open:
+                    torch.manual_seed(args.seed)
+                    plain = torchvision.models.resnet50(weights=None)
+                    gater = end_to_end_cpu.resnet18_trunk(args.gater_size)
+                    end_to_end_cpu.randomise_batchnorm(plain)
+                    end_to_end_cpu.randomise_batchnorm(gater)
+                    net = gatekit.gate_model(plain, gater, sites="inner").eval()
+                    set_open_fraction(net, fraction, args.size, args.seed)
+                    x = torch.randn(max(args.batches), 3, args.size, args.size, generator=gen)
+                    measure(model, plain.eval(), net, x, args.batches, fraction, args,
+                            Path(tmp), rows, report)
+            else:
+                plain, net, config = end_to_end_cpu.build_run(args.cifar_run)
+                x = end_to_end_cpu.test_images(config, args.cifar_data, max(args.cifar_batches), gen)
+                measure(model, plain, net, x, args.cifar_batches, "trained", args, Path(tmp),
+                        rows, report)
+    write(args, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Export a trained CIFAR GaterNet run to ONNX, check it against eager PyTorch, time it.
+
+    python examples/export_gaternet.py benchmarks/results/cifar10/vs_budget_conv_s0.pt \\
+        --out model.onnx
+
+``WEIGHTS`` is a run's ``state_dict`` with its results file beside it (``WEIGHTS`` with the
+suffix ``.json``, or ``--results``): the model is rebuilt from the command recorded there,
+as ``benchmarks/cifar10_evaluate.py`` does.  Steps:
+
+1. rebuild the run and load its weights (eval mode);
+2. export it with :func:`gatekit.export_onnx` (gater, gates and skipping in the graph,
+   dynamic batch);
+3. run the file in ONNX Runtime on ``--images`` CIFAR test images, one image at a time,
+   and compare with the eager gated model (largest difference, same predicted class);
+4. time ONNX Runtime and the eager :func:`gatekit.skip_compute` model at batch 1 on
+   ``--threads`` intra-op threads (medians), and print one line.
+
+A run with a budget input is exported with the budget as the file's second input and
+checked at ``--budget``.  Needs ``pip install "gatekit[export,examples]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import cifar10_evaluate  # noqa: E402  (rebuilds a run from its weights and results file)
+import cifar_gaternet  # noqa: E402
+from gaternet_training.distributed import setup  # noqa: E402
+
+import gatekit  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("weights", type=Path, help="the run's state_dict (.pt)")
+    p.add_argument("--out", type=Path, default=Path("model.onnx"), help="the ONNX file to write")
+    p.add_argument("--results", type=Path, default=None,
+                   help="the run's results JSON (default: WEIGHTS with suffix .json)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the CIFAR data (default: the --data of the run's recorded command, "
+                        "from the repository root)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--images", type=int, default=200, help="test images to check and time")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="a budget-input run: the budget to check and time at")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (both runtimes)")
+    return p
+
+
+def recorded_data(results: dict) -> Path:
+    words = results["command"].split()
+    if "--data" not in words:
+        raise gatekit.GatekitError("the run's command records no --data; pass --data")
+    return (ROOT / words[words.index("--data") + 1]).resolve()
+
+
+def median_ms(fn, inputs: list) -> float:
+    fn(inputs[0])  # warm-up
+    times = []
+    for item in inputs:
+        start = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import onnxruntime as ort
+
+    # 1. rebuild the run
+    results_path = args.results or args.weights.with_suffix(".json")
+    results = cifar10_evaluate.load_results(results_path)
+    data = args.data or recorded_data(results)
+    config = cifar10_evaluate._run_config(results, data, args.cache_dir)
+    loaded = cifar_gaternet.load_data(config, setup("cpu"))
+    state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    net = cifar10_evaluate.rebuild(results, config, state, len(loaded.classes)).eval()
+    images = torch.cat([x for x, _ in loaded.val])[: args.images].contiguous()
+    singles = [images[i : i + 1] for i in range(images.shape[0])]
+    budget = args.budget if net.budget_input else None
+    kw = {} if budget is None else {"budget": budget}
+
+    # 2. export
+    routes = gatekit.export_onnx(net, singles[0], args.out, budget=budget)
+
+    # 3. check against eager, image by image
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(args.out), options, providers=["CPUExecutionProvider"])
+
+    def onnx_run(x: torch.Tensor) -> torch.Tensor:
+        feed = {"image": x.numpy()}
+        if budget is not None:
+            feed["budget"] = torch.full((x.shape[0],), budget).numpy()
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    torch.set_num_threads(args.threads)
+    worst, same = 0.0, 0
+    with torch.no_grad():
+        for x in singles:
+            ref, out = net(x, **kw), onnx_run(x)
+            worst = max(worst, (out - ref).abs().max().item())
+            same += int(out.argmax(1).item() == ref.argmax(1).item())
+
+    # 4. speed at batch 1
+    fast = gatekit.skip_compute(net)
+    with torch.no_grad():
+        eager_ms = median_ms(lambda x: fast(x, **kw), singles)
+    onnx_ms = median_ms(onnx_run, singles)
+    skipping = sum(r.mode != "dense" for r in routes)
+    print(f"{args.out}: {len(singles)} test images, max |onnx - eager| {worst:.2g}, same class "
+          f"{same}/{len(singles)}; batch 1, {args.threads} thread(s): onnxruntime "
+          f"{onnx_ms:.2f} ms, eager skip_compute {eager_ms:.2f} ms ({eager_ms / onnx_ms:.2f}x); "
+          f"{skipping}/{len(routes)} sites skip")
+    return 0 if same == len(singles) and worst < 1e-3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Exporting a GaterNet that still skips per image: :func:`torch.export` and ONNX.
+
+- :func:`exportable`: an eval-mode GaterNet as one module whose gates and channel choices
+  are tensor operations (see :class:`ExportGaterNet`);
+- :func:`export_program`: that module through :func:`torch.export.export`, an
+  :class:`~torch.export.ExportedProgram` with a dynamic batch (save it with
+  :func:`torch.export.save` as ``.pt2``);
+- :func:`export_onnx`: the program as an ONNX file for ONNX Runtime
+  (``pip install "gatekit[export]"``).
+"""
+
+from ._api import export_onnx, export_program
+from ._net import ExportGaterNet, exportable
+
+__all__ = ["ExportGaterNet", "export_onnx", "export_program", "exportable"]

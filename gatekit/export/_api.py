@@ -1,0 +1,190 @@
+"""export_program and export_onnx: an exportable GaterNet through torch.export, then ONNX.
+
+Data flow: ``net -> exportable(net) -> torch.export.export (strict=False, dynamic batch)
+-> ExportedProgram -> torch.onnx.export (dynamo) -> .onnx``.  onnx and onnxscript are
+imported only by :func:`export_onnx`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._errors import GatekitError
+from ..gater import GaterNet
+from ..inference._common import SiteRoute, check_eval_net
+from ._net import exportable, takes_budget
+
+__all__ = ["export_onnx", "export_program"]
+
+#: The ONNX opset :func:`export_onnx` writes unless told otherwise.
+OPSET = 18
+
+#: Where :func:`export_onnx` records the routes in the ONNX file's metadata (JSON).
+ROUTES_KEY = "gatekit.routes"
+
+_INSTALL = 'pip install "gatekit[export]"'
+
+
+def _check_net(net: Any, fn: str) -> None:
+    if not isinstance(net, GaterNet):
+        raise GatekitError(
+            f"{fn} expects a GaterNet (from gatekit.gate_model), got {type(net).__name__}; "
+            f"a plain module has no gates to skip: export it with torch.export.export or "
+            f"torch.onnx.export directly"
+        )
+    check_eval_net(net, fn, "its gates must be the hard eval-mode ones and its BatchNorms "
+                   "folded with running statistics")
+
+
+def _example_args(net: GaterNet, example: Any, budget: Any, fn: str) -> tuple[Tensor, ...]:
+    if not isinstance(example, Tensor) or example.ndim < 1:
+        got = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
+        raise GatekitError(
+            f"{fn} expects an example input tensor (N, C, ...) like the ones the model will "
+            f"run on, got {got}"
+        )
+    n = example.shape[0]
+    if not takes_budget(net):
+        if budget is not None:
+            raise GatekitError(
+                f"{fn} got budget={budget!r} for a GaterNet without a budget input; drop the "
+                f"budget argument (or build the model with gate_model(..., budget_input=True))"
+            )
+        return (example,)
+    if budget is None:
+        raise GatekitError(
+            f"{fn} needs an example budget for this GaterNet (built with budget_input=True, "
+            f"called as net(x, budget=b)); got none. Pass budget=b, a float in (0, 1] or an "
+            f"({n},) tensor: the exported model then takes the budget as its second input, "
+            f"one value per image"
+        )
+    if isinstance(budget, Tensor):
+        b = budget.to(device=example.device, dtype=torch.float32)
+        b = b.expand(n) if b.ndim == 0 else b
+    elif isinstance(budget, bool) or not isinstance(budget, int | float):
+        raise GatekitError(f"{fn} expects budget as a float in (0, 1] or an ({n},) tensor, "
+                           f"got {budget!r}")
+    else:
+        b = torch.full((n,), float(budget), device=example.device)
+    if b.shape != (n,) or not bool(((b > 0) & (b <= 1)).all()):
+        raise GatekitError(f"{fn} expects budget values in (0, 1], one per image ({n},), got "
+                           f"{b.tolist() if b.numel() < 9 else tuple(b.shape)}")
+    return (example, b.contiguous())
+
+
+def export_program(
+    net: GaterNet,
+    example: Tensor,
+    *,
+    budget: float | Tensor | None = None,
+    dynamic_batch: bool = True,
+) -> torch.export.ExportedProgram:
+    """Export an eval-mode GaterNet with :func:`torch.export.export`, skipping per image.
+
+    The program takes the image batch (and, for a budget-input model, the ``(N,)``
+    budgets; ``budget`` is then an example value) and returns what ``net`` returns.  The
+    gater, the head, the eval-mode hard gates and each site's channel choice run in the
+    graph (see :func:`gatekit.exportable`): nothing of ``example`` but its shape is kept.
+
+    Batch: with ``dynamic_batch=True`` (default) the batch dimension is dynamic and a
+    batch computes, per site, the filters open in *any* of its samples (the union), then
+    zeroes each sample's own closed ones: a batch whose samples disagree computes more
+    than each sample alone would, up to every filter.  Batch 1 computes exactly its own.
+    ``dynamic_batch=False`` fixes the batch to ``example``'s (at batch 1 the per-sample
+    multiply is dropped).
+
+    Run it with ``program.module()(x)``; save it with ``torch.export.save(program,
+    "model.pt2")``.  Raises :class:`GatekitError` for a module that is not a GaterNet, a
+    model in training mode, and a budget-input model without an example ``budget``.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, conv_gater
+    >>> net = gatekit.gate_model(resnet20(), conv_gater(), sites="inner").eval()
+    >>> program = gatekit.export_program(net, torch.randn(1, 3, 32, 32))
+    >>> x = torch.randn(3, 3, 32, 32)
+    >>> torch.allclose(program.module()(x), net(x), atol=1e-4)
+    True
+    """
+    return _export(net, example, budget, dynamic_batch, "gatekit.export_program")[0]
+
+
+def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool,
+            fn: str) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
+    _check_net(net, fn)
+    args = _example_args(net, example, budget, fn)
+    batch_one = not dynamic_batch and example.shape[0] == 1
+    ready = exportable(net, batch_one=batch_one)
+    dynamic_shapes = None
+    if dynamic_batch:
+        if example.shape[0] == 1:
+            # torch.export keeps a size-1 dimension static: trace at 2, any batch runs.
+            args = tuple(a.expand(2, *a.shape[1:]).contiguous() for a in args)
+        batch = torch.export.Dim("batch", min=1)
+        names = ("x", "budget")[: len(args)]
+        dynamic_shapes = {name: {0: batch} for name in names}
+    program = torch.export.export(ready, args, dynamic_shapes=dynamic_shapes, strict=False)
+    return program, ready.routes
+
+
+def _require(modules: tuple[str, ...], fn: str) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise GatekitError(
+                f"{fn} needs the optional package {name!r}, which could not be imported "
+                f"({type(e).__name__}: {e}); install the export extra: {_INSTALL}"
+            ) from None
+
+
+def export_onnx(
+    net: GaterNet,
+    example: Tensor,
+    path: str | os.PathLike[str],
+    *,
+    budget: float | Tensor | None = None,
+    dynamic_batch: bool = True,
+    opset: int = OPSET,
+) -> tuple[SiteRoute, ...]:
+    """Export an eval-mode GaterNet to an ONNX file that still skips per image.
+
+    :func:`export_program`, then the dynamo ONNX exporter: the channel choices become
+    ``NonZero``, ``Gather`` and ``Conv`` on the gathered weights, which ONNX Runtime runs
+    per input.  Inputs are named ``"image"`` (and ``"budget"``, ``(N,)`` float32, for a
+    budget-input model), the output ``"output"``; batches behave as in
+    :func:`export_program`.  Returns the routes (one
+    :class:`gatekit.inference.SiteRoute` per site: what each site became and why), also
+    written as JSON into the file's metadata under ``"gatekit.routes"``.  Needs onnx and
+    onnxscript (``pip install "gatekit[export]"``; ONNX Runtime to run the file).
+
+    >>> import tempfile, os, torch, gatekit
+    >>> from gatekit.models import resnet20, conv_gater
+    >>> net = gatekit.gate_model(resnet20(), conv_gater(), sites="inner").eval()
+    >>> path = os.path.join(tempfile.mkdtemp(), "gaternet.onnx")
+    >>> routes = gatekit.export_onnx(net, torch.randn(1, 3, 32, 32), path)
+    >>> {r.mode for r in routes}
+    {'sliced'}
+    >>> import onnxruntime
+    >>> session = onnxruntime.InferenceSession(path)
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> out = session.run(None, {"image": x.numpy()})[0]
+    >>> torch.allclose(torch.from_numpy(out), net(x), atol=1e-4)
+    True
+    """
+    fn = "gatekit.export_onnx"
+    _require(("onnx", "onnxscript"), fn)
+    program, routes = _export(net, example, budget, dynamic_batch, fn)
+    names = ["image", "budget"] if takes_budget(net) else ["image"]
+    onnx_program = torch.onnx.export(
+        program, (), None, dynamo=True, input_names=names, output_names=["output"],
+        opset_version=opset, verbose=False, optimize=True,
+    )
+    onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
+    onnx_program.save(os.fspath(path))
+    return routes

@@ -1,0 +1,274 @@
+"""The exportable GaterNet: every skip decided inside the graph, no Python branch on data.
+
+:func:`exportable` rewrites a copy of the gated backbone as :func:`gatekit.skip_compute`
+does (the same site plans, the same BatchNorm folding, the same graph rewrite), then swaps
+each of skip_compute's convolutions for an :class:`ExportConv`, whose channel choice is a
+tensor computed in the graph::
+
+    gates = estimator(head(gater(x)))                      # eval-mode hard gates
+    open  = (gates != 0).any(0)                            # union over the batch
+    idx   = cat([open[site], none_open]).nonzero()         # per sliced site
+    y     = conv(x, weight.index_select(0, idx))           # the open filters only
+    y     = y * gates[:, site][:, idx]                     # each sample's own gates
+    z     = conv(relu(y), weight2.index_select(1, idx))    # the consumer reads them
+
+When no filter of a site is open, ``idx`` holds one extra index whose weight row (and
+consumer column) is zero: the conv computes one zero channel instead of an empty tensor,
+which neither PyTorch nor every runtime accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .._errors import GatekitError
+from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
+from ..gater import GaterNet
+from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
+from ..inference._conv import FULL, SkipConv
+from ..inference._plan import SitePlan, plan_sites
+from ..inference._skip import _channels_last, _rewrite
+from ..sites import GateSite
+
+__all__ = ["ExportGaterNet", "exportable"]
+
+#: The batching every sliced or scatter site runs with in an exported graph.
+UNION = "union"
+
+#: Estimators whose eval-mode gates are exactly 0 or 1: with them a single image needs no
+#: gate multiply at a sliced site (its open filters are computed, its closed ones are not).
+_BINARY_ESTIMATORS = (ImprovedSemHash, StraightThroughSigmoid, GumbelSigmoid, HardConcrete)
+
+_CONVS = (F.conv1d, F.conv2d, F.conv3d)
+
+
+def takes_budget(net: GaterNet) -> bool:
+    """Whether ``net`` is called as ``net(x, budget=b)`` (its gater's head reads a budget)."""
+    return bool(getattr(net, "budget_input", False))
+
+
+class OpenChannels:
+    """One run's channel choice: per site, the channels computed (``index``, None for a
+    site run in full) and the samples' gates of those channels (``masks``, ``(N, k)``, None
+    when no multiply is needed)."""
+
+    def __init__(self, index: list[Tensor | None], masks: list[Tensor | None]):
+        self.index = index
+        self.masks = masks
+
+
+class ExportConv(nn.Module):
+    """A :class:`gatekit.inference._conv.SkipConv` whose channels come as index tensors.
+
+    Holds the folded weight ``(out + 1, in + 1, *kernel)``: the extra output row (when its
+    outputs are cut) and input column (when its input is a cut tensor) are zero, for the
+    index of a site with no open filter.  Called in the graph as skip_compute calls its
+    conv: ``conv(x, channels, out_site, in_site, residual=None)``.
+    """
+
+    def __init__(self, skip: SkipConv):
+        super().__init__()
+        out_c, in_c, kernel = skip.out_channels, skip.in_channels, skip.kernel_size
+        weight = skip.weight.t() if skip.transposed else skip.weight
+        weight = weight.reshape(out_c, in_c, *kernel)
+        self.out_mode, self.in_sliced = skip.out_mode, skip.in_sliced
+        self.out_channels, self.in_channels = out_c, in_c
+        self.stride, self.padding, self.dilation = skip.stride, skip.padding, skip.dilation
+        self.groups = skip.groups
+        self.cut_out = self.out_mode != FULL
+        pad_out, pad_in = int(self.cut_out), int(self.in_sliced)
+        padded = weight.new_zeros(out_c + pad_out, in_c + pad_in, *kernel)
+        padded[:out_c, :in_c] = weight
+        self.register_buffer("weight", padded.contiguous())
+        bias = skip.bias
+        if bias is not None and self.cut_out:
+            bias = torch.cat([bias, bias.new_zeros(1)])
+        self.register_buffer("bias", bias)
+        self._conv = _CONVS[len(kernel) - 1]
+
+    def forward(
+        self,
+        x: Tensor,
+        channels: OpenChannels,
+        out_site: int | None = None,
+        in_site: int | None = None,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        # The rewrite passes out_site exactly when outputs are cut, in_site when the input is.
+        out_idx = channels.index[out_site] if self.cut_out else None
+        in_idx = channels.index[in_site] if self.in_sliced else None
+        w, b = self.weight, self.bias
+        if out_idx is not None and in_idx is not None:
+            # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
+            cols = w.shape[1]
+            flat = (out_idx[:, None] * cols + in_idx[None, :]).flatten()
+            w = w.flatten(2).flatten(0, 1).index_select(0, flat)
+            w = w.view(-1, in_idx.shape[0], *self.weight.shape[2:])
+        elif out_idx is not None:
+            w = w.index_select(0, out_idx)
+        elif in_idx is not None:
+            w = w.index_select(1, in_idx)
+        if b is not None and out_idx is not None:
+            b = b.index_select(0, out_idx)
+        y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if out_idx is None:
+            return y if residual is None else residual + y
+        mask = channels.masks[out_site]
+        if mask is not None:
+            y = y * mask.view(*mask.shape, *[1] * (y.ndim - 2))
+        if self.out_mode == SCATTER:
+            # The extra index (no filter open) carries a zero channel: adding it to the last
+            # channel, closed as well then, changes nothing.
+            target = residual if residual is not None else y.new_zeros(
+                y.shape[0], self.out_channels, *y.shape[2:])
+            return target.index_add(1, out_idx.clamp(max=self.out_channels - 1), y)
+        return y if residual is None else residual + y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size="
+                f"{tuple(self.weight.shape[2:])}, stride={self.stride}, "
+                f"out_mode={self.out_mode!r}, in_sliced={self.in_sliced}")
+
+
+class ExportBackbone(nn.Module):
+    """The rewritten gated backbone, called as ``backbone(x, gates)``: it turns the gates
+    into each site's channel index (the union over the batch) in the graph and runs."""
+
+    def __init__(self, graph_module: fx.GraphModule, sites: tuple[GateSite, ...],
+                 live: list[bool], *, union: bool, masked: bool):
+        super().__init__()
+        self.graph_module = graph_module
+        self.sites = sites
+        self.live = list(live)
+        self.union = union
+        self.masked = masked
+
+    def open_channels(self, gates: Tensor) -> OpenChannels:
+        """Per live site, the channels open in any sample (union) and their gates."""
+        is_open = (gates != 0).any(0) if self.union else gates[0] != 0
+        index: list[Tensor | None] = []
+        masks: list[Tensor | None] = []
+        for site, live in zip(self.sites, self.live):
+            if not live:
+                index.append(None)
+                masks.append(None)
+                continue
+            chunk = _channels(is_open[site.offset : site.stop], site.group_size)
+            idx = torch.cat([chunk, ~chunk.any(0, keepdim=True)]).nonzero().squeeze(1)
+            index.append(idx)
+            if not self.masked:
+                masks.append(None)
+                continue
+            values = _channels(gates[:, site.offset : site.stop], site.group_size)
+            values = torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)
+            masks.append(values.index_select(1, idx))
+        return OpenChannels(index, masks)
+
+    def forward(self, x: Tensor, gates: Tensor) -> Any:
+        return self.graph_module(x, gates=gates, channels=self.open_channels(gates))
+
+    def extra_repr(self) -> str:
+        return f"union={self.union}, masked={self.masked}"
+
+
+def _channels(chunk: Tensor, group_size: int) -> Tensor:
+    """A site's gate chunk (``(..., num_gates)``) widened to one entry per channel."""
+    if group_size == 1:
+        return chunk
+    wide = chunk.unsqueeze(-1).expand(*chunk.shape, group_size)
+    return wide.reshape(*chunk.shape[:-1], chunk.shape[-1] * group_size)
+
+
+class ExportGaterNet(nn.Module):
+    """A GaterNet made for export: image (and budget) in, the backbone's output out.
+
+    Made by :func:`gatekit.exportable`.  ``forward(x)`` (``forward(x, budget)`` for a
+    budget-input model, ``budget`` an ``(N,)`` tensor) runs the gater, the head and the
+    eval-mode gates, then the backbone computing, per site, only the filters open in some
+    sample of the batch; each sample's closed ones among them are zeroed.  Every choice is
+    a tensor operation, so :func:`torch.export.export` keeps it per input.  ``routes`` (one
+    :class:`gatekit.inference.SiteRoute` per site) says what each site became: ``"sliced"``
+    and ``"scatter"`` skip, ``"dense"`` runs masked (every filter computed, the closed ones
+    multiplied by 0), with the reason.  ``net`` holds the gater, head and estimator copies.
+    """
+
+    def __init__(self, net: GaterNet, routes: list[SiteRoute]):
+        super().__init__()
+        self.net = net
+        self.routes = tuple(routes)
+        self.budget_input = takes_budget(net)
+
+    def forward(self, x: Tensor, budget: Tensor | None = None) -> Any:
+        logits = self.net.gate_logits(x, budget)
+        gates = self.net.estimator(logits)
+        return self.net.backbone(x, gates)
+
+    def extra_repr(self) -> str:
+        counts = ", ".join(f"{m}={sum(r.mode == m for r in self.routes)}"
+                           for m in (SLICED, SCATTER, DENSE))
+        return f"budget_input={self.budget_input}, {counts}"
+
+
+def exportable(net: GaterNet, *, batch_one: bool = False) -> ExportGaterNet:
+    """A copy of an eval-mode ``net`` ready for :func:`torch.export.export`: the gater,
+    head, hard gates and compute skipping all in the graph (see :class:`ExportGaterNet`).
+
+    A batch computes, per site, the union of its samples' open filters and zeroes each
+    sample's closed ones with a multiply; a batch of one computes exactly its own.
+    ``batch_one=True`` promises batch 1 only and drops that multiply where the gates are
+    binary.  ``net`` is not modified.
+
+    >>> import torch, gatekit
+    >>> from gatekit.models import resnet20, conv_gater
+    >>> net = gatekit.gate_model(resnet20(), conv_gater(), sites="inner").eval()
+    >>> ready = gatekit.exportable(net)
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> torch.allclose(ready(x), net(x), atol=1e-4)
+    True
+    >>> ready.routes[0]
+    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='union')
+    """
+    check_eval_net(net, "gatekit.exportable", "hard gates, BatchNorm folded with running statistics")
+    graph = copy.deepcopy(net.backbone)
+    plans = plan_sites(graph, net.sites, "gatekit.exportable")
+    _rewrite(graph, plans)
+    _to_export_convs(graph)
+    live = [p.mode != DENSE for p in plans]
+    masked = not (batch_one and isinstance(net.estimator, _BINARY_ESTIMATORS))
+    backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
+    inner = GaterNet(backbone, copy.deepcopy(net.gater), copy.deepcopy(net.head),
+                     copy.deepcopy(net.estimator), net.sites, in_features=net.in_features)
+    inner.input_spec = net.input_spec
+    ready = ExportGaterNet(inner, [_route(p) for p in plans])
+    return ready.eval()
+
+
+def _to_export_convs(gm: fx.GraphModule) -> None:
+    """skip_compute's convs -> :class:`ExportConv`; its layout change (a branch on the
+    batch size) -> nothing: an exported graph's layout is the runtime's choice."""
+    for name, module in list(gm.named_children()):
+        if isinstance(module, SkipConv):
+            setattr(gm, name, ExportConv(module))
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is _channels_last:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    leftover = [n for n, m in gm.named_modules() if isinstance(m, SkipConv)]
+    if leftover:
+        raise GatekitError(f"gatekit.exportable left convs {leftover} unconverted; expected "
+                           f"every rewritten conv at the graph's top level")
+    gm.recompile()
+
+
+def _route(plan: SitePlan) -> SiteRoute:
+    consumer = None if plan.consumer is None else plan.consumer.target
+    reason = plan.reason
+    if plan.mode == DENSE:
+        reason = f"{reason}; runs masked (every filter computed, closed ones multiplied by 0)"
+    return SiteRoute(plan.site.name, plan.mode, consumer, reason,
+                     "" if plan.mode == DENSE else UNION)
