@@ -283,3 +283,61 @@ def test_example_script_checks_the_committed_run(tmp_path):
                          capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "same class 20/20" in run.stdout and out.is_file()
+
+
+# ---- the sliced conv as one custom op, for AOTInductor ---------------------------------
+
+def test_sliced_conv_op_equals_a_conv_on_the_indexed_weight():
+    from gatekit.export._ops import sliced_conv
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, 3, 3, generator=gen)
+    bias = torch.randn(6, generator=gen)
+    out_idx, in_idx = torch.tensor([0, 2, 5]), torch.tensor([1, 4])
+    x = torch.randn(2, 2, 8, 8, generator=gen)
+    conv = dict(stride=[2, 1], padding=[1, 0], dilation=[1, 1], groups=1)
+    cases = [  # (weight as stored, out_idx, in_idx, in_major, input) -> oracle
+        (weight, out_idx, in_idx, False, x, weight[out_idx][:, in_idx], bias[out_idx]),
+        (weight, out_idx, None, False, torch.randn(2, 5, 8, 8), weight[out_idx], bias[out_idx]),
+        (weight.transpose(0, 1).contiguous(), None, in_idx, True, x, weight[:, in_idx], bias),
+    ]
+    for stored, o, i, major, inp, w, b in cases:
+        expected = torch.nn.functional.conv2d(inp, w, b, conv["stride"], conv["padding"])
+        got = sliced_conv(inp, stored, bias, o, i, in_major=major, **conv)
+        torch.testing.assert_close(got, expected)
+        torch.library.opcheck(torch.ops.gatekit.sliced_conv.default,
+                              (inp, stored, bias, o, i, conv["stride"], conv["padding"],
+                               conv["dilation"], 1, major))
+
+
+def test_program_for_inductor_runs_the_custom_op_and_equals_eager():
+    net = build("resnet20", "inner")
+    program = gatekit.export_program(net, torch.randn(1, 3, 32, 32), for_inductor=True)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    # Every backbone conv (BatchNorm folded) is the opaque op; Inductor lowers the gater's.
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    gater_convs = [n for n in convs if n.startswith("gater.")]
+    assert targets.count("gatekit.sliced_conv.default") == len(convs) - len(gater_convs) == 21
+    assert targets.count("aten.conv2d.default") == len(gater_convs) > 0
+    x = torch.randn(5, 3, 32, 32)
+    expected, gates = eager(net, x)
+    assert distinct_patterns(gates) == 5
+    with torch.no_grad():
+        assert_close(program.module()(x), expected)
+        assert_close(program.module()(x[2:3]), eager(net, x[2:3])[0])
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_equals_eager(tmp_path):
+    # Compiling takes minutes on a loaded CPU: hence slow.
+    net = build("resnet20", "inner")
+    program = gatekit.export_program(net, torch.randn(1, 3, 32, 32), for_inductor=True)
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "m.pt2"))
+    compiled = torch._inductor.aoti_load_package(path)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    expected, gates = eager(net, x)
+    assert distinct_patterns(gates) == 3
+    with torch.no_grad():
+        assert_close(compiled(x), expected)
+        for i in range(3):  # batch 1: each image's own pattern
+            assert_close(compiled(x[i : i + 1]), eager(net, x[i : i + 1])[0])

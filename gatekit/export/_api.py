@@ -84,6 +84,7 @@ def export_program(
     *,
     budget: float | Tensor | None = None,
     dynamic_batch: bool = True,
+    for_inductor: bool = False,
 ) -> torch.export.ExportedProgram:
     """Export an eval-mode GaterNet with :func:`torch.export.export`, skipping per image.
 
@@ -100,7 +101,13 @@ def export_program(
     multiply is dropped).
 
     Run it with ``program.module()(x)``; save it with ``torch.export.save(program,
-    "model.pt2")``.  Raises :class:`GatekitError` for a module that is not a GaterNet, a
+    "model.pt2")``.  ``for_inductor=True`` makes each sliced conv one opaque custom op,
+    ``gatekit::sliced_conv`` (the weight gather and the convolution, run by ATen), so that
+    AOTInductor compiles the rest: Inductor cannot lower a convolution whose channel
+    count is data-dependent.  Compile and load it with
+    ``torch._inductor.aoti_compile_and_package(program)`` and
+    ``torch._inductor.aoti_load_package(path)``; the package needs ``import gatekit``
+    (which registers the op) wherever it runs.  Raises :class:`GatekitError` for a module that is not a GaterNet, a
     model in training mode, and a budget-input model without an example ``budget``.
 
     >>> import torch, gatekit
@@ -111,15 +118,16 @@ def export_program(
     >>> torch.allclose(program.module()(x), net(x), atol=1e-4)
     True
     """
-    return _export(net, example, budget, dynamic_batch, "gatekit.export_program")[0]
+    return _export(net, example, budget, dynamic_batch, "gatekit.export_program",
+                   opaque_convs=for_inductor)[0]
 
 
-def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool,
-            fn: str) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
+def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *,
+            opaque_convs: bool = False) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
     _check_net(net, fn)
     args = _example_args(net, example, budget, fn)
     batch_one = not dynamic_batch and example.shape[0] == 1
-    ready = exportable(net, batch_one=batch_one)
+    ready = exportable(net, batch_one=batch_one, opaque_convs=opaque_convs)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] == 1:

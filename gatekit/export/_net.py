@@ -10,7 +10,7 @@ tensor computed in the graph::
     idx   = cat([open[site], none_open]).nonzero()         # per sliced site
     y     = conv(x, weight.index_select(0, idx))           # the open filters only
     y     = y * gates[:, site][:, idx]                     # each sample's own gates
-    z     = conv(relu(y), weight2.index_select(1, idx))    # the consumer reads them
+    z     = conv(relu(y), weight2_t.index_select(0, idx).transpose(0, 1))  # consumer
 
 When no filter of a site is open, ``idx`` holds one extra index whose weight row (and
 consumer column) is zero: the conv computes one zero channel instead of an empty tensor,
@@ -34,6 +34,7 @@ from ..inference._conv import FULL, SkipConv
 from ..inference._plan import SitePlan, plan_sites
 from ..inference._skip import _channels_last, _rewrite
 from ..sites import GateSite
+from ._ops import gather_weight, sliced_conv
 
 __all__ = ["ExportGaterNet", "exportable"]
 
@@ -67,8 +68,10 @@ class ExportConv(nn.Module):
 
     Holds the folded weight ``(out + 1, in + 1, *kernel)``: the extra output row (when its
     outputs are cut) and input column (when its input is a cut tensor) are zero, for the
-    index of a site with no open filter.  Called in the graph as skip_compute calls its
-    conv: ``conv(x, channels, out_site, in_site, residual=None)``.
+    index of a site with no open filter.  A conv whose input alone is cut holds it
+    input-major, ``(in + 1, out, *kernel)`` (``in_major``), so that its gather copies
+    rows.  Called in the graph as skip_compute calls its conv:
+    ``conv(x, channels, out_site, in_site, residual=None)``.
     """
 
     def __init__(self, skip: SkipConv):
@@ -84,12 +87,21 @@ class ExportConv(nn.Module):
         pad_out, pad_in = int(self.cut_out), int(self.in_sliced)
         padded = weight.new_zeros(out_c + pad_out, in_c + pad_in, *kernel)
         padded[:out_c, :in_c] = weight
+        # Gathers copy contiguous rows fast and scattered ones slowly (ONNX Runtime's Gather
+        # copies one block per index: a 1x1 conv's input columns are single floats, 20x
+        # slower at ResNet-50's last stage).  A conv whose input alone is cut keeps its
+        # weight input-major, gathers rows and transposes them back.
+        self.in_major = self.in_sliced and not self.cut_out
+        if self.in_major:
+            padded = padded.transpose(0, 1)
         self.register_buffer("weight", padded.contiguous())
         bias = skip.bias
         if bias is not None and self.cut_out:
             bias = torch.cat([bias, bias.new_zeros(1)])
         self.register_buffer("bias", bias)
         self._conv = _CONVS[len(kernel) - 1]
+        #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
+        self.opaque = False
 
     def forward(
         self,
@@ -102,20 +114,13 @@ class ExportConv(nn.Module):
         # The rewrite passes out_site exactly when outputs are cut, in_site when the input is.
         out_idx = channels.index[out_site] if self.cut_out else None
         in_idx = channels.index[in_site] if self.in_sliced else None
-        w, b = self.weight, self.bias
-        if out_idx is not None and in_idx is not None:
-            # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
-            cols = w.shape[1]
-            flat = (out_idx[:, None] * cols + in_idx[None, :]).flatten()
-            w = w.flatten(2).flatten(0, 1).index_select(0, flat)
-            w = w.view(-1, in_idx.shape[0], *self.weight.shape[2:])
-        elif out_idx is not None:
-            w = w.index_select(0, out_idx)
-        elif in_idx is not None:
-            w = w.index_select(1, in_idx)
-        if b is not None and out_idx is not None:
-            b = b.index_select(0, out_idx)
-        y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if self.opaque:
+            y = sliced_conv(x, self.weight, self.bias, out_idx, in_idx, list(self.stride),
+                            list(self.padding), list(self.dilation), self.groups,
+                            self.in_major)
+        else:
+            w, b = gather_weight(self.weight, self.bias, out_idx, in_idx, self.in_major)
+            y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         if out_idx is None:
             return y if residual is None else residual + y
         mask = channels.masks[out_site]
@@ -132,7 +137,8 @@ class ExportConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size="
                 f"{tuple(self.weight.shape[2:])}, stride={self.stride}, "
-                f"out_mode={self.out_mode!r}, in_sliced={self.in_sliced}")
+                f"out_mode={self.out_mode!r}, in_sliced={self.in_sliced}, "
+                f"in_major={self.in_major}")
 
 
 class ExportBackbone(nn.Module):
@@ -214,14 +220,17 @@ class ExportGaterNet(nn.Module):
         return f"budget_input={self.budget_input}, {counts}"
 
 
-def exportable(net: GaterNet, *, batch_one: bool = False) -> ExportGaterNet:
+def exportable(net: GaterNet, *, batch_one: bool = False,
+               opaque_convs: bool = False) -> ExportGaterNet:
     """A copy of an eval-mode ``net`` ready for :func:`torch.export.export`: the gater,
     head, hard gates and compute skipping all in the graph (see :class:`ExportGaterNet`).
 
     A batch computes, per site, the union of its samples' open filters and zeroes each
     sample's closed ones with a multiply; a batch of one computes exactly its own.
     ``batch_one=True`` promises batch 1 only and drops that multiply where the gates are
-    binary.  ``net`` is not modified.
+    binary.  ``opaque_convs=True`` runs every sliced conv as the custom op
+    ``gatekit::sliced_conv`` (what AOTInductor needs, see
+    :func:`gatekit.export_program`).  ``net`` is not modified.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -238,6 +247,9 @@ def exportable(net: GaterNet, *, batch_one: bool = False) -> ExportGaterNet:
     plans = plan_sites(graph, net.sites, "gatekit.exportable")
     _rewrite(graph, plans)
     _to_export_convs(graph)
+    for module in graph.modules():
+        if isinstance(module, ExportConv):
+            module.opaque = opaque_convs
     live = [p.mode != DENSE for p in plans]
     masked = not (batch_one and isinstance(net.estimator, _BINARY_ESTIMATORS))
     backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
