@@ -146,7 +146,7 @@ def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
     config = cifar10_evaluate._run_config(results, Path("."), None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net = cifar10_evaluate.rebuild(results, config, state, num_classes=10).eval()
-    if net.head.budget_input:
+    if net.budget_input:
         raise SystemExit(f"--cifar-run {weights}: a budget-input run is not timed here")
     plain = resnet20(num_classes=10)
     plain.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
