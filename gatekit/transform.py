@@ -29,8 +29,8 @@ from . import _graph
 from ._errors import GatekitError
 from ._graph import ANY_CONV_TYPES
 from ._tracing import trace
-from .estimators import Gate, get_gate
 from .budget import BudgetHead
+from .estimators import Gate, get_gate
 from .gater import GaterNet
 from .head import GaterHead
 from .sites import GateSite, SitePolicy, find_sites

@@ -81,3 +81,41 @@ def test_budget_range_conflicts(tmp_path: Path, capsys, argv, message) -> None:
     status, err = _main(IMAGENET, [*TINY_STANDIN, *argv, "--output-dir", str(out)], capsys)
     assert status == 2 and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_lower_budget_keeps_fewer_flops(seed: int, threads: int) -> None:
+    """The script's budget term (gate_terms, BudgetRange's draws) trains a head that keeps
+    fewer FLOPs at a lower budget: at budget 0.3 the eval-mode gates keep at least 0.15 of
+    the gated FLOPs less than at budget 1.0, on images the training never saw.  A head
+    that ignored the budget keeps the same at both."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True,
+                                 init_bias=3.0)
+        config = _config(budget_range=BudgetRange(0.3, 1.0), budget_weight=Ramp(20.0),
+                         batch_shaping=0.0)
+        losses = Losses(gate_terms(config, net, 16, torch.device("cpu")))
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        for step in range(30):
+            images = torch.randn(16, 3, 16, 16)
+            b = config.budget_range.draw(16, 0.0, torch.device("cpu"))
+            logits = net(images, budget=b)
+            loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (16,)))
+            loss = loss + losses(Step(net, images, logits, 0.0, 1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        costs = gatekit.gate_costs(net, torch.zeros(1, 3, 16, 16)).double()
+        held_out = torch.randn(32, 3, 16, 16)
+        kept = {}
+        with torch.no_grad():
+            for budget in (0.3, 1.0):
+                net.eval()(held_out, budget=budget)
+                kept[budget] = float((net.last_gates.double() @ costs / costs.sum()).mean())
+        assert kept[0.3] < kept[1.0] - 0.15, kept
+    finally:
+        torch.set_num_threads(saved)

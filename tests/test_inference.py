@@ -585,13 +585,14 @@ def test_gather_weights_come_from_one_layout_per_conv(gated_nets):
     gates = differing_gates(net, 23)[:3]
     fast(x, gates=gates)
     skips = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
-    layouts = {id(m): m.__dict__.get("_gather_layout") for m in skips}
+    layouts = {id(m): m._padded for m in skips}
     assert sum(lay is not None for lay in layouts.values()) == len(net.sites)  # site producers
     fast(x, gates=differing_gates(net, 24)[:3])
-    assert all(m.__dict__.get("_gather_layout") is layouts[id(m)] for m in skips)  # kept
+    assert all(m._padded is layouts[id(m)] for m in skips)  # kept
     for lay in layouts.values():
         if lay is not None:
-            assert torch.equal(lay.rows[-1], torch.zeros_like(lay.rows[-1]))  # the padding row
+            rows = lay[1]
+            assert torch.equal(rows[-1], torch.zeros_like(rows[-1]))  # the padding row
     again = fast.double()  # a new weight tensor: the layout is made again from it
     assert_close(again(x, gates=gates), net(x, gates=gates))
 

@@ -7,7 +7,7 @@ only its open filters, and the conv that consumes a gated output reads only the 
 input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
 any gated backbone: it groups the samples by gate pattern (or takes the union of their
 open filters) and runs the rewritten graph once per group.  How it batches is a batching
-mode (``_batching``; one module per mode, listed in :data:`BATCHINGS`).
+mode (``_batching``; one module per mode, registered in ``_batching.BATCHINGS``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .. import _graph
-from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
-from ._batching import Batching
+from ._batching import Batching, get_batching
 from ._common import (
     DENSE,
     SCATTER,
@@ -46,20 +45,13 @@ from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
 
-#: The batching modes, by name: each a :class:`._batching.Batching` in its own module.
-BATCHINGS: dict[str, type[Batching]] = {
-    b.name: b for b in (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
-}
+# The modes imported above register themselves in _batching.BATCHINGS, the one list.
+_REGISTERED = (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
 
 
 def batching_mode(name: Any) -> Batching:
     """The batching mode called ``name`` (:class:`GatekitError` for an unknown one)."""
-    if name not in BATCHINGS:
-        names = " or ".join(repr(known) for known in BATCHINGS)
-        raise GatekitError(
-            f"skip_compute expects batching to be {names}, got {name!r}; pass one of them"
-        )
-    return BATCHINGS[name]()
+    return get_batching(name, "skip_compute")
 
 
 #: A single image with fewer elements than this stays contiguous (NCHW): PyTorch runs
@@ -210,9 +202,8 @@ class SkipBackbone(nn.Module):
     (:attr:`batching` is its name), which runs ``graph_module`` (the rewritten
     gated backbone, taking ``x``, ``gates`` and ``channels``) once for the batch when all
     samples share one gate pattern, else as the mode says: ``"pattern"`` once per group of
-    samples that share a pattern, ``"union"`` once on the filters open in any sample,
-    zeroing them per sample, ``"gather"`` once with each sample on its own filters,
-    ``"auto"`` as the fastest of those, measured per input shape.
+    samples that share a pattern, and so on: each registered mode (``_batching.BATCHINGS``)
+    says what it does in its ``summary``.
     """
 
     def __init__(
@@ -320,18 +311,13 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     differences of order 1e-6 of the activations' scale; float64: 1e-13).  Runs best on
     the CPU with 4-d (channels-last) activations; on a GPU see :func:`gatekit.fuse_gated_convs`.
 
-    ``batching`` says how a batch whose samples open different filters runs:
-    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group (best
-    when patterns differ a lot, and at batch 1); ``"union"`` runs one pass computing, per
-    site, the filters open in any sample, zeroing them per sample (best for trained
-    gaters whose gates mostly agree across samples: always-off filters are skipped at the
-    full batch size); ``"gather"`` runs one pass in which each sample computes its own
-    open filters, padded per site to the batch's largest open count, as one grouped
-    convolution (or batched GEMM for a 1x1 conv) per site (best when patterns differ and
-    the batch is large); ``"masked"`` computes every filter and zeroes each sample's closed
-    ones (the dense gated model's arithmetic with BatchNorm folded: it skips nothing);
-    ``"auto"`` measures those four on the first mixed batch of each input shape and keeps
-    the fastest, so that it is never slower than ``"masked"``.
+    ``batching`` says how a batch whose samples open different filters runs, one of the
+    registered modes (the docs' ops page lists them with what each does):
+    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group;
+    ``"union"``, ``"gather"`` and ``"masked"`` run one pass (the filters open in any
+    sample; each sample's own, padded to the batch's largest count; every filter);
+    ``"auto"`` picks one of those per batch by a rule over the gates (see
+    :func:`gatekit.tune_batching`, which fits the rule to this machine).
 
     The result is a :class:`SkipComputeNet`, a :class:`gatekit.GaterNet` whose backbone
     takes ``(x, gates)`` and batches as above.  Raises :class:`GatekitError` if ``net`` is
