@@ -41,7 +41,6 @@ class AutoBatching(Batching):
     summary = ("per batch, the candidate the rule estimates cheapest from the gates (the "
                "work each mode computes, its passes, the thread count); "
                "gatekit.tune_batching fits the rule to the machine")
-    candidate = False
 
     def __init__(self) -> None:
         self._geometry: dict[tuple, ConvGeometry] = {}

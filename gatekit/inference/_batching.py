@@ -199,8 +199,8 @@ class Batching(ABC):
     name: ClassVar[str]
     #: What the mode does and when it pays, one sentence (the docs list it).
     summary: ClassVar[str]
-    #: Whether ``"auto"`` may choose it.
-    candidate: ClassVar[bool] = True
+    #: Whether ``"auto"`` may choose it (then :meth:`runs` says what it computes).
+    candidate: ClassVar[bool] = False
 
     def __call__(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         """The backbone's output for ``x`` under binary ``gates`` ``(N, num_gates)``."""

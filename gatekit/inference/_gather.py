@@ -205,6 +205,7 @@ class GatherBatching(Batching):
     batch's largest open count per site (grouped convs and batched GEMMs)."""
 
     name = "gather"
+    candidate = True
     summary = ("one pass in which each sample computes its own open filters, padded per "
                "site to the batch's largest open count, as one grouped convolution (or "
                "batched GEMM for a 1x1 conv) per site; best when patterns differ and the "

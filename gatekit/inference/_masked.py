@@ -36,6 +36,7 @@ class MaskedBatching(Batching):
     """
 
     name = "masked"
+    candidate = True
     summary = ("one pass computing every filter, each sample's closed ones zeroed (the "
                "dense gated model's arithmetic with BatchNorm folded): it skips nothing, "
                "and is there for \"auto\" when no skipping mode pays")

@@ -22,6 +22,7 @@ class PatternBatching(Batching):
     """Group the samples by gate pattern; run the graph once per group."""
 
     name = "pattern"
+    candidate = True
     summary = ("one pass per group of samples that share a gate pattern, each on exactly "
                "its open filters; best when patterns differ a lot and the model is large, "
                "and at batch 1 (the default)")

@@ -192,7 +192,7 @@ class BatchingRule:
         est = self.estimates(geometry, counts, threads)
         best = min(est, key=est.__getitem__)
         others = ", ".join(f"{n} {1e3 * t:.3g} ms" for n, t in est.items() if n != best)
-        reason = (f"cheapest estimate ({1e3 * est[best]:.3g} ms; {others}) for {counts.batch} "
+        reason = (f"{best}: cheapest estimate ({1e3 * est[best]:.3g} ms; {others}) for {counts.batch} "
                   f"samples in {counts.pattern_sizes.shape[0]} patterns, {threads} threads")
         return BatchingChoice(best, reason, est)
 

@@ -22,6 +22,7 @@ class UnionBatching(Batching):
     """Run the graph once, on each site's filters open in any sample."""
 
     name = "union"
+    candidate = True
     summary = ("one pass computing, per site, the filters open in any sample, zeroing "
                "them per sample; best when the samples' gates mostly agree (trained "
                "gaters): always-off filters are skipped at the full batch size")
