@@ -659,12 +659,27 @@ def test_auto_runs_the_mode_the_rule_estimates_cheapest(gated_nets, monkeypatch,
     for seed in (40, 41):
         gates = differing_gates(net, seed)[:3]
         assert_close(fast(x, gates=gates), net(x, gates=gates))
-        choice = fast.backbone.mode.choose(fast.backbone, x, gates)
+        choice = fast.batching_choice(x, gates)
         assert choice.mode == cheap and cheap in choice.reason
         assert choice.estimates == {n: 0.0 if n == cheap else 1.0 for n in CANDIDATES}
     assert ran == [cheap, cheap]  # one run per call: nothing timed, no candidate tried
     fast(x[:1], gates=differing_gates(net, 42)[:1])  # one pattern: one pass, nothing to choose
     assert ran == [cheap, cheap]
+    assert fast.batching_choice(x[:1], differing_gates(net, 42)[:1]).estimates == {}
+
+
+def test_batching_choice_of_a_fixed_mode_and_of_one_pattern(gated_nets):
+    net, size = gated_nets("resnet20", "all", 4)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 46)[:3]
+    for name in CANDIDATES:
+        choice = gatekit.skip_compute(net, batching=name).batching_choice(x, gates)
+        assert choice == (name, f"fixed by skip_compute(batching={name!r})", {})
+    fast = gatekit.skip_compute(net, batching="auto")
+    same = gates[:1].expand(3, -1)
+    assert fast.batching_choice(x, same).reason == "one gate pattern in the batch: one pass"
+    with pytest.raises(gatekit.GatekitError, match="binary"):
+        fast.batching_choice(x, gates * 0.5)
 
 
 def _hand_work(net, gates: torch.Tensor, size: int, reduce: str) -> float:
@@ -747,6 +762,7 @@ def test_auto_chooses_per_budget_at_one_batch_shape(rule):
         for b, expected in ((0.2, "union"), (1.0, "masked"), (0.2, "union")):
             gates = fast.estimator(fast.gate_logits(x, b))
             assert mode.choose(fast.backbone, x, gates).mode == expected, b
+            assert fast.batching_choice(x, budget=b).mode == expected, b
             torch.testing.assert_close(fast(x, budget=b), net(x, budget=b), rtol=1e-4, atol=1e-4)
 
 

@@ -25,7 +25,7 @@ class PatternBatching(Batching):
     candidate = True
     summary = ("one pass per group of samples that share a gate pattern, each on exactly "
                "its open filters; best when patterns differ a lot and the model is large, "
-               "and at batch 1 (the default)")
+               "and at batch 1")
 
     def runs(self, counts: GateCounts) -> Runs:
         return Runs(counts.pattern_sizes, counts.patterns, torch.ones_like(counts.pattern_sizes))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .. import _graph
+from .._checks import check_gates
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
@@ -41,6 +42,7 @@ from ._gather import GatherBatching
 from ._masked import MaskedBatching
 from ._pattern import PatternBatching
 from ._plan import SitePlan, plan_sites
+from ._rule import BatchingChoice
 from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
@@ -291,6 +293,41 @@ class SkipComputeNet(InferenceGaterNet):
     def forward(self, x: Any, gates: Tensor | None = None, *, budget: float | Tensor | None = None) -> Any:
         with torch.no_grad():
             return super().forward(x, gates, budget=budget)
+
+    @torch.no_grad()
+    def batching_choice(self, x: Any, gates: Tensor | None = None, *,
+                        budget: float | Tensor | None = None) -> BatchingChoice:
+        """The batching mode that ``self(x, gates, budget=budget)`` runs in, and why.
+
+        A :class:`~gatekit.inference.BatchingChoice`: under ``batching="auto"``, the
+        candidate the rule estimates cheapest, with its reason and every candidate's
+        estimate (:func:`gatekit.tune_batching` fits the rule); under a fixed mode, that
+        mode.  A batch whose samples all share one gate pattern runs once, whatever the
+        mode.  Runs the gater (for ``gates=None``) but not the backbone.
+
+        >>> import torch, gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
+        >>> fast = gatekit.skip_compute(net, batching="auto")
+        >>> x, g = torch.randn(4, 3, 32, 32), (torch.rand(4, net.num_gates) < 0.5).float()
+        >>> choice = fast.batching_choice(x, g)
+        >>> choice.mode in choice.estimates, choice.reason.startswith(choice.mode + ": cheapest")
+        (True, True)
+        >>> fast.batching_choice(x[:1], g[:1])
+        BatchingChoice(mode='pattern', reason='one gate pattern in the batch: one pass', estimates={})
+        """
+        if gates is None:
+            gates = self.estimator(self.gate_logits(x, budget))
+        else:
+            check_gates(gates, x, self.num_gates, self.sites)
+        check_binary(gates, "batching_choice")
+        mode = self.backbone.mode
+        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+            shared = PatternBatching.name if isinstance(mode, AutoBatching) else mode.name
+            return BatchingChoice(shared, "one gate pattern in the batch: one pass", {})
+        if isinstance(mode, AutoBatching):
+            return mode.choose(self.backbone, x, gates)
+        return BatchingChoice(mode.name, f"fixed by skip_compute(batching={mode.name!r})", {})
 
     def _repr_fields(self) -> list[str]:
         return [f"batching={self.backbone.batching!r}", *super()._repr_fields()]
