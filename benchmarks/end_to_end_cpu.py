@@ -146,7 +146,7 @@ def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
     config = cifar10_evaluate._run_config(results, Path("."), None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net = cifar10_evaluate.rebuild(results, config, state, num_classes=10).eval()
-    if net.head.budget_input:
+    if net.budget_input:
         raise SystemExit(f"--cifar-run {weights}: a budget-input run is not timed here")
     plain = resnet20(num_classes=10)
     plain.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
@@ -297,10 +297,6 @@ def main() -> None:
                         gates = None if fraction == "trained" else random_gates(
                             net, batch, fraction, gen, args.agree
                         )
-                        for s in skips.values():  # auto measures afresh for every point
-                            if isinstance(s.backbone.mode, gatekit.inference._auto.AutoBatching):
-                                s.backbone.mode.choices.clear()
-                                s.backbone.mode.timings.clear()
                         row = point(args, model, plain, net, skips, x, gates, batch, threads, fraction)
                         if args.profile is not None and batch == 1 and threads == 1 and fraction == 0.5:
                             row["profile"] = profile(plain, net, skips["pattern"], x, gates, args.profile, model)
@@ -340,16 +336,30 @@ def point(args, model, plain, net, skips, x, gates, batch, threads, fraction) ->
         "speedup_vs_dense": {k: med["dense"] / v for k, v in med.items() if k.startswith("skip")},
         "speedup_vs_plain_folded": {k: med["plain_folded"] / v for k, v in med.items()
                                     if k.startswith("skip") or k == "dense"},
-        "auto_choice": None if auto is None else sorted(set(auto.backbone.mode.choices.values())),
-        # what auto measured when it chose: each candidate's fastest of its timed runs
-        "auto_timings_ms": None if auto is None else [
-            {mode: 1000 * t for mode, t in timings.items()}
-            for timings in auto.backbone.mode.timings.values()],
+        # the rule's choice for this point's gates, its reason and estimates, beside the
+        # measured best of the modes timed (the check: within 10% of it)
+        **rule_check(auto, x, used, med),
         "max_abs_diff": diffs,
         "max_abs_output": ref.abs().max().item(),
         # Other processes competing for the cores inflate every timing.
         "loadavg_1min": os.getloadavg()[0],
     }
+
+
+def rule_check(auto, x, gates, med: dict) -> dict:
+    """``"auto"``'s choice for ``gates`` against the measured modes: the chosen mode, why,
+    its estimates, the fastest measured mode and the chosen mode's time over the fastest."""
+    if auto is None or x.shape[0] == 1:
+        return {"auto_choice": None}
+    choice = auto.backbone.mode.choose(auto.backbone, x, gates)
+    timed = {k[5:]: v for k, v in med.items()
+             if k.startswith("skip_") and k != "skip_auto"}
+    best = min(timed, key=timed.__getitem__)
+    return {"auto_choice": choice.mode, "auto_reason": choice.reason,
+            "auto_estimates_ms": {k: 1e3 * v for k, v in choice.estimates.items()},
+            "best_mode": best,
+            "choice_over_best": timed[choice.mode] / timed[best] if choice.mode in timed else None,
+            "auto_over_dense": med["skip_auto"] / med["dense"] if "skip_auto" in med else None}
 
 
 def profile(plain, net, skip, x, gates, out: Path, model: str, calls: int = 20) -> dict:

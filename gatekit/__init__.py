@@ -38,7 +38,7 @@ from .estimators import (
 )
 from .export import export_onnx, export_program, exportable
 from .gater import GaterNet
-from .inference import SkipComputeNet, fuse_gated_convs, skip_compute
+from .inference import SkipComputeNet, fuse_gated_convs, skip_compute, tune_batching
 from .losses import (
     batch_shaping_loss,
     expected_l0_loss,
@@ -82,4 +82,5 @@ __all__ = [
     "plots",
     "skip_compute",
     "target_rate_loss",
+    "tune_batching",
 ]

@@ -6,7 +6,7 @@ its budget, the task loss pulls the other way, and the two settle off the diagon
 (a ResNet-20 trained for budgets 0.3 to 1.0 kept 41% of its backbone FLOPs at budget 0.3,
 and 76% at 0.7).  :func:`calibrate_budget` measures, on images the user provides, the
 mean FLOPs fraction the model keeps at each value of the knob, and installs the inverse
-as a :class:`gatekit.gater.BudgetMap` in the model's head: from then on ``model(x, budget=b)`` feeds the
+as a :class:`gatekit.budget.BudgetMap` in the model's head: from then on ``model(x, budget=b)`` feeds the
 head the knob value that kept the fraction ``b`` on the calibration images.
 
 What the fraction is of is the caller's choice (``dense_flops``): by default the gated
@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import GatekitError
-from .gater import BudgetMap, GaterNet
+from .budget import BudgetMap
+from .gater import GaterNet
 
 __all__ = ["calibrate_budget"]
 
@@ -71,7 +72,7 @@ def calibrate_budget(
     ``budgets`` (default 100 values, 0.01 to 1.0) the knob is where ``F`` first reaches
     ``r``, linearly interpolated between the two grid points around it; below ``F``'s
     smallest value it is the range's low end, above its largest the first knob that reaches
-    that.  The map is installed as ``model.head.budget_map`` (a :class:`~gatekit.gater.BudgetMap`, replacing
+    that.  The map is installed as ``model.head.budget_map`` (a :class:`~gatekit.budget.BudgetMap`, replacing
     any earlier one; ``model.head.budget_map = None`` removes it) and returned, with
     ``achieved``: ``F`` measured again at each mapped knob.  The model's train/eval flags are
     restored.

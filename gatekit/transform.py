@@ -29,8 +29,10 @@ from . import _graph
 from ._errors import GatekitError
 from ._graph import ANY_CONV_TYPES
 from ._tracing import trace
+from .budget import BudgetHead
 from .estimators import Gate, get_gate
-from .gater import GaterHead, GaterNet
+from .gater import GaterNet
+from .head import GaterHead
 from .sites import GateSite, SitePolicy, find_sites
 
 __all__ = ["gate_model"]
@@ -144,7 +146,8 @@ def gate_model(
       released code); ``head_batchnorm`` puts the paper's BatchNorm before the ReLU;
       ``init_bias`` fills the head's last bias (> 0 starts with gates open).
     - ``budget_input``: the head also reads a per-sample compute budget, and the model is
-      called as ``net(x, budget=b)`` (one model for any budget; see :class:`GaterHead`).
+      called as ``net(x, budget=b)`` (one model for any budget; the head is a
+      :class:`~gatekit.budget.BudgetHead`).
     - ``group_size``: one gate switches this many adjacent channels.
     - ``gater_features``: width D of the gater's output; by default found by one no-grad
       eval-mode pass of the gater copy on a zero batch (sizes 32, 64, ... until one runs).
@@ -183,13 +186,12 @@ def gate_model(
     num_gates = sum(s.num_gates for s in site_list)
     features = gater_features if gater_features is not None else _probe_features(gater_copy)
     param = next(gater_copy.parameters(), None)
-    head = GaterHead(
+    head = (BudgetHead if budget_input else GaterHead)(
         features,
         num_gates,
         bottleneck,
         batchnorm=head_batchnorm,
         init_bias=init_bias,
-        budget_input=budget_input,
         device=None if param is None else param.device,
         dtype=None if param is None else param.dtype,
     )

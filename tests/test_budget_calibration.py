@@ -176,3 +176,51 @@ def test_a_model_without_a_budget_input_is_refused() -> None:
 def test_bad_budget_maps(requested, knob, match) -> None:
     with pytest.raises(GatekitError, match=match):
         BudgetMap(torch.tensor(requested), torch.tensor(knob))
+
+
+# ---- loading a calibrated state, and the map in training mode -------------------------
+
+def _calibrated(budgets: torch.Tensor | None = None, seed: int = 0) -> gatekit.GaterNet:
+    net = _net(seed)
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
+    gatekit.calibrate_budget(net, [torch.randn(8, 3, 32, 32)], costs, budgets=budgets)
+    return net
+
+
+def test_a_map_of_another_knot_count_loads_and_replaces_the_map() -> None:
+    three = _calibrated(torch.tensor([0.3, 0.6, 1.0]), seed=1)
+    hundred = _calibrated()
+    assert hundred.head.budget_map.requested.shape == (100,)
+    hundred.load_state_dict(three.state_dict())  # strict
+    for name in ("requested", "knob", "achieved"):
+        assert torch.equal(getattr(hundred.head.budget_map, name), getattr(three.head.budget_map, name))
+    x, b = torch.randn(3, 3, 32, 32), torch.tensor([0.3, 0.5, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(hundred(x, budget=b), three(x, budget=b))
+
+
+@pytest.mark.parametrize("key, change, match", [
+    ("knob", lambda t: t.flip(0), "never decrease"),
+    ("requested", lambda t: t.flip(0), "strictly increasing"),
+    ("requested", lambda t: t * 2, r"in \(0, 1\]"),
+    ("knob", lambda t: t[:-1], "one length"),
+    ("achieved", lambda t: t.fill_(float("nan")), "finite"),
+])
+def test_a_state_whose_map_breaks_the_rules_is_refused(key, change, match) -> None:
+    net = _calibrated(torch.tensor([0.3, 0.6, 1.0]))
+    state = net.state_dict()
+    state[f"head.budget_map.{key}"] = change(state[f"head.budget_map.{key}"].clone())
+    for target in (_net(), _calibrated()):  # a fresh model, and one whose map is loaded into
+        with pytest.raises(GatekitError, match=match):
+            target.load_state_dict(state)
+
+
+def test_a_calibrated_map_is_bypassed_in_training_mode() -> None:
+    net = _calibrated(torch.tensor([0.3, 0.6, 1.0]))
+    features = net.gater(torch.randn(4, 3, 32, 32)).detach()
+    b = torch.tensor([0.3, 0.5, 0.7, 1.0])
+    raw = net.head.logits(features, b)  # the head input is the budget itself
+    mapped = net.head.logits(features, net.head.budget_map(b))
+    assert not torch.allclose(raw, mapped)  # the map moves the head input
+    torch.testing.assert_close(net.head.train()(features, b), raw)
+    torch.testing.assert_close(net.head.eval()(features, b), mapped)

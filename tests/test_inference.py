@@ -191,7 +191,7 @@ class OneByOne(gatekit.inference._batching.Batching):
 def test_a_batching_mode_is_one_class(gated_nets, monkeypatch):
     # The seam: a Batching subclass (and, if it needs one, its Channels), listed by name.
     net, size = gated_nets("resnet20", "all", 4)
-    monkeypatch.setitem(gatekit.inference._skip.BATCHINGS, OneByOne.name, OneByOne)
+    monkeypatch.setitem(gatekit.inference._batching.BATCHINGS, OneByOne.name, OneByOne)
     fast = gatekit.skip_compute(net, batching="one_by_one")
     assert fast.backbone.batching == "one_by_one" and "batching='one_by_one'" in repr(fast)
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
@@ -585,13 +585,14 @@ def test_gather_weights_come_from_one_layout_per_conv(gated_nets):
     gates = differing_gates(net, 23)[:3]
     fast(x, gates=gates)
     skips = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
-    layouts = {id(m): m.__dict__.get("_gather_layout") for m in skips}
+    layouts = {id(m): m._padded for m in skips}
     assert sum(lay is not None for lay in layouts.values()) == len(net.sites)  # site producers
     fast(x, gates=differing_gates(net, 24)[:3])
-    assert all(m.__dict__.get("_gather_layout") is layouts[id(m)] for m in skips)  # kept
+    assert all(m._padded is layouts[id(m)] for m in skips)  # kept
     for lay in layouts.values():
         if lay is not None:
-            assert torch.equal(lay.rows[-1], torch.zeros_like(lay.rows[-1]))  # the padding row
+            rows = lay[1]
+            assert torch.equal(rows[-1], torch.zeros_like(rows[-1]))  # the padding row
     again = fast.double()  # a new weight tensor: the layout is made again from it
     assert_close(again(x, gates=gates), net(x, gates=gates))
 
@@ -619,61 +620,212 @@ def test_gather_computes_only_open_channels_padded_to_the_batch_max(gated_nets):
         assert sum(got.values()) < (0.75 if p == 0.5 else 0.5) * sum(dense.values())
 
 
-@pytest.mark.parametrize("fastest", ["pattern", "union", "gather", "masked"])
-def test_auto_measures_once_per_shape_and_matches_dense(gated_nets, monkeypatch, fastest):
+CANDIDATES = ("pattern", "union", "gather", "masked")
+
+
+@pytest.fixture
+def rule():
+    """Sets a process-wide batching rule for one test, then restores the default."""
+    yield gatekit.inference.set_batching_rule
+    gatekit.inference.set_batching_rule(None)
+
+
+def _spy(monkeypatch) -> list[str]:
+    """The names of the modes whose run_mixed runs, in order."""
+    ran: list[str] = []
+    for name in CANDIDATES:
+        cls = gatekit.inference._batching.BATCHINGS[name]
+        original = cls.run_mixed
+        monkeypatch.setattr(cls, "run_mixed",
+                            lambda self, *a, n=name, f=original: (ran.append(n), f(self, *a))[1])
+    return ran
+
+
+def _only(cheap: str) -> gatekit.inference.BatchingRule:
+    """A fake cost table: ``cheap`` costs nothing, every other mode one second per call."""
+    costs = {n: gatekit.inference.ModeCost(0.0 if n == cheap else 1.0, 0.0, 0.0, 0.0)
+             for n in CANDIDATES}
+    return gatekit.inference.BatchingRule(costs=costs)
+
+
+@pytest.mark.parametrize("cheap", CANDIDATES)
+def test_auto_runs_the_mode_the_rule_estimates_cheapest(gated_nets, monkeypatch, rule, cheap):
     net, size = gated_nets("resnet20", "all", 4)
     fast = gatekit.skip_compute(net, batching="auto")
-    mode = fast.backbone.mode
     assert {r.batching for r in fast.routes} == {"auto"}
-    # A fake clock: each candidate's run takes 2 "seconds", the fastest 1.
-    clock, runs = [0.0], []
-    monkeypatch.setattr(gatekit.inference._auto.time, "perf_counter", lambda: clock[0])
-
-    def timed(*args, name, run):
-        runs.append(name)
-        clock[0] += 1.0 if name == fastest else 2.0
-        return run(*args)
-
-    for name, candidate in mode.modes.items():
-        original = candidate.run_mixed
-        monkeypatch.setattr(
-            candidate, "run_mixed", lambda *a, n=name, f=original: timed(*a, name=n, run=f)
-        )
+    rule(_only(cheap))
+    ran = _spy(monkeypatch)
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
     for seed in (40, 41):
         gates = differing_gates(net, seed)[:3]
         assert_close(fast(x, gates=gates), net(x, gates=gates))
-    assert list(mode.choices.values()) == [fastest]
-    # one warm-up and three timed runs each, then the choice alone
-    assert runs == [n for n in ("pattern", "union", "gather", "masked") for _ in range(4)] + [fastest]
-    (timings,) = mode.timings.values()
-    assert timings == {n: 1.0 if n == fastest else 2.0 for n in mode.modes}
-    x1 = torch.randn(1, 3, size, size, dtype=torch.float64)
-    fast(x1, gates=differing_gates(net, 42)[:1])  # one sample: one pattern, nothing to choose
-    assert len(mode.choices) == 1 and len(runs) == 17
+        choice = fast.batching_choice(x, gates)
+        assert choice.mode == cheap and cheap in choice.reason
+        assert choice.estimates == {n: 0.0 if n == cheap else 1.0 for n in CANDIDATES}
+    assert ran == [cheap, cheap]  # one run per call: nothing timed, no candidate tried
+    fast(x[:1], gates=differing_gates(net, 42)[:1])  # one pattern: one pass, nothing to choose
+    assert ran == [cheap, cheap]
+    assert fast.batching_choice(x[:1], differing_gates(net, 42)[:1]).estimates == {}
 
 
-def test_auto_keeps_each_candidate_s_fastest_run(gated_nets, monkeypatch):
-    # pattern is slow twice and fast once (noise adds time, never removes it): its minimum,
-    # 0.5, beats union's steady 1.0
+def test_batching_choice_of_a_fixed_mode_and_of_one_pattern(gated_nets):
+    net, size = gated_nets("resnet20", "all", 4)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 46)[:3]
+    for name in CANDIDATES:
+        choice = gatekit.skip_compute(net, batching=name).batching_choice(x, gates)
+        assert choice == (name, f"fixed by skip_compute(batching={name!r})", {})
+    fast = gatekit.skip_compute(net, batching="auto")
+    same = gates[:1].expand(3, -1)
+    assert fast.batching_choice(x, same).reason == "one gate pattern in the batch: one pass"
+    with pytest.raises(gatekit.GatekitError, match="binary"):
+        fast.batching_choice(x, gates * 0.5)
+
+
+def _hand_work(net, gates: torch.Tensor, size: int, reduce: str) -> float:
+    """Multiply-adds of the convs that read or write a site's channels, counted by hand from
+    the dense model's conv shapes (hooks), each site's channels reduced over the batch
+    (``"union"``, ``"max"``, ``"all"``) and the batch counted N times."""
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, a, y, name=name: shapes.__setitem__(name, y.shape))
+             for name, m in net.backbone.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    net(torch.zeros(1, 3, size, size, dtype=torch.float64), gates=gates[:1])
+    for h in hooks:
+        h.remove()
+    routes = gatekit.skip_compute(net).routes
+    counts = {}
+    for site, route in zip(net.sites, routes):
+        g = gates[:, site.offset : site.stop] != 0
+        per = {"union": g.any(0).sum(), "max": g.sum(1).max(), "all": torch.tensor(g.shape[1])}[reduce]
+        counts[site.name] = float(per) * site.group_size
+        if route.consumer is not None:
+            counts[("in", route.consumer)] = counts[site.name]
+    total = 0.0
+    for name, m in net.backbone.named_modules():
+        if not isinstance(m, torch.nn.Conv2d):
+            continue
+        k_out, k_in = counts.get(name), counts.get(("in", name))
+        if k_out is None and k_in is None:
+            continue
+        pixels = shapes[name][2] * shapes[name][3]
+        k_out = m.out_channels if k_out is None else k_out  # 0: a site every sample closes
+        k_in = m.in_channels if k_in is None else k_in
+        total += k_out * k_in * m.kernel_size[0] * m.kernel_size[1] * pixels
+    return gates.shape[0] * total
+
+
+def test_the_rule_counts_each_mode_s_work_as_counted_by_hand(gated_nets, rule):
     net, size = gated_nets("resnet20", "all", 4)
     fast = gatekit.skip_compute(net, batching="auto")
+    mac = {n: gatekit.inference.ModeCost(0.0, 0.0, 0.0, 1.0) for n in CANDIDATES}
+    rule(gatekit.inference.BatchingRule(costs=mac))
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 43)[:3]
+    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    threads = torch.get_num_threads() ** gatekit.inference._rule.THREAD_SCALING
+    for mode, reduce in [("union", "union"), ("gather", "max"), ("masked", "all")]:
+        assert est[mode] * threads == pytest.approx(_hand_work(net, gates, size, reduce)), mode
+    # pattern: each sample on its own channels (all three patterns differ here)
+    per_sample = sum(_hand_work(net, gates[i : i + 1], size, "max")
+                     for i in range(3))
+    assert est["pattern"] * threads == pytest.approx(per_sample)
+
+
+def test_auto_chooses_per_budget_at_one_batch_shape(rule):
+    # A budget-input model served at two budgets with the same batch shape: the choice
+    # follows the gates (the union of open filters), not the shape.
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True)
+    with torch.no_grad():
+        net.head.budget_scale.fill_(6.0)
+        net.head.fc2.weight.mul_(20.0)
+    net.eval()
+    fast = gatekit.skip_compute(net, batching="auto")
+    x = torch.randn(4, 3, 32, 32)
     mode = fast.backbone.mode
+    unions = {}
+    for b in (0.2, 1.0):
+        gates = fast.estimator(fast.gate_logits(x, b))
+        counts = gatekit.inference._batching.GateCounts.of(fast.backbone, gates)
+        unions[b] = float(counts.union.sum())
+    assert unions[0.2] < unions[1.0]
+    # union costs its multiply-adds; masked a fixed amount, between union's at the two budgets
+    costs = {n: gatekit.inference.ModeCost(1e9, 0.0, 0.0, 0.0) for n in CANDIDATES}
+    costs["union"] = gatekit.inference.ModeCost(0.0, 0.0, 0.0, 1.0)
+    rule(gatekit.inference.BatchingRule(costs=costs))
+    union = {b: mode.choose(fast.backbone, x, fast.estimator(fast.gate_logits(x, b))).estimates["union"]
+             for b in (0.2, 1.0)}
+    assert union[0.2] < union[1.0]
+    costs["masked"] = gatekit.inference.ModeCost((union[0.2] + union[1.0]) / 2, 0.0, 0.0, 0.0)
+    rule(gatekit.inference.BatchingRule(costs=costs))
+    with torch.no_grad():
+        for b, expected in ((0.2, "union"), (1.0, "masked"), (0.2, "union")):
+            gates = fast.estimator(fast.gate_logits(x, b))
+            assert mode.choose(fast.backbone, x, gates).mode == expected, b
+            assert fast.batching_choice(x, budget=b).mode == expected, b
+            torch.testing.assert_close(fast(x, budget=b), net(x, budget=b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_copied_or_pickled_auto_model_carries_no_timings_and_chooses_alike(gated_nets):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = [differing_gates(net, s)[:3] for s in (44, 45)]
+    fast(x, gates=gates[0])
+    for other in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        mode = other.backbone.mode
+        assert vars(mode) == {"_geometry": {}}  # nothing measured, nothing of this machine
+        for g in gates:
+            assert mode.choose(other.backbone, x, g) == fast.backbone.mode.choose(fast.backbone, x, g)
+
+
+def test_tune_batching_measures_fits_and_applies_process_wide(gated_nets, monkeypatch, rule):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 46)[:3]
     clock = [0.0]
-    monkeypatch.setattr(gatekit.inference._auto.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(gatekit.inference._rule.time, "perf_counter", lambda: clock[0])
+    # pattern slow twice and fast once (noise only adds time): its minimum, 0.5, is kept
     durations = {"pattern": iter([9.0, 3.0, 0.5, 3.0]), "union": iter([1.0] * 4),
                  "gather": iter([2.0] * 4), "masked": iter([1.5] * 4)}
-    for name, candidate in mode.modes.items():
-        original = candidate.run_mixed
+    for name in CANDIDATES:
+        cls = gatekit.inference._batching.BATCHINGS[name]
+        original = cls.run_mixed
 
-        def timed(*args, n=name, f=original):
+        def timed(self, *args, n=name, f=original):
             clock[0] += next(durations[n])
-            return f(*args)
+            return f(self, *args)
 
-        monkeypatch.setattr(candidate, "run_mixed", timed)
-    x = torch.randn(3, 3, size, size, dtype=torch.float64)
-    gates = differing_gates(net, 40)[:3]
-    assert_close(fast(x, gates=gates), net(x, gates=gates))
-    assert mode.choices[mode.key(x, gates)] == "pattern"
-    assert mode.timings[mode.key(x, gates)] == {"pattern": 0.5, "union": 1.0, "gather": 2.0,
-                                                "masked": 1.5}
+        monkeypatch.setattr(cls, "run_mixed", timed)
+    before = copy.deepcopy(vars(fast.backbone.mode))
+    tuned = gatekit.tune_batching(fast, x, gates)
+    assert tuned.measured == {"pattern": 0.5, "union": 1.0, "gather": 2.0, "masked": 1.5}
+    assert gatekit.inference._rule.current_rule() is tuned  # process-wide
+    choice = fast.backbone.mode.choose(fast.backbone, x, gates)
+    assert choice.mode == "pattern"
+    assert choice.estimates == pytest.approx(tuned.measured)  # fitted to what it measured
+    assert vars(fast.backbone.mode).keys() == before.keys()  # nothing timed kept in the model
+    fixed = gatekit.tune_batching(fast, fix="gather")
+    assert fixed.fixed == "gather" and fixed.measured == {}
+    assert fast.backbone.mode.choose(fast.backbone, x, gates).mode == "gather"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fix": "auto"}, "fix to be one of"),
+    ({"repeats": 0}, "repeats"),
+    ({}, "an example batch"),
+    ({"same": True}, "share one gate pattern"),
+])
+def test_bad_tune_batching_arguments(gated_nets, kwargs, match):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    if kwargs.pop("same", False):
+        g = differing_gates(net, 47)[:1].expand(2, -1)
+        kwargs = {"example": torch.randn(2, 3, size, size, dtype=torch.float64), "gates": g}
+    elif "repeats" in kwargs:
+        kwargs["example"] = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with pytest.raises(gatekit.GatekitError, match=match):
+        gatekit.tune_batching(fast, **kwargs)
+    with pytest.raises(gatekit.GatekitError, match="skip_compute"):
+        gatekit.tune_batching(net, fix="union")

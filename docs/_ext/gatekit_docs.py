@@ -16,6 +16,13 @@
     benchmarks and training runs write; a file not there yet reads "not yet measured".
     ``.. gatekit-metric-plot:: FILE.jsonl ...`` draws training curves from metrics logs.
 
+``.. gatekit-batchings::``
+    A table of :func:`gatekit.skip_compute`'s batching modes, read from their one registry
+    (``gatekit.inference._batching.BATCHINGS``): each mode's name, whether ``"auto"`` may
+    choose it, its ``summary`` and, with ``:costs:``, the constants of the default rule
+    (``gatekit.inference._rule.DEFAULT_COSTS``), so a new mode appears on the page without
+    anyone editing it.
+
 ``.. gatekit-argparse:: PATH``
     A table of every flag of the command-line script at ``PATH`` (relative to the
     repository root), read from its :mod:`argparse` parser, so the page cannot drift from
@@ -429,6 +436,59 @@ class MetricPlotDirective(SphinxDirective):
 
 
 # --------------------------------------------------------------------------------------
+# Batching modes
+# --------------------------------------------------------------------------------------
+
+
+def _seconds(value: float) -> str:
+    """``3.16e-09`` -> ``3.16 ns``: the rule's constants in the unit that reads best."""
+    if value == 0:
+        return "0"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-12:.3g} ps"
+
+
+class BatchingsDirective(SphinxDirective):
+    """``.. gatekit-batchings::``: the registered batching modes (see the module docstring)."""
+
+    option_spec: ClassVar[dict[str, Any]] = {"costs": directives.flag}
+
+    def run(self) -> list[nodes.Node]:
+        from gatekit.inference import _batching, _rule, skip_compute
+
+        default = inspect.signature(skip_compute).parameters["batching"].default
+        modes = list(_batching.BATCHINGS.items())
+        if not modes:
+            raise self.error("gatekit.inference._batching.BATCHINGS is empty: no mode registered")
+        # The candidates in the order registered, then the modes that choose among them.
+        modes.sort(key=lambda item: not item[1].candidate)
+        costs = "costs" in self.options
+        headers = ["mode", '``"auto"`` may choose it', "what it does"]
+        if costs:
+            headers += ["per call", "per conv call", "per weight copied", "per multiply-add"]
+        lines = [".. list-table::", "   :header-rows: 1", ""]
+        lines += ["   * - " + headers[0]] + [f"     - {h}" for h in headers[1:]]
+        for name, cls in modes:
+            label = f'``"{name}"``' + (" (default)" if name == default else "")
+            summary = " ".join(cls.summary.split())
+            row = [label, "yes" if cls.candidate else "no", _escape(summary[0].upper() + summary[1:]) + "."]
+            if costs:
+                cost = _rule.DEFAULT_COSTS.get(name)
+                row += [_seconds(v) for v in cost] if cost is not None else ["\u2014"] * 4
+            lines += [f"   * - {row[0]}"] + [f"     - {c}" for c in row[1:]]
+        lines.append("")
+        if costs:
+            lines += [f"Multiply-add time is divided by ``threads ** {_rule.THREAD_SCALING:g}`` "
+                      "(``THREAD_SCALING``, fitted with the constants).", ""]
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source="<gatekit-batchings>"), 0, container)
+        return container.children
+
+
+# --------------------------------------------------------------------------------------
 # Command-line flags
 # --------------------------------------------------------------------------------------
 
@@ -551,6 +611,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("gatekit-api", ApiDirective)
     app.add_directive("gatekit-api-rest", ApiRestDirective)
     app.add_directive("gatekit-argparse", ArgparseDirective)
+    app.add_directive("gatekit-batchings", BatchingsDirective)
     app.add_directive("gatekit-json-table", JsonTableDirective)
     app.add_directive("gatekit-measured-figure", MeasuredFigureDirective)
     app.add_directive("gatekit-metric-plot", MetricPlotDirective)

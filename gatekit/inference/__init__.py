@@ -13,9 +13,11 @@ Layout (private modules): ``_common`` holds what both transforms share (the eval
 check, the graph clean-up, the returned class, the route mode names), ``_plan`` reads the
 gated graph (which sites can be sliced, where their zeros go), ``_conv`` is the sliced
 convolution, ``_skip`` rewrites the graph and runs it, ``_batching`` is the seam for
-batching modes (how a batch of mixed gate patterns runs), one module each: ``_pattern``,
-``_union``, ``_gather`` (one grouped call per site for the whole batch), ``_masked``
-(every filter, closed ones zeroed), ``_auto`` (the fastest of those, measured once per input shape); ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
+batching modes (how a batch of mixed gate patterns runs) and their one registry, one
+module per mode: ``_pattern``, ``_union``, ``_gather`` (one grouped call per site for the
+whole batch), ``_masked`` (every filter, closed ones zeroed), ``_auto`` (one of those per
+batch, by the rule in ``_rule``, which :func:`tune_batching` fits to the machine);
+``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
 BatchNorm algebra; the rules about graph nodes they share with site finding live in
 ``gatekit._graph``.
 
@@ -30,14 +32,20 @@ accumulates into it; Python work per call is one ``nonzero`` and slicing per sit
 from ._common import InferenceGaterNet, SiteRoute
 from ._folding import fold_batchnorm
 from ._fuse import FusedGatedConv2d, fuse_gated_convs
+from ._rule import BatchingChoice, BatchingRule, ModeCost, set_batching_rule, tune_batching
 from ._skip import SkipComputeNet, skip_compute
 
 __all__ = [
+    "BatchingChoice",
+    "BatchingRule",
     "FusedGatedConv2d",
     "InferenceGaterNet",
+    "ModeCost",
     "SiteRoute",
     "SkipComputeNet",
     "fold_batchnorm",
     "fuse_gated_convs",
+    "set_batching_rule",
     "skip_compute",
+    "tune_batching",
 ]

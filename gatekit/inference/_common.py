@@ -39,10 +39,10 @@ class SiteRoute(NamedTuple):
     call) or ``"dense"``.  ``reason`` says why a site is not ``"sliced"``/``"fused"``.
     ``batching``: under :func:`gatekit.skip_compute`, the batching mode that runs a
     ``"sliced"`` or ``"scatter"`` site when the samples of a batch open different
-    filters (``"pattern"``: one pass per pattern; ``"union"``: the filters open in any
-    sample; ``"gather"``: each sample's own filters in one grouped call; ``"masked"``: every
-    filter, closed ones zeroed; ``"auto"``: the fastest of these, measured per input shape); ``""`` for a dense site and under
-    :func:`gatekit.fuse_gated_convs`.
+    filters, as ``skip_compute(net, batching=...)`` took it (the docs' ops page lists the
+    registered modes); under ``"auto"`` a rule picks one per batch, and
+    :meth:`gatekit.SkipComputeNet.batching_choice` says which and why.  ``""`` for a
+    dense site and under :func:`gatekit.fuse_gated_convs`.
 
     >>> import gatekit
     >>> from gatekit.models import resnet20, resnet20_gater

@@ -33,7 +33,8 @@ __all__: list[str] = []
 
 FULL = "full"  # every output filter computed (a conv that is not a sliced site's producer)
 _OUT_MODES = (FULL, SLICED, SCATTER)
-_CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
+#: ``torch.nn.functional.conv{1,2,3}d`` by the input's rank minus 3: the one place they are named.
+CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 
 
 class Channels(Protocol):
@@ -105,7 +106,8 @@ class SkipConv(nn.Module):
             weight = weight.t() if self.transposed else weight
         self.register_buffer("weight", weight.contiguous())
         self.register_buffer("bias", bias)
-        self._taps = int(torch.tensor(self.kernel_size).prod())
+        self.taps = int(torch.tensor(self.kernel_size).prod())
+        self._padded: tuple | None = None  # padded_rows()'s cache
 
     def forward(
         self,
@@ -171,7 +173,7 @@ class SkipConv(nn.Module):
         if cut_out and cut_in and not self.use_mm:
             # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
             flat = (out_idx[:, None] * self.in_channels + in_idx[None, :]).flatten()
-            w = w.view(-1, self._taps).index_select(0, flat)
+            w = w.view(-1, self.taps).index_select(0, flat)
             return w.view(out_idx.numel(), in_idx.numel(), *self.kernel_size), b
         if cut_out:
             w = w.index_select(0, out_idx)
@@ -182,7 +184,32 @@ class SkipConv(nn.Module):
     def _k_out(self, w: Tensor) -> int:
         return w.shape[1] if self.transposed else w.shape[0]
 
-    def _strided(self, x: Tensor) -> Tensor:
+    def padded_rows(self) -> tuple[Tensor, Tensor | None]:
+        """The folded weight as rows by output channel, ``(out + 1, in * taps)``, the last
+        row zero, and the bias ``(out + 1,)`` with a zero appended (None without a bias).
+
+        For gathering per-sample weight blocks with one ``index_select``: a padded output
+        row reads the zero row and computes exactly zero.  Made once and kept (not a
+        buffer: not saved); made again when the weight is replaced or modified.
+
+        >>> skip = SkipConv(nn.Conv2d(2, 3, 3), None, out_mode="sliced", in_sliced=False)
+        >>> rows, bias = skip.padded_rows()
+        >>> tuple(rows.shape), bool(rows[-1].eq(0).all()), skip.padded_rows()[0] is rows
+        ((4, 18), True, True)
+        """
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b._version)
+        if self._padded is not None and self._padded[0] == key:
+            return self._padded[1], self._padded[2]
+        if self.transposed:  # stored (in, out) for the in-sliced 1x1 path
+            w = w.t()
+        rows = w.reshape(self.out_channels, -1)
+        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])]).contiguous()
+        bias = None if b is None else torch.cat([b, b.new_zeros(1)])
+        self._padded = (key, rows, bias)
+        return rows, bias
+
+    def strided(self, x: Tensor) -> Tensor:
         """A 1x1 conv's input at its output's resolution (a view)."""
         if self.stride != (1, 1):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
@@ -201,7 +228,7 @@ class SkipConv(nn.Module):
         channels-last tensor of the output's shape; else None, and nothing is done."""
         if not (self.use_mm and isinstance(residual, Tensor)) or x.shape[1] == 0:
             return None
-        x = self._strided(x)
+        x = self.strided(x)
         k_out = self._k_out(w)
         n, _, h, width = x.shape
         if (
@@ -216,9 +243,17 @@ class SkipConv(nn.Module):
             acc.add_(b)
         return residual
 
-    def convolve(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        """The convolution of ``x`` with the gathered ``w`` and ``b``."""
-        k_out = self._k_out(w)
+    def convolve(
+        self, x: Tensor, w: Tensor, b: Tensor | None, groups: int | None = None
+    ) -> Tensor:
+        """The convolution of ``x`` with the gathered ``w`` and ``b``.
+
+        ``groups``: a grouped convolution with ``w`` in conv layout ``(out, in / groups,
+        *kernel_size)`` (``"gather"`` runs one group per sample); default: the conv's own
+        groups, a 1x1 conv as a GEMM.
+        """
+        grouped = groups is not None
+        k_out = w.shape[0] if grouped else self._k_out(w)
         if x.shape[1] == 0 or k_out == 0:
             # Nothing to convolve (all gates closed): the output is the bias alone.
             size = conv_output_size(
@@ -231,14 +266,15 @@ class SkipConv(nn.Module):
                 else b.view(1, -1, *[1] * (len(shape) - 2)).expand(shape)
             )
             return y.contiguous(memory_format=memory_format(y))
-        if self.use_mm:
-            x = self._strided(x)
+        if self.use_mm and not grouped:
+            x = self.strided(x)
             n, _, h, width = x.shape
             rows, wt = self._rows(x), (w if self.transposed else w.t())
             y = torch.mm(rows, wt) if b is None else torch.addmm(b, rows, wt)
             return y.view(n, h, width, k_out).permute(0, 3, 1, 2)
-        conv = _CONV_FUNCTIONS[x.ndim - 3]
-        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        conv = CONV_FUNCTIONS[x.ndim - 3]
+        return conv(x, w, b, self.stride, self.padding, self.dilation,
+                    groups if grouped else self.groups)
 
     def scatter(self, y: Tensor, out_idx: Tensor | None) -> Tensor:
         """The computed channels ``y`` placed at ``out_idx`` among ``out_channels`` zeros."""
@@ -247,6 +283,10 @@ class SkipConv(nn.Module):
         full = y.new_zeros(y.shape[0], self.out_channels, *y.shape[2:])
         full = full.contiguous(memory_format=memory_format(full))
         return full.index_copy_(1, out_idx, y)
+
+    def __getstate__(self) -> dict:
+        # padded_rows() is made again on demand: copies and pickles leave it out.
+        return {**self.__dict__, "_padded": None}
 
     def extra_repr(self) -> str:
         return (

@@ -9,17 +9,19 @@ convolution then runs once per site for the whole batch:
 - any other conv is one grouped convolution, ``groups = N``: the samples' compact inputs
   side by side, ``N`` weight blocks stacked.
 
-Weights are gathered with one ``index_select`` of whole rows from a layout made once per
-conv (:func:`layout`): the folded weight with a row of zeros appended, ``(out + 1, in *
-taps)``, also read as ``((out + 1) * in, taps)`` when both dimensions are gathered.  A
+Weights are gathered with one ``index_select`` of whole rows from the layout the conv
+keeps (:meth:`~._conv.SkipConv.padded_rows`): the folded weight with a row of zeros
+appended, ``(out + 1, in * taps)``, also read as ``((out + 1) * in, taps)`` when both
+dimensions are gathered.  Every convolution runs through the conv's own
+:meth:`~._conv.SkipConv.convolve` (grouped, one group per sample).  A
 padded output row reads the zero row (and a zero bias), so its output is exactly zero,
 stays zero through the ReLU/pooling chain, and contributes nothing where the consumer
 reads it: no masks.  At a scatter site the compact output is added straight into the
 residual (``scatter_add_``) when the graph lets it, else scattered into zeros.
 
 Costs: ``N * K_out * K_in`` weight elements copied per conv per call, against ``N * K_out *
-K_in * pixels`` multiply-adds: pays when samples differ and maps are not tiny; with
-``"auto"`` (``_auto``) the mode is measured against ``"pattern"`` and ``"union"``.
+K_in * pixels`` multiply-adds: pays when samples differ and maps are not tiny; ``"auto"``'s rule
+(``_rule``) weighs it against the other modes.
 """
 
 from __future__ import annotations
@@ -27,17 +29,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .._graph import conv_output_size
-from ._batching import Backbone, Batching
+from ._batching import Backbone, Batching, GateCounts, Runs, register
 from ._common import SCATTER
 from ._conv import SkipConv, add_residual, memory_format
 
 __all__: list[str] = []
-
-_CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 
 
 class Gathered(NamedTuple):
@@ -45,46 +43,12 @@ class Gathered(NamedTuple):
 
     ``idx`` ``(N, K)``: per sample, its open channels (ascending), then closed ones as
     padding (when ``K`` is every channel: all channels in order, closed ones the padding); ``rows`` ``(N, K)``: the same with padding replaced by ``out_channels`` (the
-    zero row of :func:`layout`); ``k``: ``K``, the batch's largest open count.
+    zero row of :meth:`~._conv.SkipConv.padded_rows`); ``k``: ``K``, the batch's largest open count.
     """
 
     idx: Tensor
     rows: Tensor
     k: int
-
-
-class Layout(NamedTuple):
-    """A conv's weight for gathering: ``rows`` ``(out + 1, in * taps)`` whose last row is
-    zero, ``bias`` ``(out + 1,)`` (last entry zero) or None; ``key`` tells a stale copy."""
-
-    rows: Tensor
-    bias: Tensor | None
-    key: tuple
-
-
-def layout(conv: SkipConv) -> Layout:
-    """The gathering layout of ``conv``'s folded weight, made once and kept on the module
-    (made again if the weight was replaced or modified, e.g. by ``.double()``).
-
-    >>> from torch import nn
-    >>> skip = SkipConv(nn.Conv2d(2, 3, 3), None, out_mode="sliced", in_sliced=False)
-    >>> lay = layout(skip)
-    >>> tuple(lay.rows.shape), bool(lay.rows[-1].eq(0).all()), layout(skip) is lay
-    ((4, 18), True, True)
-    """
-    w, b = conv.weight, conv.bias
-    key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b._version)
-    cached = conv.__dict__.get("_gather_layout")
-    if cached is not None and cached.key == key:
-        return cached
-    if conv.transposed:  # stored (in, out) for the in-sliced 1x1 path; gather by output rows
-        w = w.t()
-    rows = w.reshape(conv.out_channels, -1)
-    rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])]).contiguous()
-    bias = None if b is None else torch.cat([b, b.new_zeros(1)])
-    made = Layout(rows, bias, key)
-    conv.__dict__["_gather_layout"] = made  # not a buffer: not saved, not copied by .to()
-    return made
 
 
 def gathered_sites(backbone: Backbone, gates: Tensor) -> list[Gathered | None]:
@@ -160,15 +124,15 @@ def _bias(conv: SkipConv, out: Gathered | None, n: int) -> Tensor | None:
         return None
     if out is None:
         return conv.bias.view(1, -1)
-    return layout(conv).bias.index_select(0, out.rows.flatten()).view(n, out.k)
+    return conv.padded_rows()[1].index_select(0, out.rows.flatten()).view(n, out.k)
 
 
 def _weights(conv: SkipConv, out: Gathered | None, inp: Gathered | None, n: int) -> Tensor:
     """Per-sample weight blocks ``(N, K_out, K_in * taps)``, one ``index_select`` of rows."""
-    lay = layout(conv)
-    c_in, taps = conv.in_channels, conv._taps
+    padded = conv.padded_rows()[0]
+    c_in, taps = conv.in_channels, conv.taps
     if inp is None:  # whole rows of the (out + 1, in * taps) layout
-        return lay.rows.index_select(0, out.rows.flatten()).view(n, out.k, c_in * taps)
+        return padded.index_select(0, out.rows.flatten()).view(n, out.k, c_in * taps)
     # (out, in) pairs of the ((out + 1) * in, taps) view
     rows = (
         torch.arange(conv.out_channels, device=inp.idx.device).expand(n, -1)
@@ -176,7 +140,7 @@ def _weights(conv: SkipConv, out: Gathered | None, inp: Gathered | None, n: int)
         else out.rows
     )
     flat = (rows[:, :, None] * c_in + inp.idx[:, None, :]).flatten()
-    return lay.rows.view(-1, taps).index_select(0, flat).view(n, rows.shape[1], inp.k * taps)
+    return padded.view(-1, taps).index_select(0, flat).view(n, rows.shape[1], inp.k * taps)
 
 
 def run_gathered(
@@ -191,21 +155,12 @@ def run_gathered(
         y = _bmm(conv, x, out, inp, into)
         if into is not None and y is into:
             return y
-    elif k_out and x.shape[1]:
+    else:  # one grouped convolution, a group per sample (no channel at all: the bias alone)
         w = _weights(conv, out, inp, n).view(n * k_out, x.shape[1], *conv.kernel_size)
         b = _bias(conv, out, n)
         b = None if b is None else b.expand(n, k_out).reshape(-1)
-        xg = x.reshape(1, n * x.shape[1], *x.shape[2:])
-        conv_fn = _CONV_FUNCTIONS[x.ndim - 3]
-        y = conv_fn(xg, w, b, conv.stride, conv.padding, conv.dilation, n)
-        y = y.view(n, k_out, *y.shape[2:])
-    else:  # nothing to convolve (no open channel): the output is the bias alone
-        size = conv_output_size(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
-        y = x.new_zeros(n, k_out, *size)
-        y = y.contiguous(memory_format=memory_format(y))
-        b = _bias(conv, out, n)
-        if b is not None:
-            y += b.view(*b.shape, *[1] * len(size))
+        y = conv.convolve(x.reshape(1, n * x.shape[1], *x.shape[2:]), w, b, groups=n)
+        y = y.reshape(n, k_out, *y.shape[2:])
     if conv.out_mode == SCATTER and out is not None and k_out < conv.out_channels:
         index = out.idx.view(n, k_out, *[1] * (y.ndim - 2)).expand_as(y)
         if isinstance(residual, Tensor) and residual.shape == (n, conv.out_channels, *y.shape[2:]):
@@ -220,7 +175,7 @@ def _bmm(
     conv: SkipConv, x: Tensor, out: Gathered | None, inp: Gathered | None, residual: Tensor | None
 ) -> Tensor:
     """A 1x1 conv as one batched GEMM; accumulates into ``residual`` when it fits."""
-    x = conv._strided(x)
+    x = conv.strided(x)
     n, k_in, h, width = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n, h * width, k_in)
     if out is None and conv.transposed:  # weight stored (in, out): gather input rows
@@ -244,11 +199,20 @@ def _bmm(
     return y.view(n, h, width, k_out).permute(0, 3, 1, 2)
 
 
+@register
 class GatherBatching(Batching):
     """Run the graph once; each sample computes its own open channels, padded to the
     batch's largest open count per site (grouped convs and batched GEMMs)."""
 
     name = "gather"
+    candidate = True
+    summary = ("one pass in which each sample computes its own open filters, padded per "
+               "site to the batch's largest open count, as one grouped convolution (or "
+               "batched GEMM for a 1x1 conv) per site; best when patterns differ and the "
+               "batch is large")
+
+    def runs(self, counts: GateCounts) -> Runs:
+        return Runs.one(counts.batch, counts.batch_max, copies=float(counts.batch))
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         return backbone.run(x, gates, GatherChannels(gathered_sites(backbone, gates)))

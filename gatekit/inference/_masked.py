@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._batching import Backbone, Batching, SharedChannels
+from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 from ._union import masks
 
 __all__: list[str] = []
 
 
+@register
 class MaskedBatching(Batching):
     """Run the graph once over every filter; zero each sample's closed filters.
 
@@ -35,6 +36,13 @@ class MaskedBatching(Batching):
     """
 
     name = "masked"
+    candidate = True
+    summary = ("one pass computing every filter, each sample's closed ones zeroed (the "
+               "dense gated model's arithmetic with BatchNorm folded): it skips nothing, "
+               "and is there for \"auto\" when no skipping mode pays")
+
+    def runs(self, counts: GateCounts) -> Runs:
+        return Runs.one(counts.batch, counts.full, copies=0.0)
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         every = backbone.open_channels(torch.ones_like(gates[0]))

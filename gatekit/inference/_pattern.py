@@ -12,15 +12,23 @@ import torch
 from torch import Tensor
 
 from .._errors import GatekitError
-from ._batching import Backbone, Batching, SharedChannels
+from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 
 __all__: list[str] = []
 
 
+@register
 class PatternBatching(Batching):
     """Group the samples by gate pattern; run the graph once per group."""
 
     name = "pattern"
+    candidate = True
+    summary = ("one pass per group of samples that share a gate pattern, each on exactly "
+               "its open filters; best when patterns differ a lot and the model is large, "
+               "and at batch 1")
+
+    def runs(self, counts: GateCounts) -> Runs:
+        return Runs(counts.pattern_sizes, counts.patterns, torch.ones_like(counts.pattern_sizes))
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         patterns, group = torch.unique(gates, dim=0, return_inverse=True)

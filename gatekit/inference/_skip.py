@@ -7,7 +7,7 @@ only its open filters, and the conv that consumes a gated output reads only the 
 input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
 any gated backbone: it groups the samples by gate pattern (or takes the union of their
 open filters) and runs the rewritten graph once per group.  How it batches is a batching
-mode (``_batching``; one module per mode, listed in :data:`BATCHINGS`).
+mode (``_batching``; one module per mode, registered in ``_batching.BATCHINGS``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .. import _graph
-from .._errors import GatekitError
+from .._checks import check_gates
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
-from ._batching import Batching
+from ._batching import Batching, get_batching
 from ._common import (
     DENSE,
     SCATTER,
@@ -42,24 +42,18 @@ from ._gather import GatherBatching
 from ._masked import MaskedBatching
 from ._pattern import PatternBatching
 from ._plan import SitePlan, plan_sites
+from ._rule import BatchingChoice
 from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
 
-#: The batching modes, by name: each a :class:`._batching.Batching` in its own module.
-BATCHINGS: dict[str, type[Batching]] = {
-    b.name: b for b in (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
-}
+# The modes imported above register themselves in _batching.BATCHINGS, the one list.
+_REGISTERED = (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
 
 
 def batching_mode(name: Any) -> Batching:
     """The batching mode called ``name`` (:class:`GatekitError` for an unknown one)."""
-    if name not in BATCHINGS:
-        names = " or ".join(repr(known) for known in BATCHINGS)
-        raise GatekitError(
-            f"skip_compute expects batching to be {names}, got {name!r}; pass one of them"
-        )
-    return BATCHINGS[name]()
+    return get_batching(name, "skip_compute")
 
 
 #: A single image with fewer elements than this stays contiguous (NCHW): PyTorch runs
@@ -210,9 +204,8 @@ class SkipBackbone(nn.Module):
     (:attr:`batching` is its name), which runs ``graph_module`` (the rewritten
     gated backbone, taking ``x``, ``gates`` and ``channels``) once for the batch when all
     samples share one gate pattern, else as the mode says: ``"pattern"`` once per group of
-    samples that share a pattern, ``"union"`` once on the filters open in any sample,
-    zeroing them per sample, ``"gather"`` once with each sample on its own filters,
-    ``"auto"`` as the fastest of those, measured per input shape.
+    samples that share a pattern, and so on: each registered mode (``_batching.BATCHINGS``)
+    says what it does in its ``summary``.
     """
 
     def __init__(
@@ -301,6 +294,41 @@ class SkipComputeNet(InferenceGaterNet):
         with torch.no_grad():
             return super().forward(x, gates, budget=budget)
 
+    @torch.no_grad()
+    def batching_choice(self, x: Any, gates: Tensor | None = None, *,
+                        budget: float | Tensor | None = None) -> BatchingChoice:
+        """The batching mode that ``self(x, gates, budget=budget)`` runs in, and why.
+
+        A :class:`~gatekit.inference.BatchingChoice`: under ``batching="auto"``, the
+        candidate the rule estimates cheapest, with its reason and every candidate's
+        estimate (:func:`gatekit.tune_batching` fits the rule); under a fixed mode, that
+        mode.  A batch whose samples all share one gate pattern runs once, whatever the
+        mode.  Runs the gater (for ``gates=None``) but not the backbone.
+
+        >>> import torch, gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
+        >>> fast = gatekit.skip_compute(net, batching="auto")
+        >>> x, g = torch.randn(4, 3, 32, 32), (torch.rand(4, net.num_gates) < 0.5).float()
+        >>> choice = fast.batching_choice(x, g)
+        >>> choice.mode in choice.estimates, choice.reason.startswith(choice.mode + ": cheapest")
+        (True, True)
+        >>> fast.batching_choice(x[:1], g[:1])
+        BatchingChoice(mode='pattern', reason='one gate pattern in the batch: one pass', estimates={})
+        """
+        if gates is None:
+            gates = self.estimator(self.gate_logits(x, budget))
+        else:
+            check_gates(gates, x, self.num_gates, self.sites)
+        check_binary(gates, "batching_choice")
+        mode = self.backbone.mode
+        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+            shared = PatternBatching.name if isinstance(mode, AutoBatching) else mode.name
+            return BatchingChoice(shared, "one gate pattern in the batch: one pass", {})
+        if isinstance(mode, AutoBatching):
+            return mode.choose(self.backbone, x, gates)
+        return BatchingChoice(mode.name, f"fixed by skip_compute(batching={mode.name!r})", {})
+
     def _repr_fields(self) -> list[str]:
         return [f"batching={self.backbone.batching!r}", *super()._repr_fields()]
 
@@ -320,18 +348,13 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     differences of order 1e-6 of the activations' scale; float64: 1e-13).  Runs best on
     the CPU with 4-d (channels-last) activations; on a GPU see :func:`gatekit.fuse_gated_convs`.
 
-    ``batching`` says how a batch whose samples open different filters runs:
-    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group (best
-    when patterns differ a lot, and at batch 1); ``"union"`` runs one pass computing, per
-    site, the filters open in any sample, zeroing them per sample (best for trained
-    gaters whose gates mostly agree across samples: always-off filters are skipped at the
-    full batch size); ``"gather"`` runs one pass in which each sample computes its own
-    open filters, padded per site to the batch's largest open count, as one grouped
-    convolution (or batched GEMM for a 1x1 conv) per site (best when patterns differ and
-    the batch is large); ``"masked"`` computes every filter and zeroes each sample's closed
-    ones (the dense gated model's arithmetic with BatchNorm folded: it skips nothing);
-    ``"auto"`` measures those four on the first mixed batch of each input shape and keeps
-    the fastest, so that it is never slower than ``"masked"``.
+    ``batching`` says how a batch whose samples open different filters runs, one of the
+    registered modes (the docs' ops page lists them with what each does):
+    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group;
+    ``"union"``, ``"gather"`` and ``"masked"`` run one pass (the filters open in any
+    sample; each sample's own, padded to the batch's largest count; every filter);
+    ``"auto"`` picks one of those per batch by a rule over the gates (see
+    :func:`gatekit.tune_batching`, which fits the rule to this machine).
 
     The result is a :class:`SkipComputeNet`, a :class:`gatekit.GaterNet` whose backbone
     takes ``(x, gates)`` and batches as above.  Raises :class:`GatekitError` if ``net`` is

@@ -12,15 +12,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._batching import Backbone, Batching, SharedChannels
+from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 
 __all__: list[str] = []
 
 
+@register
 class UnionBatching(Batching):
     """Run the graph once, on each site's filters open in any sample."""
 
     name = "union"
+    candidate = True
+    summary = ("one pass computing, per site, the filters open in any sample, zeroing "
+               "them per sample; best when the samples' gates mostly agree (trained "
+               "gaters): always-off filters are skipped at the full batch size")
+
+    def runs(self, counts: GateCounts) -> Runs:
+        return Runs.one(counts.batch, counts.union)
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         idx = backbone.open_channels((gates != 0).any(0))
