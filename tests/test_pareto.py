@@ -65,13 +65,22 @@ def test_targets_by_hand(runs) -> None:
     m = _module()
     lines = m.targets(m.summarise(runs["plain"], runs["static"], runs["any_budget"], []))
     # 0.30: one model 15.10% against static 16.50% - 1.0 = 15.50%, FLOPs 0.303 vs 0.319: met
-    assert lines[0].startswith("MET") and "15.10% <= static 16.50% - 1.0" in lines[0]
+    assert lines[0].startswith("MET") and "(budget 0.3) 15.10% <= static 16.50% - 1.0" in lines[0]
     # 0.75: 13.60% against 13.60%: met (at most static's), FLOPs 0.75 vs 0.767
-    assert lines[1].startswith("MET") and "13.60% <= static 13.60%" in lines[1]
+    assert lines[1].startswith("MET") and "(budget 0.75) 13.60% <= static 13.60%" in lines[1]
     # 1.0: 13.30% against plain 13.10% + 0.2 = 13.30%: met at the edge
     assert lines[2].startswith("MET") and "13.30% <= plain 13.10% + 0.2" in lines[2]
     # every point within 0.03 of its budget (worst 0.01)
     assert lines[3].startswith("MET") and "worst 0.0100" in lines[3]
+
+
+def test_compared_at_the_flops_static_kept(runs, tmp_path: Path) -> None:
+    # a point evaluated at what the pruned model kept (0.319) is the one compared, not the
+    # point at the static run's --flops (0.30)
+    m = _module()
+    a = _any_budget(tmp_path, 3, [(0.3, 0.150, 0.300), (0.319, 0.170, 0.319), (1.0, 0.13, 1.0)])
+    lines = m.targets(m.summarise(runs["plain"], runs["static"][:2], [a], []))
+    assert lines[0].startswith("MISSED") and "(budget 0.319) 17.00%" in lines[0]
 
 
 def test_targets_missed(runs, tmp_path: Path) -> None:
