@@ -64,14 +64,17 @@ def test_summary_reads_every_number(runs) -> None:
 def test_targets_by_hand(runs) -> None:
     m = _module()
     lines = m.targets(m.summarise(runs["plain"], runs["static"], runs["any_budget"], []))
-    # 0.30: one model 15.10% against static 16.50% - 1.0 = 15.50%, FLOPs 0.303 vs 0.319: met
-    assert lines[0].startswith("MET") and "(budget 0.3) 15.10% <= static 16.50% - 1.0" in lines[0]
-    # 0.75: 13.60% against 13.60%: met (at most static's), FLOPs 0.75 vs 0.767
+    # at most static's: 0.30: 15.10% against 16.50% (FLOPs 0.303 vs 0.319); 0.75: 13.60%
+    # against 13.60% (FLOPs 0.75 vs 0.767): both met
+    assert lines[0].startswith("MET") and "(budget 0.3) 15.10% <= static 16.50% (" in lines[0]
     assert lines[1].startswith("MET") and "(budget 0.75) 13.60% <= static 13.60%" in lines[1]
+    # at 0.30 at most static's minus 1.0: 15.10 <= 15.50: met (0.75 has no such target)
+    assert lines[2].startswith("MET") and "15.10% <= static 16.50% - 1.0" in lines[2]
     # 1.0: 13.30% against plain 13.10% + 0.2 = 13.30%: met at the edge
-    assert lines[2].startswith("MET") and "13.30% <= plain 13.10% + 0.2" in lines[2]
+    assert lines[3].startswith("MET") and "13.30% <= plain 13.10% + 0.2" in lines[3]
     # every point within 0.03 of its budget (worst 0.01)
-    assert lines[3].startswith("MET") and "worst 0.0100" in lines[3]
+    assert lines[4].startswith("MET") and "worst 0.0100" in lines[4]
+    assert len(lines) == 5
 
 
 def test_compared_at_the_flops_static_kept(runs, tmp_path: Path) -> None:
@@ -81,16 +84,18 @@ def test_compared_at_the_flops_static_kept(runs, tmp_path: Path) -> None:
     a = _any_budget(tmp_path, 3, [(0.3, 0.150, 0.300), (0.319, 0.170, 0.319), (1.0, 0.13, 1.0)])
     lines = m.targets(m.summarise(runs["plain"], runs["static"][:2], [a], []))
     assert lines[0].startswith("MISSED") and "(budget 0.319) 17.00%" in lines[0]
+    assert lines[1].startswith("MISSED") and "(budget 0.319) 17.00%" in lines[1]
 
 
 def test_targets_missed(runs, tmp_path: Path) -> None:
     m = _module()
     worse = _any_budget(tmp_path, 2, [(0.3, 0.160, 0.36), (0.75, 0.136, 0.75), (1.0, 0.140, 1.0)])
     lines = m.targets(m.summarise(runs["plain"], runs["static"], [worse], []))
-    assert lines[0].startswith("MISSED")  # 16.0 > 16.5 - 1.0 and 0.36 is 0.041 from 0.319
-    assert lines[1].startswith("MET")
-    assert lines[2].startswith("MISSED")  # 14.0 > 13.3
-    assert lines[3].startswith("MISSED") and "worst 0.0600" in lines[3]
+    assert lines[0].startswith("MISSED")  # 0.36 is 0.041 from the 0.319 static kept
+    assert lines[1].startswith("MET")  # 13.6% <= 13.6% at 0.75
+    assert lines[2].startswith("MISSED")
+    assert lines[3].startswith("MISSED")  # 14.0 > 13.3
+    assert lines[4].startswith("MISSED") and "worst 0.0600" in lines[4]
 
 
 def test_main_writes_the_json_and_both_plots(runs, tmp_path: Path, capsys) -> None:
