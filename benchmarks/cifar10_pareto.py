@@ -175,7 +175,7 @@ def plot(summary: dict[str, Any], x_key: str, path: Path) -> None:
     ax.set_ylabel("CIFAR-10 test error (%)")
     # errors far above the rest (a budget a model cannot serve) would flatten the curve
     errors = sorted(100 * p["test_error"] for r in summary["any_budget"] for p in r["points"])
-    errors += [100 * s["test_error"] for s in summary["static"]]
+    errors += [100 * r["test_error"] for k in ("static", "dedicated", "plain") for r in summary[k]]
     top = min(max(errors), statistics.median(errors) + 12.0)
     ax.set_ylim(min(errors) - 0.5, top + 0.5)
     what = "the whole model, gater included" if total else "the backbone"
