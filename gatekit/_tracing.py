@@ -117,10 +117,10 @@ class _GateTracer(fx.Tracer):
 
 @functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    """The installed torch and gatekit package folders, resolved (symlinks followed)."""
-    import gatekit
-
-    return tuple(os.path.realpath(os.path.dirname(m.__file__)) for m in (torch, gatekit))
+    """The installed torch and gatekit package folders, resolved (symlinks followed).
+    This file lies in gatekit's own folder."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    return os.path.realpath(os.path.dirname(torch.__file__)), here
 
 
 def _in_library(filename: str) -> bool:
