@@ -34,7 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar10_any_budget import POINT_KEYS, _load_run, final_budget
-from cifar10_gating_vs_pruning import OUT, _entry, _load, _rel
+from cifar10_any_budget import summarise as summarise_any_budget
+from cifar10_gating_vs_pruning import OUT, ROOT, _entry, _load, _rel
 
 FLOPS_WINDOW = 0.02  # a static point and the one model's are compared within this
 
@@ -51,18 +52,14 @@ def static_budget(path: Path) -> float:
 
 
 def any_budget_entry(path: Path) -> dict[str, Any]:
+    """``cifar10_any_budget.py``'s summary of the run (file, weights, epochs, points), with
+    its seed, range, whether it is calibrated and its training seconds per epoch."""
+    entry = summarise_any_budget(path)
     r = _load_run(path)
-    info = r.get("budget_input")
-    if not info or not info.get("points"):
-        sys.exit(f"error: {path} has no budget_input.points; expected a run trained with "
-                 "--budget-range (or its calibration)")
-    run = _load(Path(__file__).resolve().parents[1] / r["calibrated_from"]["file"]) \
-        if "calibrated_from" in r else r
-    return {"file": _rel(path), "weights": _rel(path.with_suffix(".pt")), "seed": run["seed"],
-            "epochs": run["epochs"], "budget_range": info["range"],
+    run = _load(ROOT / r["calibrated_from"]["file"]) if "calibrated_from" in r else r
+    return {**entry, "seed": run["seed"], "budget_range": r["budget_input"]["range"],
             "calibrated": "calibrated_from" in r,
-            "train_seconds_per_epoch": run.get("train_seconds_per_epoch"),
-            "points": [{k: p[k] for k in POINT_KEYS} for p in info["points"]]}
+            "train_seconds_per_epoch": run.get("train_seconds_per_epoch")}
 
 
 def summarise(plain: list[Path], static: list[Path], any_budget: list[Path],
