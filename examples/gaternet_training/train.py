@@ -125,7 +125,12 @@ def train(config: RunConfig, load_data: Callable[[Any, Dist], Data],
     ``load_data(config, dist)`` is the script's loader; it reads the script's own fields."""
     dist = setup(config.device)
     try:
-        return _train(config, dist, load_data, backbone)
+        results = _train(config, dist, load_data, backbone)
+        # Every rank leaves together: a rank that destroys the gloo group while another
+        # still writes its report can abort the process ("terminate called without an
+        # active exception").
+        dist.barrier()
+        return results
     finally:
         teardown()
 
