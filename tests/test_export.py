@@ -86,24 +86,34 @@ def distinct_patterns(gates: torch.Tensor) -> int:
 
 # ---- equality on the zoo ------------------------------------------------------------
 
+# branch=True: a dense branch whose threshold lies between the batch's kept share and its
+# first image's, so that the batch of 5 runs dense and its first image sliced; False
+# (dense_above=None: a program half the size, exported three times faster): every call
+# runs sliced.
 CASES = [
-    ("resnet20", "inner"),
-    ("resnet20", "all"),
-    ("resnet18", "inner"),
-    ("mobilenet_v2", "all"),  # grouped and depthwise convs
-    pytest.param("resnet50", "inner", marks=pytest.mark.slow),
+    ("resnet20", "inner", True),
+    ("resnet20", "all", False),
+    ("resnet18", "inner", True),
+    ("mobilenet_v2", "all", False),  # grouped and depthwise convs
+    pytest.param("resnet50", "inner", True, marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize(("name", "sites"), CASES)
-def test_program_and_onnx_equal_eager(name, sites, tmp_path):
+@pytest.mark.parametrize(("name", "sites", "branch"), CASES)
+def test_program_and_onnx_equal_eager(name, sites, branch, tmp_path):
     net = build(name, sites)
     example = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, example)
-    routes = gatekit.export_onnx(net, example, tmp_path / "m.onnx")
     x = torch.randn(5, 3, 32, 32)
     expected, gates = eager(net, x)
     assert distinct_patterns(gates) == 5  # the batch mixes patterns: the union is exercised
+    dense_above = None
+    if branch:
+        costs = gatekit.gate_costs(net, example, downstream=True)
+        batch, first = ((costs * (gates[:n] != 0).any(0)).sum() / costs.sum() for n in (5, 1))
+        assert batch > first
+        dense_above = ((batch + first) / 2).item()
+    program = gatekit.export_program(net, example, dense_above=dense_above)
+    routes = gatekit.export_onnx(net, example, tmp_path / "m.onnx", dense_above=dense_above)
     with torch.no_grad():
         assert_close(program.module()(x), expected)
         assert_close(program.module()(x[:1]), net(x[:1]))
@@ -122,8 +132,8 @@ def test_program_and_onnx_equal_eager(name, sites, tmp_path):
 def test_group_size_and_static_batch_one(tmp_path):
     net = build("resnet20", "all", group_size=4)
     example = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, example, dynamic_batch=False)
-    gatekit.export_onnx(net, example, tmp_path / "m.onnx", dynamic_batch=False)
+    program = gatekit.export_program(net, example, dynamic_batch=False, dense_above=None)
+    gatekit.export_onnx(net, example, tmp_path / "m.onnx", dynamic_batch=False, dense_above=None)
     for seed in range(3):
         x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
         expected = eager(net, x)[0]
@@ -137,8 +147,8 @@ def test_group_size_and_static_batch_one(tmp_path):
 def test_patterns_are_not_frozen_at_the_example(tmp_path):
     net = build("resnet20", "inner")
     example = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, example)
-    gatekit.export_onnx(net, example, tmp_path / "m.onnx")
+    program = gatekit.export_program(net, example, dense_above=None)
+    gatekit.export_onnx(net, example, tmp_path / "m.onnx", dense_above=None)
     _, example_gates = eager(net, example)
     for seed in range(4):
         x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(100 + seed))
@@ -156,9 +166,10 @@ def test_sites_with_every_filter_closed_and_every_filter_open(tmp_path):
         for site, value in ((closed, -1e4), (open_, 1e4)):
             net.head.fc2.weight[site.offset : site.stop] = 0
             net.head.fc2.bias[site.offset : site.stop] = value
+    # The sliced path (the dense branch would take an all-open batch): dense_above=None.
     example = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, example)
-    gatekit.export_onnx(net, example, tmp_path / "m.onnx")
+    program = gatekit.export_program(net, example, dense_above=None)
+    gatekit.export_onnx(net, example, tmp_path / "m.onnx", dense_above=None)
     x = torch.randn(3, 3, 32, 32)
     expected, gates = eager(net, x)
     assert not gates[:, closed.offset : closed.stop].any()
@@ -176,7 +187,7 @@ def test_every_gate_closed_and_every_gate_open():
         with torch.no_grad():
             net.head.fc2.weight.zero_()
             net.head.fc2.bias.fill_(value)
-        program = gatekit.export_program(net, x[:1])
+        program = gatekit.export_program(net, x[:1], dense_above=None)
         expected, gates = eager(net, x)
         assert bool(gates.all()) == (value > 0) and bool(gates.any()) == (value > 0)
         with torch.no_grad():
@@ -190,8 +201,8 @@ def test_budget_input_model_at_two_budgets(tmp_path):
     with torch.no_grad():
         net.head.budget_scale.fill_(3.0)
     example = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, example, budget=0.5)
-    gatekit.export_onnx(net, example, tmp_path / "m.onnx", budget=0.5)
+    program = gatekit.export_program(net, example, budget=0.5, dense_above=None)
+    gatekit.export_onnx(net, example, tmp_path / "m.onnx", budget=0.5, dense_above=None)
     x = torch.randn(5, 3, 32, 32)
     opened = []
     for value in (0.3, 0.9):
@@ -216,26 +227,113 @@ def conv_flops(fn) -> int:
                if "convolution" in str(op))
 
 
+def executed_conv_flops(fn) -> int:
+    """Conv FLOPs of the kernels that ran (the profiler's count): FlopCounterMode counts
+    both branches of a torch.cond, whichever runs."""
+    with torch.no_grad(), torch.profiler.profile(with_flops=True) as prof:
+        fn()
+    return sum(e.flops for e in prof.events() if "conv" in e.name and e.flops)
+
+
 def test_fewer_open_gates_run_fewer_conv_flops():
     # The budget shifts every logit alike: a lower budget opens a subset of the gates.
     net = build("resnet20", "inner", budget_input=True)
     with torch.no_grad():
         net.head.budget_scale.fill_(3.0)
     x = torch.randn(1, 3, 32, 32)
-    program = gatekit.export_program(net, x, budget=0.5)
+    program = gatekit.export_program(net, x, budget=0.5, dense_above=None)
     costs = gatekit.gate_costs(net, x, downstream=True)
     # Every filter of the backbone (gates given: the gater does not run), and the gater.
     dense = conv_flops(lambda: net(x, gates=torch.ones(1, net.num_gates)))
     dense += conv_flops(lambda: net.gater(x))
-    counted = []
+    counted, expected, kept = [], [], []
     for value in (0.2, 0.5, 0.8):
         b = torch.tensor([value])
         gates = eager(net, x, b)[1]
         # Inner sites of basic blocks: a closed gate saves exactly its downstream cost.
-        expected = dense - int((costs * (1 - gates[0].double())).sum().item())
+        expected.append(dense - int((costs * (1 - gates[0].double())).sum().item()))
+        kept.append((costs * gates[0].double()).sum().item() / costs.sum().item())
         counted.append(conv_flops(lambda b=b: program.module()(x, b)))
-        assert counted[-1] == expected
+        assert counted[-1] == expected[-1]
     assert counted[0] < counted[1] < counted[2] < dense
+    # The dense branch: a batch whose union keeps more than dense_above of the skippable
+    # FLOPs runs every filter, one below it the sliced backbone.  The threshold lies
+    # between the kept shares at budgets 0.5 and 0.8, so both branches run.
+    threshold = (kept[1] + kept[2]) / 2
+    branched = gatekit.export_program(net, x, budget=0.5, dense_above=threshold).module()
+    for value, kept_share, sliced in zip((0.2, 0.5, 0.8), kept, expected):
+        b = torch.tensor([value])
+        assert executed_conv_flops(lambda b=b: branched(x, b)) == (
+            dense if kept_share > threshold else sliced), (value, kept_share)
+        with torch.no_grad():
+            assert_close(branched(x, b), eager(net, x, b)[0])
+
+
+def test_kept_share_is_the_cost_weighted_union():
+    net = build("resnet20", "all")
+    x = torch.randn(4, 3, 32, 32)
+    ready = gatekit.exportable(net, x[:1], dense_above=0.5)
+    gates = eager(net, x)[1]
+    costs = gatekit.gate_costs(net, x[:1], downstream=True)
+    union = (gates != 0).any(0).double()
+    expected = (costs * union).sum() / costs.sum()
+    assert abs(ready.kept_share(gates).item() - expected.item()) < 1e-6
+    assert 0.0 < expected.item() < 1.0
+
+
+def test_branch_weights_move_into_their_if_branch():
+    helper = onnx.helper
+    f32 = onnx.TensorProto.FLOAT
+
+    def const(name):
+        return onnx.numpy_helper.from_array(torch.ones(2).numpy(), name)
+
+    def branch(name, reads):  # the sum of the values it reads
+        nodes, acc = [], reads[0]
+        for i, other in enumerate(reads[1:]):
+            out = f"{name}_out" if i == len(reads) - 2 else f"{name}_{i}"
+            nodes.append(helper.make_node("Add", [acc, other], [out]))
+            acc = out
+        return helper.make_graph(nodes, name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", f32, [2])])
+
+    # w_then: only the then branch; w_else: only the else branch; shared: both branches;
+    # top: a main-graph node and a branch; c: the condition.
+    if_node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then", ["w_then", "shared"]),
+                               else_branch=branch("else", ["w_else", "shared", "top"]))
+    top_node = helper.make_node("Identity", ["top"], ["t"])
+    graph = helper.make_graph(
+        [if_node, top_node], "g", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("t", f32, [2])],
+        [const(n) for n in ("w_then", "w_else", "shared", "top")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    from gatekit.export._api import move_branch_initializers
+
+    assert move_branch_initializers(model) == 2
+    onnx.checker.check_model(model)
+    names = lambda g: sorted(t.name for t in g.initializer)  # noqa: E731
+    assert names(model.graph) == ["shared", "top"]
+    branches = {a.name: a.g for a in model.graph.node[0].attribute}
+    assert names(branches["then_branch"]) == ["w_then"]
+    assert names(branches["else_branch"]) == ["w_else"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for cond, total in ((True, 2.0), (False, 3.0)):
+        y = session.run(["y"], {"c": torch.tensor(cond).numpy()})[0]
+        assert y.tolist() == [total, total]
+
+
+def test_onnx_dense_branch_holds_its_weights(tmp_path):
+    net = build("resnet20", "inner")
+    gatekit.export_onnx(net, torch.randn(1, 3, 32, 32), tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    branch_ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(branch_ifs) == 1
+    held = {a.name: len(a.g.initializer) for a in branch_ifs[0].attribute}
+    # The dense backbone's convs (stem, 18 block convs, and the BatchNorms or folded
+    # biases) read weights of their own; none is left in the main graph for them.
+    assert max(held.values()) >= 19
+    stored = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(stored["gatekit.dense_above"]) == gatekit.export.DENSE_ABOVE
 
 
 # ---- errors ---------------------------------------------------------------------------
@@ -255,6 +353,10 @@ def test_errors(monkeypatch, tmp_path):
         gatekit.export_program(budgeted, x)
     with pytest.raises(gatekit.GatekitError, match=r"in \(0, 1\]"):
         gatekit.export_program(budgeted, x, budget=1.5)
+    with pytest.raises(gatekit.GatekitError, match=r"dense_above as a share in \[0, 1\].*got 1\.5"):
+        gatekit.export_program(net, x, dense_above=1.5)
+    with pytest.raises(gatekit.GatekitError, match=r"needs an example input.*dense_above=None"):
+        gatekit.exportable(net, dense_above=0.5)
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
     with pytest.raises(gatekit.GatekitError, match=r'onnxscript.*pip install "gatekit\[export\]"'):
         gatekit.export_onnx(net, x, tmp_path / "m.onnx")
@@ -312,7 +414,8 @@ def test_sliced_conv_op_equals_a_conv_on_the_indexed_weight():
 
 def test_program_for_inductor_runs_the_custom_op_and_equals_eager():
     net = build("resnet20", "inner")
-    program = gatekit.export_program(net, torch.randn(1, 3, 32, 32), for_inductor=True)
+    program = gatekit.export_program(net, torch.randn(1, 3, 32, 32), for_inductor=True,
+                                     dense_above=None)
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     # Every backbone conv (BatchNorm folded) is the opaque op; Inductor lowers the gater's.
     convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]

@@ -10,6 +10,6 @@
 """
 
 from ._api import export_onnx, export_program
-from ._net import ExportGaterNet, exportable
+from ._net import DENSE_ABOVE, ExportGaterNet, exportable
 
-__all__ = ["ExportGaterNet", "export_onnx", "export_program", "exportable"]
+__all__ = ["DENSE_ABOVE", "ExportGaterNet", "export_onnx", "export_program", "exportable"]

@@ -18,7 +18,7 @@ from torch import Tensor
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference._common import SiteRoute, check_eval_net
-from ._net import exportable, takes_budget
+from ._net import DENSE_ABOVE, exportable, takes_budget
 
 __all__ = ["export_onnx", "export_program"]
 
@@ -27,6 +27,9 @@ OPSET = 18
 
 #: Where :func:`export_onnx` records the routes in the ONNX file's metadata (JSON).
 ROUTES_KEY = "gatekit.routes"
+
+#: Where :func:`export_onnx` records ``dense_above`` (JSON: a number or null).
+DENSE_ABOVE_KEY = "gatekit.dense_above"
 
 _INSTALL = 'pip install "gatekit[export]"'
 
@@ -85,6 +88,7 @@ def export_program(
     budget: float | Tensor | None = None,
     dynamic_batch: bool = True,
     for_inductor: bool = False,
+    dense_above: float | None = DENSE_ABOVE,
 ) -> torch.export.ExportedProgram:
     """Export an eval-mode GaterNet with :func:`torch.export.export`, skipping per image.
 
@@ -99,6 +103,12 @@ def export_program(
     than each sample alone would, up to every filter.  Batch 1 computes exactly its own.
     ``dynamic_batch=False`` fixes the batch to ``example``'s (at batch 1 the per-sample
     multiply is dropped).
+
+    Dense branch: a call whose batch union keeps more than ``dense_above`` (default
+    0.75) of the FLOPs the gates can skip runs the dense gated backbone instead (every
+    filter, closed ones multiplied by 0; one :func:`torch.cond`), since a nearly open
+    union costs more sliced than dense.  ``dense_above=None`` exports the sliced
+    backbone alone (a smaller program: the branch holds a second copy of the weights).
 
     Run it with ``program.module()(x)``; save it with ``torch.export.save(program,
     "model.pt2")``.  ``for_inductor=True`` makes each sliced conv one opaque custom op,
@@ -119,15 +129,17 @@ def export_program(
     True
     """
     return _export(net, example, budget, dynamic_batch, "gatekit.export_program",
-                   opaque_convs=for_inductor)[0]
+                   opaque_convs=for_inductor, dense_above=dense_above)[0]
 
 
 def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *,
-            opaque_convs: bool = False) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
+            opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE
+            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
     _check_net(net, fn)
     args = _example_args(net, example, budget, fn)
     batch_one = not dynamic_batch and example.shape[0] == 1
-    ready = exportable(net, batch_one=batch_one, opaque_convs=opaque_convs)
+    ready = exportable(net, example, batch_one=batch_one, opaque_convs=opaque_convs,
+                       dense_above=dense_above)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] == 1:
@@ -159,6 +171,7 @@ def export_onnx(
     budget: float | Tensor | None = None,
     dynamic_batch: bool = True,
     opset: int = OPSET,
+    dense_above: float | None = DENSE_ABOVE,
 ) -> tuple[SiteRoute, ...]:
     """Export an eval-mode GaterNet to an ONNX file that still skips per image.
 
@@ -170,6 +183,12 @@ def export_onnx(
     :class:`gatekit.inference.SiteRoute` per site: what each site became and why), also
     written as JSON into the file's metadata under ``"gatekit.routes"``.  Needs onnx and
     onnxscript (``pip install "gatekit[export]"``; ONNX Runtime to run the file).
+
+    ``dense_above`` as in :func:`export_program`: the dense branch becomes an ``If``
+    node, and the weights only a branch reads are moved into that branch (ONNX Runtime
+    prepacks, and on x86 reorders to its blocked layout, only the initializers a
+    subgraph holds itself: with outer-scope weights the dense branch ran about 1.3x
+    slower).  ``"gatekit.dense_above"`` in the metadata records the share.
 
     >>> import tempfile, os, torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -187,12 +206,64 @@ def export_onnx(
     """
     fn = "gatekit.export_onnx"
     _require(("onnx", "onnxscript"), fn)
-    program, routes = _export(net, example, budget, dynamic_batch, fn)
+    program, routes = _export(net, example, budget, dynamic_batch, fn, dense_above=dense_above)
     names = ["image", "budget"] if takes_budget(net) else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
         opset_version=opset, verbose=False, optimize=True,
     )
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
+    onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
     onnx_program.save(os.fspath(path))
+    if dense_above is not None:
+        import onnx
+
+        model = onnx.load(os.fspath(path))
+        if move_branch_initializers(model):
+            onnx.save(model, os.fspath(path))
     return routes
+
+
+def move_branch_initializers(model: Any) -> int:
+    """Move each initializer that nodes of exactly one ``If`` branch read (and nothing
+    else) from the main graph into that branch; returns how many moved.
+
+    The values are unchanged, so the model computes the same; ONNX Runtime then prepacks
+    those weights (it does not for a subgraph's outer-scope initializers).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outside: set[str] = set()
+    branches: list[tuple[Any, set[str]]] = []
+    for node in graph.node:
+        outside.update(node.input)
+        for attr in node.attribute:
+            if node.op_type == "If" and attr.name in ("then_branch", "else_branch"):
+                branches.append((attr.g, _names_read(attr.g) & inits.keys()))
+            else:
+                for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                    outside |= _names_read(sub)
+    readers: dict[str, int] = {}
+    for _, names in branches:
+        for name in names:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    moved = 0
+    for branch, names in branches:
+        for name in sorted(names):
+            if readers[name] == 1 and name not in outside and name not in outputs:
+                branch.initializer.append(inits[name])
+                graph.initializer.remove(inits[name])
+                moved += 1
+    return moved
+
+
+def _names_read(graph: Any) -> set[str]:
+    """Every value name the nodes of ``graph`` and of its subgraphs read."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                names |= _names_read(sub)
+    return names

@@ -15,6 +15,15 @@ tensor computed in the graph::
 When no filter of a site is open, ``idx`` holds one extra index whose weight row (and
 consumer column) is zero: the conv computes one zero channel instead of an empty tensor,
 which neither PyTorch nor every runtime accepts.
+
+With ``dense_above`` set, one :func:`torch.cond` picks per call between that sliced
+backbone and the dense one (every filter computed, closed ones multiplied by 0): when the
+batch's union keeps more than ``dense_above`` of the work its gates can skip, slicing
+costs more than it saves (gathered weights run slower than a runtime's prepacked ones),
+and the dense branch runs::
+
+    kept = (gates != 0).any(0) @ share        # share: each gate's part of the skippable FLOPs
+    y    = cond(kept > dense_above, dense_backbone, sliced_backbone, (x, gates))
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .._errors import GatekitError
+from ..costs import gate_costs
 from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
 from ..gater import GaterNet
 from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
@@ -36,10 +46,17 @@ from ..inference._skip import _channels_last, _rewrite
 from ..sites import GateSite
 from ._ops import gather_weight, sliced_conv
 
-__all__ = ["ExportGaterNet", "exportable"]
+__all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
 #: The batching every sliced or scatter site runs with in an exported graph.
 UNION = "union"
+
+#: :func:`gatekit.export_onnx`'s and :func:`gatekit.export_program`'s default
+#: ``dense_above``: the batch runs dense when its union keeps more than this share of the
+#: skippable FLOPs.  Measured in ONNX Runtime on the CPU (ResNet-50, one thread, see
+#: docs/deploying.rst): sliced beats dense at half the filters open, dense wins with every
+#: filter open, by about a quarter each way.
+DENSE_ABOVE = 0.75
 
 #: Estimators whose eval-mode gates are exactly 0 or 1: with them a single image needs no
 #: gate multiply at a sliced site (its open filters are computed, its closed ones are not).
@@ -201,27 +218,53 @@ class ExportGaterNet(nn.Module):
     :class:`gatekit.inference.SiteRoute` per site) says what each site became: ``"sliced"``
     and ``"scatter"`` skip, ``"dense"`` runs masked (every filter computed, the closed ones
     multiplied by 0), with the reason.  ``net`` holds the gater, head and estimator copies.
+
+    With a dense branch (``dense_above`` not None), ``dense`` holds the eval-mode gated
+    backbone, which computes every filter and multiplies the closed ones by 0, and
+    ``share`` each gate's part of the FLOPs the gates can skip (from
+    :func:`gatekit.gate_costs` with ``downstream=True``, summing to 1).  A call whose
+    batch union keeps more than ``dense_above`` of them runs ``dense``, any other the
+    sliced backbone: one :func:`torch.cond`, an ``If`` node in ONNX.
     """
 
-    def __init__(self, net: GaterNet, routes: list[SiteRoute]):
+    def __init__(self, net: GaterNet, routes: list[SiteRoute], *,
+                 dense: nn.Module | None = None, share: Tensor | None = None,
+                 dense_above: float | None = None):
         super().__init__()
         self.net = net
         self.routes = tuple(routes)
         self.budget_input = takes_budget(net)
+        self.dense = dense
+        self.dense_above = dense_above
+        self.register_buffer("share", share)
 
     def forward(self, x: Tensor, budget: Tensor | None = None) -> Any:
         logits = self.net.gate_logits(x, budget)
         gates = self.net.estimator(logits)
+        if self.dense is None:
+            return self.net.backbone(x, gates)
+        return torch.cond(self.kept_share(gates) > self.dense_above, self._dense,
+                          self._sliced, (x, gates))
+
+    def kept_share(self, gates: Tensor) -> Tensor:
+        """The share of the skippable FLOPs that a batch with ``gates`` computes on the
+        sliced branch (what ``forward`` compares with ``dense_above``)."""
+        return (gates != 0).any(0).to(self.share.dtype) @ self.share
+
+    def _dense(self, x: Tensor, gates: Tensor) -> Any:
+        return self.dense(x, gates=gates)
+
+    def _sliced(self, x: Tensor, gates: Tensor) -> Any:
         return self.net.backbone(x, gates)
 
     def extra_repr(self) -> str:
         counts = ", ".join(f"{m}={sum(r.mode == m for r in self.routes)}"
                            for m in (SLICED, SCATTER, DENSE))
-        return f"budget_input={self.budget_input}, {counts}"
+        return f"budget_input={self.budget_input}, {counts}, dense_above={self.dense_above}"
 
 
-def exportable(net: GaterNet, *, batch_one: bool = False,
-               opaque_convs: bool = False) -> ExportGaterNet:
+def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool = False,
+               opaque_convs: bool = False, dense_above: float | None = None) -> ExportGaterNet:
     """A copy of an eval-mode ``net`` ready for :func:`torch.export.export`: the gater,
     head, hard gates and compute skipping all in the graph (see :class:`ExportGaterNet`).
 
@@ -230,7 +273,10 @@ def exportable(net: GaterNet, *, batch_one: bool = False,
     ``batch_one=True`` promises batch 1 only and drops that multiply where the gates are
     binary.  ``opaque_convs=True`` runs every sliced conv as the custom op
     ``gatekit::sliced_conv`` (what AOTInductor needs, see
-    :func:`gatekit.export_program`).  ``net`` is not modified.
+    :func:`gatekit.export_program`).  ``dense_above`` (a share in [0, 1], None: no
+    branch) adds the dense branch: a batch whose union keeps more than that share of the
+    skippable FLOPs runs every filter, masked; the shares are costed at ``example``'s
+    size, which it then needs.  ``net`` is not modified.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -243,6 +289,7 @@ def exportable(net: GaterNet, *, batch_one: bool = False,
     SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='union')
     """
     check_eval_net(net, "gatekit.exportable", "hard gates, BatchNorm folded with running statistics")
+    share = _dense_share(net, example, dense_above)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, "gatekit.exportable")
     _rewrite(graph, plans)
@@ -256,8 +303,27 @@ def exportable(net: GaterNet, *, batch_one: bool = False,
     inner = GaterNet(backbone, copy.deepcopy(net.gater), copy.deepcopy(net.head),
                      copy.deepcopy(net.estimator), net.sites, in_features=net.in_features)
     inner.input_spec = net.input_spec
-    ready = ExportGaterNet(inner, [_route(p) for p in plans])
+    dense = None if share is None else copy.deepcopy(net.backbone).eval()
+    ready = ExportGaterNet(inner, [_route(p) for p in plans], dense=dense, share=share,
+                           dense_above=dense_above)
     return ready.eval()
+
+
+def _dense_share(net: GaterNet, example: Tensor | None, dense_above: float | None) -> Tensor | None:
+    """Each gate's share of the skippable FLOPs at ``example``'s size (None: no branch)."""
+    if dense_above is None:
+        return None
+    if isinstance(dense_above, bool) or not isinstance(dense_above, int | float) or not (
+            0.0 <= dense_above <= 1.0):
+        raise GatekitError(f"gatekit.exportable expects dense_above as a share in [0, 1] of "
+                           f"the skippable FLOPs (or None: no dense branch), got {dense_above!r}")
+    if not isinstance(example, Tensor):
+        raise GatekitError(
+            f"gatekit.exportable(net, example, dense_above={dense_above}) needs an example "
+            f"input to cost the gates for the dense branch, got {type(example).__name__}; "
+            f"pass an image batch like the ones the model runs on, or dense_above=None")
+    costs = gate_costs(net, example[:1], downstream=True)
+    return (costs / costs.sum()).float()
 
 
 def _to_export_convs(gm: fx.GraphModule) -> None:
