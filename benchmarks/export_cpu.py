@@ -6,7 +6,9 @@ each ``--threads`` intra-op thread count (ONNX Runtime's ``intra_op_num_threads`
 
 - ``onnx_plain``: the plain backbone exported with ``torch.onnx.export(dynamo=True)`` at
   the same opset, run with the same session options (what gating has to beat);
-- ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included;
+- ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included, with
+  its dense branch above ``--dense-above`` (each row records the batch's kept share of
+  the skippable FLOPs and the branch it took);
 - ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet (its default
   batching), gater included.
 
@@ -72,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gater-size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=30, help="timed calls per variant and point")
     p.add_argument("--opset", type=int, default=gatekit.export._api.OPSET)
+    p.add_argument("--dense-above", type=lambda v: None if v == "none" else float(v),
+                   default=gatekit.export.DENSE_ABOVE,
+                   help="export_onnx's dense_above (default %(default)s; 'none': no dense branch)")
     p.add_argument("--cifar-run", type=Path, default=DEFAULT_RUN)
     p.add_argument("--cifar-data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     p.add_argument("--seed", type=int, default=0)
@@ -137,7 +142,9 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
     example = x_all[:1]
     plain_path, gated_path = tmp / f"{name}_plain.onnx", tmp / f"{name}_gaternet.onnx"
     export_plain(plain, example, plain_path, args.opset)
-    routes = gatekit.export_onnx(net, example, gated_path, opset=args.opset)
+    routes = gatekit.export_onnx(net, example, gated_path, opset=args.opset,
+                                 dense_above=args.dense_above)
+    ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0)
     fast = gatekit.skip_compute(net)
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -152,8 +159,12 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
                     "onnx_gaternet": lambda s=gated_s, f=feed: s.run(None, f),
                     "eager_skip": lambda x=x: fast(x),
                 }, args.repeats)
+            with torch.no_grad():
+                kept = ready.kept_share(net.estimator(net.gate_logits(x))).item()
+            branch = "dense" if args.dense_above is not None and kept > args.dense_above else "sliced"
             row = {"model": name, "open": label, "batch": batch, "threads": threads,
-                   "open_fraction": open_fractions(net, x), "median_ms": medians,
+                   "open_fraction": open_fractions(net, x), "kept_share": kept,
+                   "onnx_branch": branch, "median_ms": medians,
                    "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
                    "onnx_gaternet_vs_eager_skip": medians["eager_skip"] / medians["onnx_gaternet"],
                    "max_abs_diff_onnx_vs_eager": check,
@@ -167,7 +178,7 @@ def print_row(row: dict) -> None:
     med, sp = row["median_ms"], row["speedup_vs_onnx_plain"]
     opened = row["open"] if isinstance(row["open"], str) else f"{row['open']:.2f}"
     print(f"{row['model']:>12} t{row['threads']} b{row['batch']:<3} open {opened:>7} "
-          f"(union {row['open_fraction']['union']:.2f}): onnx plain {med['onnx_plain']:.2f} ms, "
+          f"(union {row['open_fraction']['union']:.2f}, {row['onnx_branch']}): onnx plain {med['onnx_plain']:.2f} ms, "
           f"onnx gaternet {med['onnx_gaternet']:.2f} ms ({sp['onnx_gaternet']:.2f}x), eager skip "
           f"{med['eager_skip']:.2f} ms ({sp['eager_skip']:.2f}x); |diff| "
           f"{row['max_abs_diff_onnx_vs_eager']:.1e}")
