@@ -65,7 +65,7 @@ def features(path: Path) -> list[dict]:
                 continue
             runs = BATCHINGS[name]().runs(counts)
             point["modes"][name] = {
-                "x": [1.0, runs.sizes.shape[0] * geometry.convs, geometry.weights(runs),
+                "x": [1.0, runs.passes * geometry.convs, geometry.weights(runs),
                       geometry.work(runs) / r["threads"] ** THREAD_SCALING],
                 "seconds": (med[key] - med["gater"]) / 1e3,
             }

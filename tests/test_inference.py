@@ -731,6 +731,23 @@ def test_the_rule_counts_each_mode_s_work_as_counted_by_hand(gated_nets, rule):
     assert est["pattern"] * threads == pytest.approx(per_sample)
 
 
+def test_the_rule_counts_each_mode_s_convolution_blocks(gated_nets, rule):
+    # conv_s alone: each mode's estimate is its blocks per conv times the conv calls of a
+    # pass, counted by hand: one block for union and masked, one per distinct pattern,
+    # one group per sample for gather (its grouped convolutions).
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    rule(gatekit.inference.BatchingRule(
+        costs={n: gatekit.inference.ModeCost(0.0, 1.0, 0.0, 0.0) for n in CANDIDATES}))
+    x = torch.randn(5, 3, size, size, dtype=torch.float64)
+    four = differing_gates(net, 43)
+    gates = torch.cat([four, four[3:]])  # 5 samples, 4 distinct patterns
+    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.backbone.modules())
+    blocks = {"union": 1, "masked": 1, "pattern": 4, "gather": 5}
+    assert {m: est[m] for m in blocks} == pytest.approx({m: b * convs for m, b in blocks.items()})
+
+
 def test_auto_chooses_per_budget_at_one_batch_shape(rule):
     # A budget-input model served at two budgets with the same batch shape: the choice
     # follows the gates (the union of open filters), not the shape.

@@ -168,17 +168,25 @@ class GateCounts(NamedTuple):
 class Runs(NamedTuple):
     """What a mode computes for a batch: per run, its samples ``sizes`` ``(R,)``, the
     channels of each live site it computes ``channels`` ``(R, S)``, and how many cut weight
-    blocks it gathers ``copies`` ``(R,)`` (one per run, one per sample, or none)."""
+    blocks it gathers ``copies`` ``(R,)`` (one per run, one per sample, or none);
+    ``blocks``: the convolution blocks each conv launches over all runs (one per run
+    unless a run convolves its samples as groups: ``"gather"``'s one group per sample)."""
 
     sizes: Tensor
     channels: Tensor
     copies: Tensor
+    blocks: int | None = None
 
     @classmethod
-    def one(cls, batch: int, channels: Tensor, copies: float = 1.0) -> Runs:
+    def one(cls, batch: int, channels: Tensor, copies: float = 1.0, blocks: int = 1) -> Runs:
         """One run of the whole batch computing ``channels`` ``(S,)``."""
         return cls(torch.tensor([float(batch)], dtype=torch.float64), channels[None],
-                   torch.tensor([copies], dtype=torch.float64))
+                   torch.tensor([copies], dtype=torch.float64), blocks)
+
+    @property
+    def passes(self) -> int:
+        """Convolution blocks per conv (``blocks``, else one per run)."""
+        return self.sizes.shape[0] if self.blocks is None else self.blocks
 
 
 class Batching(ABC):

@@ -212,7 +212,8 @@ class GatherBatching(Batching):
                "batch is large")
 
     def runs(self, counts: GateCounts) -> Runs:
-        return Runs.one(counts.batch, counts.batch_max, copies=float(counts.batch))
+        return Runs.one(counts.batch, counts.batch_max, copies=float(counts.batch),
+                        blocks=counts.batch)
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         return backbone.run(x, gates, GatherChannels(gathered_sites(backbone, gates)))

@@ -11,7 +11,8 @@ nothing), the rule estimates each mode's time as::
     call_s + passes * convs * conv_s + weights * copy_s
            + multiply_adds * mac_s / threads ** THREAD_SCALING
 
-(``passes``: 1, or the number of distinct patterns for ``"pattern"``; ``convs``: the conv
+(``passes``: the convolution blocks each conv launches: 1, the number of distinct patterns
+for ``"pattern"``, one group per sample for ``"gather"``; ``convs``: the conv
 calls of one pass; ``weights``: the weight elements cut and copied, per pass or, for
 ``"gather"``, per sample; ``threads``: ``torch.get_num_threads()``) and picks the cheapest,
 saying why (:class:`BatchingChoice`).  Nothing is timed in a forward: the same gates give
@@ -19,12 +20,13 @@ the same choice on any machine with the same rule and thread count.
 
 The default constants (:data:`DEFAULT_COSTS`) were fitted by
 ``benchmarks/fit_batching_rule.py`` to the committed measurements
-``benchmarks/results/end_to_end_cpu.json`` and ``end_to_end_cpu_conv_gater.json`` (an AMD
-EPYC, 1 and 2 threads; ResNet-50 and CIFAR ResNet-20, inner sites, batch 8 and 32, 30%
-to 70% open): least squares on relative error, each mode's backbone time (the skip
-variant's median less the gater's).  On those 48 points the rule's choice was within 10%
-of the measured fastest mode at 37 (the measurements themselves vary by about that much
-between runs).  :func:`tune_batching` measures the candidates on
+``benchmarks/results/end_to_end_cpu.json``, ``end_to_end_cpu_conv_gater.json`` (an AMD
+EPYC) and ``end_to_end_cpu_grid.json`` (an Intel Xeon), 1 and 2 threads; ResNet-50 and
+CIFAR ResNet-20, inner sites, batch 8 and 32, 30% to 70% open: least squares on relative
+error, each mode's backbone time (the skip variant's median less the gater's).  On those
+84 points the rule's choice was within 10% of the measured fastest mode at 78, and at
+most 1.19x slower at the others (the measurements themselves vary by about 10% between
+runs).  :func:`tune_batching` measures the candidates on
 this machine and scales each mode's constants to what it measured, process-wide (as
 ``torch.backends.cudnn.benchmark`` is), never in a model.
 """
@@ -66,10 +68,10 @@ class ModeCost(NamedTuple):
 
 #: Fitted by benchmarks/fit_batching_rule.py (see the module docstring).
 DEFAULT_COSTS: dict[str, ModeCost] = {
-    "pattern": ModeCost(5.15e-3, 9.57e-5, 3.16e-9, 3.14e-11),
-    "union": ModeCost(0.0, 1.29e-4, 7.3e-9, 2.65e-11),
-    "gather": ModeCost(0.0, 3.81e-4, 3.5e-10, 5.89e-11),
-    "masked": ModeCost(0.0, 1.61e-4, 0.0, 2.82e-11),
+    "pattern": ModeCost(2.31e-3, 7.11e-5, 7.09e-10, 2.96e-11),
+    "union": ModeCost(3.6e-3, 0.0, 0.0, 1.83e-11),
+    "gather": ModeCost(5.1e-3, 1.3e-5, 0.0, 3.6e-11),
+    "masked": ModeCost(2.93e-3, 0.0, 0.0, 1.81e-11),
 }
 
 
@@ -180,7 +182,7 @@ class BatchingRule:
             if cost is None:
                 continue
             runs = BATCHINGS[name]().runs(counts)
-            passes = runs.sizes.shape[0]
+            passes = runs.passes
             result[name] = (cost.call_s + passes * geometry.convs * cost.conv_s
                             + geometry.weights(runs) * cost.copy_s
                             + geometry.work(runs) * cost.mac_s / scale)
