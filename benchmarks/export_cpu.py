@@ -11,7 +11,9 @@ one variant's idle threads do not slow the next one's call):
   its dense branch above ``--dense-above`` (each row records the batch's kept share of
   the skippable FLOPs and the branch it took);
 - ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet (its default
-  batching), gater included.
+  batching), gater included;
+- with ``--aoti``, ``aoti_gaternet``: :func:`gatekit.export_program` with
+  ``for_inductor=True``, compiled and loaded by AOTInductor.
 
 Cases:
 
@@ -84,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="default: benchmarks/results/export_cpu.json (with --quick, a file in "
                         "the temporary directory)")
+    p.add_argument("--aoti", action="store_true",
+                   help="also time aoti_gaternet: export_program(..., for_inductor=True) "
+                        "compiled by AOTInductor (minutes per model on a small CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a functional check: 64-px ResNet-50 (32-px gater), 1 thread, 50%% "
                         "open, batches 1 and 2, 3 repeats; numbers mean nothing")
@@ -151,6 +156,13 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
                                  dense_above=args.dense_above)
     ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0)
     fast = gatekit.skip_compute(net)
+    compiled = None
+    if args.aoti:
+        program = gatekit.export_program(net, example, for_inductor=True,
+                                         dense_above=args.dense_above)
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp / f"{name}_gaternet.pt2"))
+        compiled = torch._inductor.aoti_load_package(package)
     for threads in args.threads:
         torch.set_num_threads(threads)
         plain_s, gated_s = session(plain_path, threads), session(gated_path, threads)
@@ -159,11 +171,15 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
             feed = {"image": x.numpy()}
             with torch.no_grad():
                 check = (torch.from_numpy(gated_s.run(None, feed)[0]) - net(x)).abs().max().item()
-                medians = time_variants({
+                variants = {
                     "onnx_plain": lambda s=plain_s, f=feed: s.run(None, f),
                     "onnx_gaternet": lambda s=gated_s, f=feed: s.run(None, f),
                     "eager_skip": lambda x=x: fast(x),
-                }, args.repeats)
+                }
+                if compiled is not None:
+                    variants["aoti_gaternet"] = lambda x=x: compiled(x)
+                    aoti_check = (compiled(x) - net(x)).abs().max().item()
+                medians = time_variants(variants, args.repeats)
             with torch.no_grad():
                 kept = ready.kept_share(net.estimator(net.gate_logits(x))).item()
             branch = "dense" if args.dense_above is not None and kept > args.dense_above else "sliced"
@@ -173,6 +189,7 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
                    "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
                    "onnx_gaternet_vs_eager_skip": medians["eager_skip"] / medians["onnx_gaternet"],
                    "max_abs_diff_onnx_vs_eager": check,
+                   **({"max_abs_diff_aoti_vs_eager": aoti_check} if compiled is not None else {}),
                    "sites": {m: sum(r.mode == m for r in routes) for m in ("sliced", "scatter", "dense")}}
             rows.append(row)
             print_row(row)
@@ -185,8 +202,10 @@ def print_row(row: dict) -> None:
     print(f"{row['model']:>12} t{row['threads']} b{row['batch']:<3} open {opened:>7} "
           f"(union {row['open_fraction']['union']:.2f}, {row['onnx_branch']}): onnx plain {med['onnx_plain']:.2f} ms, "
           f"onnx gaternet {med['onnx_gaternet']:.2f} ms ({sp['onnx_gaternet']:.2f}x), eager skip "
-          f"{med['eager_skip']:.2f} ms ({sp['eager_skip']:.2f}x); |diff| "
-          f"{row['max_abs_diff_onnx_vs_eager']:.1e}")
+          f"{med['eager_skip']:.2f} ms ({sp['eager_skip']:.2f}x)"
+          + (f", aoti gaternet {med['aoti_gaternet']:.2f} ms ({sp['aoti_gaternet']:.2f}x)"
+             if "aoti_gaternet" in med else "")
+          + f"; |diff| {row['max_abs_diff_onnx_vs_eager']:.1e}")
 
 
 def write(args: argparse.Namespace, report: dict) -> None:
