@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from test_inference import randomise_batchnorm
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -32,14 +33,8 @@ def randomise(net: gatekit.GaterNet, seed: int = 0) -> gatekit.GaterNet:
     """Non-trivial BatchNorm statistics (folding is exercised) and a head whose gates
     differ between images, about half of them open."""
     gen = torch.Generator().manual_seed(seed)
+    randomise_batchnorm(net, generator=gen)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
         head = net.head
         head.fc1.weight.copy_(torch.randn(head.fc1.weight.shape, generator=gen))
         head.fc2.weight.copy_(torch.randn(head.fc2.weight.shape, generator=gen))

@@ -26,9 +26,11 @@ import gatekit
 from gatekit.models import resnet20, resnet20_gater
 
 
-def randomise_batchnorm(net: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so that folding is exercised."""
-    gen = torch.Generator().manual_seed(seed)
+def randomise_batchnorm(net: nn.Module, seed: int = 0, *,
+                        generator: torch.Generator | None = None) -> None:
+    """Non-trivial running statistics and affine parameters, so that folding is exercised
+    (drawn from ``generator`` when given, else from a new one seeded with ``seed``)."""
+    gen = torch.Generator().manual_seed(seed) if generator is None else generator
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
