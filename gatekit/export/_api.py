@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections import Counter
 from typing import Any
 
 import torch
@@ -241,12 +242,9 @@ def move_branch_initializers(model: Any) -> int:
             if node.op_type == "If" and attr.name in ("then_branch", "else_branch"):
                 branches.append((attr.g, _names_read(attr.g) & inits.keys()))
             else:
-                for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                for sub in _subgraphs(attr):
                     outside |= _names_read(sub)
-    readers: dict[str, int] = {}
-    for _, names in branches:
-        for name in names:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for _, names in branches for name in names)
     outputs = {o.name for o in graph.output}
     moved = 0
     for branch, names in branches:
@@ -264,6 +262,11 @@ def _names_read(graph: Any) -> set[str]:
     for node in graph.node:
         names.update(node.input)
         for attr in node.attribute:
-            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+            for sub in _subgraphs(attr):
                 names |= _names_read(sub)
     return names
+
+
+def _subgraphs(attr: Any) -> list[Any]:
+    """The graphs an ONNX node attribute holds (``g`` and ``graphs``)."""
+    return [attr.g, *attr.graphs] if attr.HasField("g") else list(attr.graphs)
