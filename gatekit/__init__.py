@@ -11,6 +11,8 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
   :func:`flops_budget_loss` (with :func:`gate_costs`, the FLOPs each gate saves) and
   :func:`batch_shaping_loss`; :func:`distillation_loss` from a trained dense teacher;
 - functional forms in :mod:`gatekit.functional`;
+- :func:`init_gates_`: start the gates as static pruning's ranking keeps (:func:`filter_l1_norms`,
+  :func:`ranking_thresholds`);
 - :func:`calibrate_budget`: a budget-input model's budget made the FLOPs fraction it keeps;
 - deployment that keeps per-image skipping: :func:`export_program` (torch.export),
   :func:`export_onnx` (ONNX Runtime), both through :func:`exportable`;
@@ -46,6 +48,7 @@ from .losses import (
     gate_l1_loss,
     target_rate_loss,
 )
+from .ranking import filter_l1_norms, init_gates_, ranking_thresholds
 from .sites import GateSite, get_gate_sites
 from .stats import GateStats, LayerStats
 from .transform import gate_model
@@ -71,6 +74,7 @@ __all__ = [
     "export_onnx",
     "export_program",
     "exportable",
+    "filter_l1_norms",
     "flops_budget_loss",
     "functional",
     "fuse_gated_convs",
@@ -79,7 +83,9 @@ __all__ = [
     "gate_model",
     "get_gate",
     "get_gate_sites",
+    "init_gates_",
     "plots",
+    "ranking_thresholds",
     "skip_compute",
     "target_rate_loss",
     "tune_batching",

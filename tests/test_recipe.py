@@ -55,7 +55,7 @@ def _cfg(**kw) -> RunConfig:
     """The stand-in's config with the model and warm-start settings these tests build from."""
     base = dict(arch="resnet20", gater="resnet20", no_gate=False, sites="residual",
                 estimator="semhash", bottleneck=8, group_size=1, init_bias=0.0,
-                gater_resolution=None, freeze_gater=False, init_from=None, init_gater=False,
+                gater_resolution=None, freeze_gater=False, init_from=None, init_gater=False, init_gates=None,
                 backbone_weights=None)
     base.update(kw)
     return _config(IMAGENET, **base)

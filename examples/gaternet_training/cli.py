@@ -101,6 +101,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     w.add_argument("--init-gater", action="store_true",
                    help="also load the gater trunk from --init-from (same architecture as the "
                         "backbone, or a gated run's gater; the classifier layer is dropped)")
+    w.add_argument("--init-gates", choices=("l1",), default=None, metavar="RANKING",
+                   help="start the gates where static pruning stands (gatekit.init_gates_): every "
+                        "image keeps the filters the ranking keeps at the final --budget, the same "
+                        "fraction of every site; with --budget-range, nested masks, budget b "
+                        "keeping the top b of every site.  l1: the filters' L1 norms "
+                        "(gatekit.filter_l1_norms) after --init-from (default: off)")
     if torchvision_weights:
         w.add_argument("--backbone-weights", default=None, metavar="NAME",
                        help="load torchvision's pretrained weights NAME into the backbone, e.g. "

@@ -42,6 +42,7 @@ class RunConfig:
     # warm start
     init_from: Path | None
     init_gater: bool
+    init_gates: str | None  # start the gates from a filter ranking (--init-gates l1)
     backbone_weights: str | None  # torchvision weights by name (a flag of imagenet_gaternet.py)
     # recipe
     epochs: int
@@ -118,12 +119,16 @@ class RunConfig:
         if self.budget_ends and self.budget_range is None:
             raise GatekitError(f"--budget-ends {self.budget_ends:g} shapes the budgets that "
                                "--budget-range draws; add --budget-range LO:HI[:K] or drop it")
+        if self.init_gates and not self.no_gate and self.budget is None and self.budget_range is None:
+            raise GatekitError(f"--init-gates {self.init_gates} keeps the filters the ranking keeps "
+                               "at a budget: add --budget B (or --budget-range LO:HI)")
         if self.no_gate:
             for name, value in (("budget_range", self.budget_range),
                                 ("budget_ends", self.budget_ends),
                                 ("gater_resolution", self.gater_resolution),
                                 ("freeze_gater", self.freeze_gater),
-                                ("init_gater", self.init_gater)):
+                                ("init_gater", self.init_gater),
+                                ("init_gates", self.init_gates)):
                 if value:
                     raise GatekitError(f"--{name.replace('_', '-')} changes the gater, but "
                                        "--no-gate trains none; drop one of the two flags")

@@ -501,7 +501,8 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
         results["backbone_build"] = build.info
     results["warm_start"] = {
         "init_from": str(config.init_from) if config.init_from is not None else None,
-        "init_gater": config.init_gater, "backbone_weights": config.backbone_weights}
+        "init_gater": config.init_gater, "backbone_weights": config.backbone_weights,
+        "init_gates": config.init_gates}
     mid = run.budgets.midpoint if run.budgets is not None else None
     results["flops"] = flop_counts(inner, data.image_size, stats,
                                    downstream=config.count_downstream,

@@ -128,7 +128,29 @@ def load_into(module: nn.Module, state: dict[str, Tensor], *, what: str, source:
 
 
 def warm_start(model: nn.Module, config: RunConfig) -> list[str]:
-    """Apply ``--init-from`` / ``--init-gater`` / ``--backbone-weights``; returns lines to print."""
+    """Apply ``--init-from`` / ``--init-gater`` / ``--backbone-weights``, then ``--init-gates``;
+    returns lines to print."""
+    lines = _load_weights(model, config)
+    if config.init_gates is not None and isinstance(model, gatekit.GaterNet):
+        lines.append(init_gates(model, config))
+    return lines
+
+
+def init_gates(model: gatekit.GaterNet, config: RunConfig) -> str:
+    """``--init-gates l1``: the head set so that every image keeps the filters the backbone's
+    L1 ranking keeps at the run's final budget (:func:`gatekit.init_gates_`)."""
+    scores = gatekit.filter_l1_norms(model)
+    if model.budget_input:
+        gatekit.init_gates_(model, scores)
+        return (f"gates: from the backbone's {config.init_gates} ranking, nested for every budget "
+                "(budget b keeps the top b of every site)")
+    budget = config.budget.end if config.budget.end is not None else config.budget.start
+    keep = gatekit.init_gates_(model, scores, budget)
+    return (f"gates: from the backbone's {config.init_gates} ranking at budget {budget:g}: "
+            f"{int(keep.sum())} of {keep.numel()} filters kept for every image")
+
+
+def _load_weights(model: nn.Module, config: RunConfig) -> list[str]:
     init_from, weights, init_gater = config.init_from, config.backbone_weights, config.init_gater
     if init_from is None and weights is None:
         if init_gater:
