@@ -251,3 +251,25 @@ def test_gate_costs_sum_to_the_gated_convs(tmp_path: Path) -> None:
             conv(torch.zeros(1, conv.in_channels, sizes[conv.out_channels], sizes[conv.out_channels]))
         chunk = costs[site.offset: site.offset + site.num_gates]
         assert float(chunk.sum()) == pytest.approx(c.get_total_flops())
+
+
+def test_init_gates_starts_every_image_at_the_l1_ranking_of_the_loaded_backbone(trained_state) -> None:
+    path, state = trained_state
+    config = _cfg(sites="inner", init_from=path, init_gates="l1", budget=Ramp(1.0, 0.25, 2.0))
+    model = _build(config, 10)
+    lines = warm_start(model, config)
+    assert lines[-1].endswith("84 of 336 filters kept for every image")  # the final budget, 0.25
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 32, 32))
+    for site in model.sites:  # by hand: the top quarter of each conv's filters by L1 norm
+        norms = state[f"{site.name}.weight"].abs().sum((1, 2, 3))
+        top = set(norms.argsort(descending=True)[: site.channels // 4].tolist())
+        opened = set(model.last_gates[0, site.offset:site.stop].nonzero().flatten().tolist())
+        assert opened == top, site.name
+
+
+def test_init_gates_needs_a_budget(tmp_path: Path, capsys) -> None:
+    status, err = _main(IMAGENET, [*TINY_STANDIN, "--init-gates", "l1", "--output-dir",
+                                   str(tmp_path)], capsys)
+    assert status == 2 and "--init-gates l1 keeps the filters" in err and "add --budget" in err, err
+    assert not any(tmp_path.iterdir())
