@@ -74,7 +74,7 @@ def final_budget(path: Path) -> float:
     if text is None:
         sys.exit(f"error: {path} was not trained with --budget")
     parts = str(text).split(":")
-    return float(parts[1] if len(parts) == 3 else parts[0])
+    return float(parts[1] if len(parts) >= 2 else parts[0])  # A:B and A:B:K end at B
 
 
 def targets(summary: dict[str, Any], budget: list[dict[str, Any]], budget_at: float,
