@@ -48,7 +48,12 @@ measured_json = _measured_json()
 
 @functools.cache
 def load(source: str) -> Any:
-    return json.loads((RESULTS / source).read_text())
+    """A results file; a ``.jsonl`` metrics log as its list of epoch records."""
+    text = (RESULTS / source).read_text()
+    if source.endswith(".jsonl"):
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [r for r in records if r.get("event") == "epoch"]
+    return json.loads(text)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,6 +215,42 @@ def within(v: float, places: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# CIFAR-10 training runs: results.json (cifar_gaternet.py) and metrics.jsonl, one per run
+# --------------------------------------------------------------------------------------
+
+
+def run(name: str) -> str:
+    """The results file of a committed CIFAR-10 run."""
+    return f"cifar10/{name}.json"
+
+
+def log(name: str) -> str:
+    """Its per-epoch metrics log."""
+    return f"cifar10/{name}.metrics.jsonl"
+
+
+def accs(*runs: dict) -> tuple[str, str, str]:
+    """The lowest and highest test accuracy of ``runs`` and their mean: "52.75", "54.20", "53.30"."""
+    a = [r["val_acc"] for r in runs]
+    return f"{100 * min(a):.2f}", f"{100 * max(a):.2f}", f"{100 * statistics.mean(a):.2f}"
+
+
+def span(*counts: float, fmt: str = "") -> tuple[str, str]:
+    """Lowest and highest of ``counts``: "9 to 35"."""
+    return format(min(counts), fmt), format(max(counts), fmt)
+
+
+def epoch_minutes(*logs: list[dict]) -> tuple[str, str]:
+    """Shortest and longest run in minutes, summed over its logged epochs."""
+    minutes = [sum(e["epoch_seconds"] for e in epochs) / 60 for epochs in logs]
+    return f"{min(minutes):.0f}", f"{max(minutes):.0f}"
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+# --------------------------------------------------------------------------------------
 # The claims
 # --------------------------------------------------------------------------------------
 
@@ -290,7 +331,231 @@ README = [
         x(max(g["geomean_speedup"]["graph_speedup"].values())))),
 ]
 
-CLAIMS: list[Claim] = [*README]
+FT_PLAIN = run("finetune10_plain")
+ANY_BUDGET = "cifar10/any_budget.json"
+VS_RUNS = ("vs_plain_s0", "vs_static_s0", "vs_static_s1", "vs_budget_s0", "vs_budget_s1",
+           "vs_budget_conv_s0", "vs_budget_conv_s1")
+STATIC_RUNS = tuple(f"static_f0{f}_s{s}" for f in ("30", "40", "75") for s in (0, 1))
+RELEASED = tuple(run(n) for n in ("ablation10k_gated", "ablation10k_gated_seed1", "ablation10k_gated_seed2"))
+ABL_PLAIN = tuple(run(n) for n in ("ablation10k_plain", "ablation10k_plain_seed1", "ablation10k_plain_seed2"))
+OPEN_TARGET = tuple(run(n) for n in ("ablation10k_gated_initbias3_target50", "ablation10k_gated_initbias3_target50_seed1",
+                                     "ablation10k_gated_initbias3_target50_seed2"))
+
+
+def ahead_epochs(gated: list[dict], static: list[dict]) -> tuple[str, ...]:
+    """Epochs after which the gated run was ahead, its largest lead and when, the epochs the
+    pruned one was ahead, and the tie (epoch and accuracy)."""
+    pairs = [(e["epoch"], g["val_acc"], e["val_acc"]) for g, e in zip(gated, static)]
+    lead = max(pairs, key=lambda p: p[1] - p[2])
+    tie = [p for p in pairs if p[1] == p[2]]
+
+    def listed(n: list[int]) -> str:
+        return ", ".join(map(str, n[:-1])) + " and " + str(n[-1]) if len(n) > 1 else "".join(map(str, n))
+
+    return (listed([n for n, g, e in pairs if g > e]), f"{points(lead[1], lead[2]):.1f}", str(lead[0]),
+            listed([n for n, g, e in pairs if g < e]), listed([n for n, _, _ in tie]), pct(tie[0][1]) if tie else "none")
+
+
+def all_gates(*runs: dict) -> str:
+    """"336" when every gate of every run is input-dependent at 1%/99%."""
+    stats = [r["gate_stats_1_99"] for r in runs]
+    return str(stats[0]["num_gates"]) if all(s["input_dependent"] == s["num_gates"] for s in stats) else "not all"
+
+
+RESULTS_PAGE = [
+    # CIFAR-10: gating that pays
+    Claim("docs/results.rst", "The gated model ended at {} against the plain model's {}: {} points *worse*, so {} "
+          "points short of the target", PAYS, lambda g: (
+              pct(g["gated"]["test_error"]), pct(g["plain"]["test_error"]),
+              f"{points(g['gated']['test_error'], g['plain']['test_error']):.2f}",
+              f"{points(g['gated']['test_error'], g['plain']['test_error']) + 0.3:.2f}")),
+    Claim("docs/results.rst", "({} against {} after the first epoch", (log("finetune10_gated"), log("finetune10_plain")),
+          lambda g, p: (pct(g[0]["val_acc"], 1), pct(p[0]["val_acc"], 1))),
+    Claim("docs/results.rst", "; {} against {} after the seventh)", (log("finetune10_gated"), log("finetune10_plain")),
+          lambda g, p: (pct(g[6]["val_acc"]), pct(p[6]["val_acc"]))),
+    Claim("docs/results.rst", "the plain model's last two epochs added {} points. Its training accuracy was {} against {}",
+          (log("finetune10_plain"), log("finetune10_gated")), lambda p, g: (
+              f"{points(p[-1]['val_acc'], p[-3]['val_acc']):.1f}", pct(g[-1]["train_acc"], 1), pct(p[-1]["train_acc"], 1))),
+    Claim("docs/results.rst", "the FLOPs half is **met** ({} of the dense backbone", PAYS,
+          keys("budget.backbone_flops_fraction:.1%")),
+    Claim("docs/results.rst", "the accuracy half is **missed**: {} against {}, {} points worse", PAYS, lambda g: (
+        pct(g["budget"]["test_error"]), pct(g["plain"]["test_error"]),
+        f"{points(g['budget']['test_error'], g['plain']['test_error']):.2f}")),
+    Claim("docs/results.rst", "**met** in both runs, by all {} gates; the gated model shows {} distinct gate patterns on "
+          "the {} test images, the budget model {}.", (FT_GATED, FT_BUDGET), lambda g, b: (
+              all_gates(g, b), f"{g['gate_stats']['distinct_patterns']:,}", f"{g['gate_stats']['num_samples']:,}",
+              f"{b['gate_stats']['distinct_patterns']:,}")),
+    Claim("docs/results.rst", "holds the backbone's accuracy within {} points while the gater closes {} of the gated "
+          "channels per image on average", (PAYS, FT_GATED), lambda g, r: (
+              within(points(g["gated"]["test_error"], g["plain"]["test_error"]), 1), pct(1 - r["val_open_fraction"], 0))),
+    Claim("docs/results.rst", "a {} cut of the backbone's FLOPs costs {} points after 10 epochs", PAYS, lambda g: (
+        pct(1 - g["budget"]["backbone_flops_fraction"], 1),
+        f"{points(g['budget']['test_error'], g['plain']['test_error']):.1f}")),
+    Claim("docs/results.rst", "({} test accuracy after the first; its log is", log("ablation_budget050_stopped"),
+          lambda e: (pct(e[0]["val_acc"], 1),)),
+    Claim("docs/results.rst", "each run took {} to {} minutes with three sharing the cores",
+          tuple(log(n) for n in ("finetune10_plain", "finetune10_gated", "finetune10_budget")), epoch_minutes),
+    Claim("docs/results.rst", "doubles the model's FLOPs ({} against {} million per image), and the budget run's "
+          "16x16 gater adds {} million, so its total is {} of the plain model's", (FT_GATED, FT_PLAIN, FT_BUDGET, PAYS),
+          lambda g, p, b, s: (millions(g["flops"]["at_open_fraction"]), millions(p["flops"]["dense"]),
+                              millions(b["flops"]["gater"]), pct(s["budget"]["total_flops_fraction_of_plain"], 1))),
+    # CIFAR-10: gating against static pruning
+    Claim("docs/results.rst", "to {} of the dense FLOPs, then fine-tuned", run("vs_static_s0"),
+          lambda r: (pct(r["flops"]["backbone_fraction"]),)),
+    Claim("docs/results.rst", "the trained ResNet-20 trunk as gater on the image at 8x8 ({} MFLOPs, {} of the plain model)",
+          run("vs_budget_s0"), lambda r: (millions(r["flops"]["gater"]), pct(r["flops"]["gater"] / r["flops"]["backbone_dense"], 1))),
+    Claim("docs/results.rst", "The gated model reached {} and {} test error (mean {}) at {} and {} of the backbone's "
+          "dense FLOPs ({} and {} of the plain model with its gater); the statically pruned model {} and {} (mean {}) "
+          "at {}; the plain model, trained on, {}.", VS_STATIC, lambda v: (
+              *(pct(b["test_error"]) for b in v["budget"]), pct(mean(v["budget"])),
+              *(pct(b["backbone_flops_fraction"], 1) for b in v["budget"]),
+              *(pct(b["total_flops_fraction_of_plain"], 1) for b in v["budget"]),
+              *(pct(s["test_error"]) for s in v["static"]), pct(mean(v["static"])),
+              pct(mean(v["static"], "backbone_flops_fraction")), pct(mean(v["plain"])))),
+    Claim("docs/results.rst", "gating is ahead by {} points on the means, {} than the spread between the two gated seeds "
+          "({} points)", VS_STATIC, lambda v: (
+              f"{gated_ahead(v):.2f}", "less" if gated_ahead(v) < spread(v["budget"]) else "more",
+              f"{spread(v['budget']):.2f}")),
+    Claim("docs/results.rst", "**missed** ({} points below it; FLOPs {} against {}, within 0.02)", VS_STATIC, lambda v: (
+        f"{gated_ahead(v):.2f}", f"{mean(v['budget'], 'backbone_flops_fraction'):.3f}",
+        f"{mean(v['static'], 'backbone_flops_fraction'):.3f}")),
+    Claim("docs/results.rst", "**missed**, {} points above the plain rerun ({}; the plain run of the section above, "
+          "without committed weights, ended at {}", (VS_STATIC, PAYS), lambda v, g: (
+              f"{points(mean(v['budget']), mean(v['plain'])):.2f}", pct(mean(v["plain"])), pct(g["plain"]["test_error"]))),
+    Claim("docs/results.rst", "FLOPs met ({})", VS_STATIC, lambda v: (f"{mean(v['budget'], 'backbone_flops_fraction'):.3f}",)),
+    Claim("docs/results.rst", "**met** ({} for the worse seed)", VS_STATIC, lambda v: (
+        f"{max(b['total_flops_fraction_of_plain'] for b in v['budget']):.3f}",)),
+    Claim("docs/results.rst", "**missed** by seed 1 ({} of {}, {}), met by seed 0 ({} of {}, {}; {} distinct gate patterns "
+          "on the {} test images", (run("vs_budget_s1"), run("vs_budget_s0")), lambda s1, s0: (
+              *(f for r in (s1, s0) for f in (str(r["gate_stats_1_99"]["input_dependent"]), str(r["gate_stats_1_99"]["num_gates"]),
+                                               pct(r["gate_stats_1_99"]["input_dependent"] / r["gate_stats_1_99"]["num_gates"], 1))),
+              f"{s0['gate_stats']['distinct_patterns']:,}", f"{s0['gate_stats']['num_samples']:,}")),
+    Claim("docs/results.rst", "reached {} and {} (mean {}) at {} and {} of the backbone's FLOPs; the whole model costs {} and "
+          "{} of plain, against {}-{}% with the 8-px ResNet-20 trunk", (PARETO, VS_STATIC), lambda p, v: (
+              *(pct(d["test_error"]) for d in p["dedicated"]), pct(mean(p["dedicated"])),
+              *(pct(d["backbone_flops_fraction"], 1) for d in p["dedicated"]),
+              *(pct(d["total_flops_fraction_of_plain"], 1) for d in p["dedicated"]),
+              *span(*(100 * b["total_flops_fraction_of_plain"] for b in v["budget"]), fmt=".0f"))),
+    Claim("docs/results.rst", "{} and {} of its {} gates ({} and {}) are input-dependent at 1%/99%, with {} and {} distinct "
+          "patterns on the test images", (run("vs_budget_conv_s0"), run("vs_budget_conv_s1")), lambda *r: (
+              *(str(x["gate_stats_1_99"]["input_dependent"]) for x in r), str(r[0]["gate_stats_1_99"]["num_gates"]),
+              *(pct(x["gate_stats_1_99"]["input_dependent"] / x["gate_stats_1_99"]["num_gates"], 1) for x in r),
+              *(f"{x['gate_stats']['distinct_patterns']:,}" for x in r))),
+    Claim("docs/results.rst", "Against the static mean ({}) that is {} points better at equal backbone FLOPs (within 0.02), "
+          "{} points above plain: the same accuracy as the ResNet-20-gater runs ({}) for {} points less of the plain "
+          "model's FLOPs", (PARETO, VS_STATIC), lambda p, v: (
+              pct(static_mean(p, 0.565)), f"{points(static_mean(p, 0.565), mean(p['dedicated'])):.1f}",
+              f"{points(mean(p['dedicated']), mean(p['plain'])):.1f}", pct(mean(v["budget"])),
+              f"{points(mean(v['budget'], 'total_flops_fraction_of_plain'), mean(p['dedicated'], 'total_flops_fraction_of_plain')):.0f}")),
+    Claim("docs/results.rst", "Against the earlier budget run ({} at {}, first section), the new recipe gains {} points",
+          (PAYS, VS_STATIC), lambda g, v: (
+              pct(g["budget"]["test_error"]), pct(g["budget"]["backbone_flops_fraction"], 1),
+              f"{points(g['budget']['test_error'], mean(v['budget'])):.1f}")),
+    Claim("docs/results.rst", "the gated model was ahead after epochs {} (by up to {} points, after epoch {}), the pruned "
+          "one after epochs {}, and they were tied after epoch {} ({})", (log("vs_budget_s0"), log("vs_static_s0")),
+          ahead_epochs),
+    Claim("docs/results.rst", "each 10-epoch run took {} to {} minutes", tuple(log(n) for n in VS_RUNS), epoch_minutes),
+    # CIFAR-10: accuracy against FLOPs from 30% to 100% (pareto.json; new runs: rewrite with the page)
+    Claim("docs/results.rst", "level with static pruning trained for each budget at {} and {}: {} against {} at {}, {} "
+          "against {} at {}.", PARETO, lambda p: (
+              pct(static_mean(p, 0.3, "backbone_flops_fraction"), 0), pct(static_mean(p, 0.4, "backbone_flops_fraction"), 0),
+              pct(one_model_beside(p, 0.3)), pct(static_mean(p, 0.3)), f"{static_mean(p, 0.3, 'backbone_flops_fraction'):.3f}",
+              pct(one_model_beside(p, 0.4)), pct(static_mean(p, 0.4)), f"{static_mean(p, 0.4, 'backbone_flops_fraction'):.2f}")),
+    Claim("docs/results.rst", "It is {} points behind at {} ({} against {}) and {} behind at {} ({} against {} at {}), and "
+          "at full budget {} against the plain rerun's {}.", PARETO, lambda p: (
+              f"{points(one_model_beside(p, 0.565), static_mean(p, 0.565)):.2f}",
+              pct(static_mean(p, 0.565, "backbone_flops_fraction"), 1),
+              pct(one_model_beside(p, 0.565)), pct(static_mean(p, 0.565)),
+              f"{points(one_model_beside(p, 0.75), static_mean(p, 0.75)):.2f}",
+              pct(static_mean(p, 0.75, "backbone_flops_fraction"), 0),
+              pct(one_model_beside(p, 0.75)), pct(static_mean(p, 0.75)),
+              f"{static_mean(p, 0.75, 'backbone_flops_fraction'):.3f}",
+              pct(one_model_at(p, 1.0)), pct(mean(p["plain"])))),
+    Claim("docs/results.rst", "calibrated to exactly 30% it gives {} ({} and {})", PARETO, lambda p: (
+        pct(one_model_at(p, 0.3)), *(pct(pt["test_error"]) for r in p["any_budget"] for pt in r["points"]
+                                     if pt["budget"] == 0.3))),
+    Claim("docs/results.rst", "the earlier run's floor ({})", run("any_budget_s0"), lambda r: (
+        pct(next(pt for pt in r["budget_input"]["points"] if pt["budget"] == 0.3)["backbone_flops_fraction"], 0),)),
+    Claim("docs/results.rst", "(the same two-conv gater, {} and {}) is {} points better there than the one model", PARETO,
+          lambda p: (*(pct(d["test_error"]) for d in p["dedicated"]),
+                     f"{points(one_model_at(p, 0.565), mean(p['dedicated'])):.1f}")),
+    Claim("docs/results.rst", "**met** at 0.40 ({} against {}), **missed** at 0.30 ({} against {}, both at {}), 0.565 ({} "
+          "against {}) and 0.75 ({} against {}, both at {})", PARETO, lambda p: (
+              pct(one_model_beside(p, 0.4)), pct(static_mean(p, 0.4)),
+              pct(one_model_beside(p, 0.3)), pct(static_mean(p, 0.3)), f"{static_mean(p, 0.3, 'backbone_flops_fraction'):.3f}",
+              pct(one_model_beside(p, 0.565)), pct(static_mean(p, 0.565)),
+              pct(one_model_beside(p, 0.75)), pct(static_mean(p, 0.75)),
+              f"{static_mean(p, 0.75, 'backbone_flops_fraction'):.3f}")),
+    Claim("docs/results.rst", "**missed** at both ({} above and {} below static, not 1.0 below)", PARETO, lambda p: (
+        f"{points(one_model_beside(p, 0.3), static_mean(p, 0.3)):.2f}",
+        f"{-points(one_model_beside(p, 0.4), static_mean(p, 0.4)):.2f}")),
+    Claim("docs/results.rst", "*at budget 1.0, at most plain + 0.2*: **missed** ({} against {})", PARETO, lambda p: (
+        pct(one_model_at(p, 1.0)), pct(mean(p["plain"]) + 0.002))),
+    Claim("docs/results.rst", "**met** (worst {})", PARETO, lambda p: (f"{worst_flops_miss(p):.4f}",)),
+    Claim("docs/results.rst", "{} instead of {} at 0.40 and {} at {} instead of an unreached width; at 0.565 and 1.0 it is "
+          "level ({} against {}, {} against {})", (PARETO, ANY_BUDGET), lambda p, a: (
+              pct(one_model_at(p, 0.4)), pct(row(a, "points", budget=0.4)["test_error"]),
+              pct(one_model_beside(p, 0.3)), f"{static_mean(p, 0.3, 'backbone_flops_fraction'):.2f}",
+              pct(one_model_at(p, 0.565)), pct(row(a, "points", budget=0.56)["test_error"]),
+              pct(one_model_at(p, 1.0)), pct(row(a, "points", budget=1.0)["test_error"]))),
+    Claim("docs/results.rst", "The two runs above took {} and {} s per epoch, and the static runs {} to {} s", (
+        PARETO, *(run(n) for n in STATIC_RUNS)), lambda p, *static: (
+            *(f"{r['train_seconds_per_epoch']:.0f}" for r in p["any_budget"]),
+            *span(*(r["train_seconds_per_epoch"] for r in static), fmt=".0f"))),
+    # CIFAR-10: does the gater help? (15 epochs on an H100)
+    Claim("docs/results.rst", "its test error is {} points (seed 0) and {} points (seed 1) higher, and its training accuracy "
+          "is lower too ({} and {} against {} and {} in the last epoch)", tuple(
+              f(f"resnet20_{kind}_seed{s}") for f in (run, log) for kind in ("gated", "plain") for s in (0, 1)),
+          lambda g0, g1, p0, p1, lg0, lg1, lp0, lp1: (
+              f"{points(g0['val_error'], p0['val_error']):.1f}", f"{points(g1['val_error'], p1['val_error']):.1f}",
+              *(pct(e[-1]["train_acc"], 1) for e in (lg0, lg1, lp0, lp1)))),
+    Claim("docs/results.rst", "about a third of the {} gates ({} and {}) are closed for every test image, {} to {}% of the "
+          "gated channels are open per image, and only {} and {} gates are input-dependent",
+          (run("resnet20_gated_seed0"), run("resnet20_gated_seed1")), lambda *r: (
+              str(r[0]["gate_stats"]["num_gates"]), *(str(x["gate_stats"]["always_off"]) for x in r),
+              *span(*(100 * x["gate_stats"]["open_fraction"] for x in r), fmt=".0f"),
+              *(str(x["gate_stats"]["input_dependent"]) for x in r))),
+    # CIFAR-10 ablations: 10,000 training images, 5 epochs
+    Claim("docs/results.rst", "the released configuration reached {} to {}% test accuracy (mean {}%) against the plain "
+          "backbone's {} to {}% (mean {}%): about {} points lost", (*RELEASED, *ABL_PLAIN), lambda *r: (
+              *accs(*r[:3]), *accs(*r[3:]),
+              f"{points(statistics.mean(x['val_acc'] for x in r[3:]), statistics.mean(x['val_acc'] for x in r[:3])):.0f}")),
+    Claim("docs/results.rst", "reached {} to {}% (mean {}%) at a similar open fraction ({} to {}%)", OPEN_TARGET, lambda *r: (
+        *accs(*r), *span(*(100 * x["val_open_fraction"] for x in r), fmt=".0f"))),
+    Claim("docs/results.rst", "accounts for about {} of those points; about {} points against the plain backbone remain",
+          (*RELEASED, *ABL_PLAIN, *OPEN_TARGET), lambda *r: (
+              f"{points(statistics.mean(x['val_acc'] for x in r[6:]), statistics.mean(x['val_acc'] for x in r[:3])):.1f}",
+              f"{points(statistics.mean(x['val_acc'] for x in r[3:6]), statistics.mean(x['val_acc'] for x in r[6:])):.1f}")),
+    Claim("docs/results.rst", "{} to {} of its {} gates are input-dependent (the released start: {} to {}), and its {} test "
+          "images show {} to {} distinct gate patterns", (*OPEN_TARGET, *RELEASED), lambda *r: (
+              *span(*(x["gate_stats"]["input_dependent"] for x in r[:3])), str(r[0]["gate_stats"]["num_gates"]),
+              *span(*(x["gate_stats"]["input_dependent"] for x in r[3:])), f"{r[0]['gate_stats']['num_samples']:,}",
+              *span(*(x["gate_stats"]["distinct_patterns"] for x in r[:3])))),
+    Claim("docs/results.rst", "never close ({} of {} open for every image)", run("ablation10k_gated_initbias3"), lambda r: (
+        str(r["gate_stats"]["always_on"]), str(r["gate_stats"]["num_gates"]))),
+    Claim("docs/results.rst", "The straight-through sigmoid (one seed, {}) ends with as many gates closed for every image "
+          "({}) as SemHash does ({} to {})", (run("ablation10k_gated_st_sigmoid"), *RELEASED), lambda st, *r: (
+              pct(st["val_acc"]), str(st["gate_stats"]["always_off"]), *span(*(x["gate_stats"]["always_off"] for x in r)))),
+    Claim("docs/results.rst", "``--target-rate 0.5`` (seed 0) reached {}", run("ablation10k_gated_target50"),
+          lambda r: (pct(r["val_acc"]),)),
+    Claim("docs/results.rst", "at its open fraction ({} to {} during training) the added loss is at most ``{}^2 = 4e-4`` "
+          "against a classification loss of {} to {}", log("ablation10k_gated_target50"), lambda e: (
+              *span(*(r["train_open"] for r in e), fmt=".2f"), f"{max(abs(r['train_open'] - 0.5) for r in e):.2f}",
+              *span(*(r["train_loss"] for r in e), fmt=".1f"))),
+    Claim("docs/results.rst", "the open start with a target rate reached {} against the plain backbone's {} (seed 0, {} "
+          "points behind, about as far as the same seed at 5 epochs: {} against {}%) with {} of its gated channels open",
+          (run("ablation10k_gated_initbias3_target50_15ep"), run("ablation10k_plain_15ep"), OPEN_TARGET[0], ABL_PLAIN[0]),
+          lambda g, p, g5, p5: (pct(g["val_acc"]), pct(p["val_acc"]), f"{points(p['val_acc'], g['val_acc']):.2f}",
+                                f"{100 * g5['val_acc']:.2f}", f"{100 * p5['val_acc']:.2f}", pct(g["val_open_fraction"], 1))),
+    Claim("docs/results.rst", "its training accuracy is lower too ({} against {}% in the last epoch). Its gates have settled "
+          "into a fixed selection: {} of {} gates is input-dependent and the {} test images show {} distinct patterns",
+          (log("ablation10k_gated_initbias3_target50_15ep"), log("ablation10k_plain_15ep"),
+           run("ablation10k_gated_initbias3_target50_15ep")), lambda g, p, r: (
+              f"{100 * g[-1]['train_acc']:.1f}", f"{100 * p[-1]['train_acc']:.1f}", str(r["gate_stats"]["input_dependent"]),
+              str(r["gate_stats"]["num_gates"]), f"{r['gate_stats']['num_samples']:,}", str(r["gate_stats"]["distinct_patterns"]))),
+]
+
+CLAIMS: list[Claim] = [*README, *RESULTS_PAGE]
 
 
 # --------------------------------------------------------------------------------------
@@ -314,6 +579,6 @@ def what_it_says(claim: Claim) -> str:
 @pytest.mark.parametrize("claim", CLAIMS, ids=[f"{c.doc}: {c.text}" for c in CLAIMS])
 def test_quoted_number_matches_its_file(claim: Claim) -> None:
     expected = " ".join(claim.expected().split())
-    assert expected in page(claim.doc), (
-        f"{claim.doc} should say {expected!r} (from {', '.join(claim.sources)} in benchmarks/results/); "
-        f"it says {what_it_says(claim)}")
+    if expected not in page(claim.doc):
+        pytest.fail(f"{claim.doc} should say {expected!r} (from {', '.join(claim.sources)} in "
+                    f"benchmarks/results/); it says {what_it_says(claim)}", pytrace=False)
