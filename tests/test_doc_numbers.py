@@ -555,7 +555,139 @@ RESULTS_PAGE = [
               str(r["gate_stats"]["num_gates"]), f"{r['gate_stats']['num_samples']:,}", str(r["gate_stats"]["distinct_patterns"]))),
 ]
 
-CLAIMS: list[Claim] = [*README, *RESULTS_PAGE]
+E2E = "end_to_end_cpu.json"
+E2E_B1 = "end_to_end_cpu_resnet50_b1.json"
+E2E_CONV = "end_to_end_cpu_conv_gater.json"
+E2E_GRID = "end_to_end_cpu_grid.json"
+
+
+def chosen(data: Any) -> list[dict]:
+    """The points where ``"auto"``'s rule chose (batch > 1)."""
+    return [r for r in data["results"] if r.get("auto_choice")]
+
+
+def gater_share(data: Any, model: str) -> str:
+    return pct(data["models"][model]["gater_flops"] / data["models"][model]["plain_flops"], 1)
+
+
+def profile(data: Any, part: str, **where: Any) -> dict:
+    """``torch.profiler``'s summary of one part (plain, gater, skip_backbone) at one point."""
+    return row(data, **where)["profile"][part]
+
+
+def former_auto_never_slower(data: Any) -> tuple[str, str]:
+    """How many points (batch > 1) the former ``"auto"`` beat the dense gated model, of how many."""
+    rows = [r for r in data["results"] if r["batch"] > 1]
+    return str(sum(r["median_ms"]["skip_auto"] < r["median_ms"]["dense"] for r in rows)), str(len(rows))
+
+
+def gater_ms(data: Any, model: str, places: int, **where: Any) -> tuple[str, str]:
+    """Fastest and slowest median gater time at batch 1, one thread."""
+    return span(*(r["median_ms"]["gater"] for r in data["results"]
+                  if r["model"] == model and r["batch"] == 1 and r["threads"] == 1), fmt=f".{places}f")
+
+
+OPS_PAGE = [
+    # The fused gated conv on an H100
+    Claim("docs/ops.rst", "one H100, torch {}, Triton {},", GPU, lambda g: (
+        ".".join(g["torch"].split(".")[:2]), ".".join(g["triton"].split(".")[:2]))),
+    Claim("docs/ops.rst", "{} (all gates on), {} (half of the 32-channel groups off) and {} (and the input gated) in "
+          "geometric mean over the layers (the 1x1 64->256 layer at 56 px: {}, and {} with the input gated)", GPU,
+          lambda g: (*(x(g["geomean_speedup"]["graph_speedup"][m]) for m in ("on", "half", "half+in")),
+                     *(x(row(g, "records", shape="1x1 64->256 @56", mode=m)["graph_speedup"]) for m in ("on", "half+in")))),
+    Claim("docs/ops.rst", "eager geometric means were {} (all on) and {} (half off)", GPU, lambda g: (
+        x(g["geomean_speedup"]["speedup"]["on"]), x(g["geomean_speedup"]["speedup"]["half"]))),
+    # The rule against the measured best (end_to_end_cpu_rule.json), and its first run (_grid)
+    Claim("docs/ops.rst", "Of the {} points with a choice (batch 8 and 32), the rule's choice is within 10% of the fastest "
+          "mode at {}; the miss is ResNet-50 at one thread, batch 8, 50% open, where it chose ``\"{}\"`` and "
+          "``\"{}\"`` was {} faster", E2E_RULE, lambda d: (
+              str(len(chosen(d))), str(sum(r["choice_over_best"] <= 1.1 for r in chosen(d))),
+              *(row(d, model="resnet50", threads=1, batch=8, open=0.5)[k] for k in ("auto_choice", "best_mode")),
+              x(row(d, model="resnet50", threads=1, batch=8, open=0.5)["choice_over_best"]))),
+    Claim("docs/ops.rst", "``\"auto\"`` is faster than the dense gated model at {} of {}; at the other two (CIFAR ResNet-20 "
+          "and the trained run, two threads, batch 8, 30% open) it chose ``\"{}\"``, the fastest mode measured there, "
+          "and took {} and {} the dense model's time", E2E_RULE, lambda d: (
+              str(sum(r["auto_over_dense"] < 1 for r in chosen(d))), str(len(chosen(d))),
+              row(d, model="resnet20", threads=2, batch=8, open=0.3)["auto_choice"],
+              *(x(row(d, model=m, threads=2, batch=8, open=0.3)["auto_over_dense"]) for m in ("resnet20", "resnet20_run")))),
+    Claim("docs/ops.rst", "the rule was within 10% at {} of {} points and never slower than dense at {}; its misses were "
+          "gather at batch 32, 30% open, on both ResNet-20s ({} to {} the best) and union on the trained run at batch 8, "
+          "30% open ({})", E2E_GRID, lambda d: (
+              str(sum(r["choice_over_best"] <= 1.1 for r in chosen(d))), str(len(chosen(d))),
+              str(sum(r["auto_over_dense"] <= 1 for r in chosen(d))),
+              *(x(float(v)) for v in span(*(r["choice_over_best"] for r in chosen(d)
+                                            if r["choice_over_best"] > 1.1 and r["auto_choice"] == "gather"))),
+              x(row(d, model="resnet20_run", threads=1, batch=8, open=0.3)["choice_over_best"]))),
+    Claim("docs/ops.rst", "ran {} / {} the plain backbone (1 / 2 threads) at batch 1 and {} / {} at batch 32 with "
+          "``\"auto\"``", E2E_RULE, lambda d: (*rn50(d, "skip_pattern", 1), *rn50(d, "skip_auto", 32))),
+    # Measuring end to end (end_to_end_cpu.json, the EPYC grid with the former "auto")
+    Claim("docs/ops.rst", "ResNet-50, inner gates, ResNet-18 gater at 112 px ({} of the plain FLOPs)", E2E,
+          lambda d: (gater_share(d, "resnet50"),)),
+    Claim("docs/ops.rst", "CIFAR ResNet-20, inner gates, the two-conv gater at 16 px ({} of the plain FLOPs)", E2E,
+          lambda d: (pct(d["models"]["resnet20"]["gater_flops"] / d["models"]["resnet20"]["plain_flops"]),)),
+    Claim("docs/ops.rst", "(``vs_budget_s0``: 8-px ResNet-20 gater, {} of the plain FLOPs)", E2E,
+          lambda d: (gater_share(d, "resnet20_run"),)),
+    Claim("docs/ops.rst", "(``vs_budget_conv_s0``: ``--gater conv`` at 16 px, {} of the plain FLOPs; {} test error at {} of "
+          "the backbone's FLOPs", (E2E_CONV, run("vs_budget_conv_s0")), lambda d, r: (
+              pct(d["models"]["resnet20_run"]["gater_flops"] / d["models"]["resnet20_run"]["plain_flops"]),
+              pct(r["val_error"]), pct(r["flops"]["backbone_fraction"], 1))),
+    Claim("docs/ops.rst", "against {} / {} here ({} / {} in the seven-round repeat)", (E2E, E2E_B1),
+          lambda d, b: (*rn50(d, "skip_pattern", 1), *rn50(b, "skip_pattern", 1))),
+    Claim("docs/ops.rst", "**ResNet-50 at 50% open, batch 1: missed**, {} / {} ({} / {} with seven rounds) against 2.0x",
+          (E2E, E2E_B1), lambda d, b: (*rn50(d, "skip_pattern", 1), *rn50(b, "skip_pattern", 1))),
+    Claim("docs/ops.rst", "The gater takes {}-{} ms at batch 1 on one thread, {} of plain's time at 50% open", E2E,
+          lambda d: (*gater_ms(d, "resnet50", 0), pct(
+              1 / ratio(d, "plain", "gater", model="resnet50", threads=1, batch=1, open=0.5), 0))),
+    Claim("docs/ops.rst", "plain's ops take {} ms per call, the skip backbone's {} ms and the gater's {} ms: {} by op time",
+          E2E, lambda d: (
+              *(f"{profile(d, k, model='resnet50', threads=1, batch=1, open=0.5)['ms_per_call']:.1f}"
+                for k in ("plain", "skip_backbone", "gater")),
+              x(profile(d, "plain", model="resnet50", threads=1, batch=1, open=0.5)["ms_per_call"]
+                / sum(profile(d, k, model="resnet50", threads=1, batch=1, open=0.5)["ms_per_call"]
+                      for k in ("skip_backbone", "gater"))))),
+    Claim("docs/ops.rst", "({} op calls to plain's {}, each dispatched from Python)", E2E, lambda d: (
+        *(f"{profile(d, k, model='resnet50', threads=1, batch=1, open=0.5)['op_calls_per_call']:,.0f}"
+          for k in ("skip_backbone", "plain")),)),
+    Claim("docs/ops.rst", "At 30% open: {} / {}.", E2E, lambda d: rn50(d, "skip_pattern", 1, open_=0.3)),
+    Claim("docs/ops.rst", "missed at batch 8** ({} / {} with the former ``\"auto\"``), **met at batch 32** ({} / {})", E2E,
+          lambda d: (*rn50(d, "skip_auto", 8), *rn50(d, "skip_auto", 32))),
+    Claim("docs/ops.rst", "``\"pattern\"`` alone was faster in the timed rounds with one thread ({})", E2E,
+          lambda d: rn50(d, "skip_pattern", 8, threads=(1,))),
+    Claim("docs/ops.rst", "met** at batch 1 at 50% open ({} / {}) and at batch 32 with ``\"auto\"`` ({} / {} at 50%, "
+          "{} / {} at 70%); at batch 1 and 70% open, {} / {}", E2E, lambda d: tuple(
+              x(speedup(d, v, model="resnet20", threads=t, batch=b, open=o))
+              for v, b, o in (("skip_pattern", 1, 0.5), ("skip_auto", 32, 0.5), ("skip_auto", 32, 0.7),
+                              ("skip_pattern", 1, 0.7)) for t in (1, 2))),
+    Claim("docs/ops.rst", "Its 8-px ResNet-20 gater takes {}-{} ms at batch 1 on one thread", E2E,
+          lambda d: gater_ms(d, "resnet20_run", 1)),
+    Claim("docs/ops.rst", "although it has {} of the FLOPs: {} op calls of tiny convs, {} ms of op time", E2E, lambda d: (
+        gater_share(d, "resnet20_run"),
+        f"{profile(d, 'gater', model='resnet20_run', threads=1, batch=1, open=0.5)['op_calls_per_call']:.0f}",
+        f"{profile(d, 'gater', model='resnet20_run', threads=1, batch=1, open=0.5)['ms_per_call']:.2f}")),
+    Claim("docs/ops.rst", "End to end {} / {} at batch 1 with its own gates, {} / {} at batch 32 with ``\"auto\"``", E2E,
+          lambda d: tuple(x(speedup(d, v, model="resnet20_run", threads=t, batch=b, open="trained"))
+                          for v, b in (("skip_pattern", 1), ("skip_auto", 32)) for t in (1, 2))),
+    Claim("docs/ops.rst", "with the model's own gates on test images ({} of the backbone's FLOPs) {} / {} at batch 32 with "
+          "``\"auto\"`` (met), but {} / {} at batch 1", (E2E_CONV, run("vs_budget_conv_s0")), lambda d, r: (
+              pct(r["flops"]["backbone_fraction"], 1),
+              *(x(speedup(d, v, model="resnet20_run", threads=t, batch=b, open="trained"))
+                for v, b in (("skip_auto", 32), ("skip_pattern", 1)) for t in (1, 2)))),
+    Claim("docs/ops.rst", "its gater takes {}-{} ms at batch 1 on one thread", E2E_CONV,
+          lambda d: gater_ms(d, "resnet20_run", 2)),
+    Claim("docs/ops.rst", "the skip backbone's ops take {} ms per call and the gater's {} ms, against plain's {} ms", E2E_CONV,
+          lambda d: tuple(f"{profile(d, k, model='resnet20_run', threads=1, batch=1, open=0.5)['ms_per_call']:.2f}"
+                          for k in ("skip_backbone", "gater", "plain"))),
+    Claim("docs/ops.rst", "the skip graph makes {} op calls to plain's {}", E2E_CONV, lambda d: tuple(
+        f"{profile(d, k, model='resnet20_run', threads=1, batch=1, open=0.5)['op_calls_per_call']:.0f}"
+        for k in ("skip_backbone", "plain"))),
+    Claim("docs/ops.rst", "met at every point**: {} of {} in the grid and {} of {} with the two-conv-gater run", (E2E, E2E_CONV),
+          lambda d, c: (*former_auto_never_slower(d), *former_auto_never_slower(c))),
+    Claim("docs/ops.rst", "which it took at {} of the {} points", (E2E, E2E_CONV), lambda *files: (
+        str(sum("masked" in r["auto_choice"] for d in files for r in d["results"] if r["batch"] > 1)),
+        str(sum(r["batch"] > 1 for d in files for r in d["results"])))),
+]
+
+CLAIMS: list[Claim] = [*README, *RESULTS_PAGE, *OPS_PAGE]
 
 
 # --------------------------------------------------------------------------------------
