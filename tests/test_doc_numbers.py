@@ -687,7 +687,107 @@ OPS_PAGE = [
         str(sum(r["batch"] > 1 for d in files for r in d["results"])))),
 ]
 
-CLAIMS: list[Claim] = [*README, *RESULTS_PAGE, *OPS_PAGE]
+EXPORT_AOTI = "export_cpu_aoti.json"
+EXPORT_DENSE = "export_cpu_resnet20_dense.json"
+
+
+def sci(v: float) -> str:
+    """``4.8e-6``, as the pages write small numbers (``format`` writes ``4.8e-06``)."""
+    mantissa, _, exp = f"{v:.1e}".partition("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def ms(data: Any, variant: str, places: int, **where: Any) -> str:
+    return f"{row(data, **where)['median_ms'][variant]:.{places}f}"
+
+
+def rn50_onnx(e: Any, open_: float, batch: int = 1, threads: int = 1) -> tuple[str, str, str]:
+    """ResNet-50's exported GaterNet against plain ONNX: the ratio, its ms and plain's."""
+    where = {"model": "resnet50", "open": open_, "batch": batch, "threads": threads}
+    return (x(onnx(e, **where)), ms(e, "onnx_gaternet", 1, **where), ms(e, "onnx_plain", 1, **where))
+
+
+def r20_run(data: Any, variant: str = "onnx_gaternet", **where: Any) -> str:
+    return x(onnx(data, variant, model="resnet20_run", **where))
+
+
+def resnet50_b8(e: Any, threads: tuple[int, ...] = (1, 2)) -> list[dict]:
+    return [r for r in e["results"] if r["model"] == "resnet50" and r["batch"] == 8 and r["threads"] in threads]
+
+
+DEPLOYING_PAGE = [
+    Claim("docs/deploying.rst", "(at batch 1, 70% open, the union kept {} and ran {} at {} of plain)", EXPORT, lambda e: (
+        f"{row(e, model='resnet50', batch=1, threads=1, open=0.7)['kept_share']:.2f}",
+        row(e, model="resnet50", batch=1, threads=1, open=0.7)["onnx_branch"],
+        x(onnx(e, model="resnet50", batch=1, threads=1, open=0.7)))),
+    Claim("docs/deploying.rst", "The committed grid below measures the result: {} to {} of plain at batch 8", EXPORT,
+          lambda e: tuple(x(float(v)) for v in span(*(r["median_ms"]["onnx_plain"] / r["median_ms"]["onnx_gaternet"]
+                                                      for r in resnet50_b8(e)), fmt=".2f"))),
+    Claim("docs/deploying.rst", "one thread, batch 1, {} ms, against {} ms for eager :func:`gatekit.skip_compute`, {} ms for "
+          "the ONNX Runtime export and {} ms for the plain ResNet-20 in ONNX Runtime; batch 32, {} ms against {} eager "
+          "skipping, {} ONNX Runtime and {} plain ONNX ({} of plain); two threads, batch 32, {} ms ({} of plain ONNX, {} ms). "
+          "Outputs equal eager within {}.", EXPORT_AOTI, lambda a: (
+              *(ms(a, v, 2, batch=1, threads=1) for v in ("aoti_gaternet", "eager_skip", "onnx_gaternet", "onnx_plain")),
+              *(ms(a, v, 1, batch=32, threads=1) for v in ("aoti_gaternet", "eager_skip", "onnx_gaternet", "onnx_plain")),
+              r20_run(a, "aoti_gaternet", batch=32, threads=1), ms(a, "aoti_gaternet", 1, batch=32, threads=2),
+              r20_run(a, "aoti_gaternet", batch=32, threads=2), ms(a, "onnx_plain", 1, batch=32, threads=2),
+              sci(max(r["max_abs_diff_aoti_vs_eager"] for r in a["results"])))),
+    Claim("docs/deploying.rst", "at batch 1 the exported GaterNet runs {} the plain ResNet-50's ONNX at 30% open ({} against "
+          "{} ms), {} at 50% ({} against {}) and {} at 70% ({} against {} ms; that image's union kept {} of the skippable "
+          "FLOPs, so the {} branch ran)", EXPORT, lambda e: (
+              *rn50_onnx(e, 0.3), *rn50_onnx(e, 0.5), *rn50_onnx(e, 0.7),
+              f"{row(e, model='resnet50', batch=1, threads=1, open=0.7)['kept_share']:.2f}",
+              row(e, model="resnet50", batch=1, threads=1, open=0.7)["onnx_branch"])),
+    Claim("docs/deploying.rst", "the exported model takes {} to {} of plain ({} to {} against {} to {} ms;", EXPORT, lambda e: (
+        *(x(float(v)) for v in span(*(r["median_ms"]["onnx_plain"] / r["median_ms"]["onnx_gaternet"]
+                                      for r in resnet50_b8(e, (1,))), fmt=".2f")),
+        *span(*(r["median_ms"]["onnx_gaternet"] for r in resnet50_b8(e, (1,))), fmt=".0f"),
+        *span(*(r["median_ms"]["onnx_plain"] for r in resnet50_b8(e, (1,))), fmt=".0f"))),
+    Claim("docs/deploying.rst", "Two threads: batch 1 {} at 30% open ({} against {} ms), {} at 50%, {} at 70%; batch 8 {} to "
+          "{}.", EXPORT, lambda e: (
+              *rn50_onnx(e, 0.3, threads=2), rn50_onnx(e, 0.5, threads=2)[0], rn50_onnx(e, 0.7, threads=2)[0],
+              *(x(float(v)) for v in span(*(r["median_ms"]["onnx_plain"] / r["median_ms"]["onnx_gaternet"]
+                                            for r in resnet50_b8(e, (2,))), fmt=".2f")))),
+    Claim("docs/deploying.rst", "(per image {} of the skippable FLOPs kept, {} in the union of 32 images, both below 0.75: "
+          "{}) runs {} of the plain ResNet-20 at batch 1 ({} against {} ms) and {} at batch 32 ({} against {} ms) on one "
+          "thread, {} and {} on two; it is {} (one thread) and {} (two) faster than eager", EXPORT, lambda e: (
+              *(pct(row(e, model="resnet20_run", batch=b, threads=1)["kept_share"], 0) for b in (1, 32)),
+              row(e, model="resnet20_run", batch=32, threads=1)["onnx_branch"],
+              *(v for b, places in ((1, 2), (32, 1)) for v in (
+                  r20_run(e, batch=b, threads=1),
+                  ms(e, "onnx_gaternet", places, model="resnet20_run", batch=b, threads=1),
+                  ms(e, "onnx_plain", places, model="resnet20_run", batch=b, threads=1))),
+              r20_run(e, batch=1, threads=2), r20_run(e, batch=32, threads=2),
+              *(x(ratio(e, "eager_skip", "onnx_gaternet", model="resnet20_run", batch=1, threads=t), 1) for t in (1, 2)))),
+    Claim("docs/deploying.rst", "Outputs equal eager within {} on ResNet-20. On ResNet-50 the largest differences are {} at "
+          "70% open", EXPORT, lambda e: (
+              sci(max(r["max_abs_diff_onnx_vs_eager"] for r in e["results"] if r["model"] == "resnet20_run")),
+              sci(max(r["max_abs_diff_onnx_vs_eager"] for r in e["results"] if r["model"] == "resnet50"
+                      and r["open"] == 0.7)))),
+    Claim("docs/deploying.rst", "and {} at 30% open, batch 8", EXPORT, lambda e: (
+        f"{max(r['max_abs_diff_onnx_vs_eager'] for r in resnet50_b8(e) if r['open'] == 0.3):.3f}",)),
+    Claim("docs/deploying.rst", "(the trained ResNet-20's outputs agree within {})", EXPORT, lambda e: (
+        sci(max(r["max_abs_diff_onnx_vs_eager"] for r in e["results"] if r["model"] == "resnet20_run")),)),
+    Claim("docs/deploying.rst", "**missed** ({}, {}; {} is reached at 30% open, batch 1); the ResNet-20 run at least 1.0x at "
+          "batch 1 and 1.1x at batch 32, **missed** ({}, {}); faster than eager skipping at batch 1 on ResNet-20, **met** "
+          "({})", EXPORT, lambda e: (
+              x(onnx(e, model="resnet50", batch=1, threads=1, open=0.5)),
+              x(onnx(e, model="resnet50", batch=8, threads=1, open=0.5)),
+              x(onnx(e, model="resnet50", batch=1, threads=1, open=0.3)),
+              r20_run(e, batch=1, threads=1), r20_run(e, batch=32, threads=1),
+              x(ratio(e, "eager_skip", "onnx_gaternet", model="resnet20_run", batch=1, threads=1), 1))),
+    Claim("docs/deploying.rst", "{} of plain at batch 1 ({} against {} ms) and {} at batch 32 on one thread, {} and {} on two, "
+          "against {} to {} sliced", (EXPORT_DENSE, EXPORT), lambda d, e: (
+              r20_run(d, batch=1, threads=1), ms(d, "onnx_gaternet", 2, batch=1, threads=1),
+              ms(d, "onnx_plain", 2, batch=1, threads=1), r20_run(d, batch=32, threads=1),
+              r20_run(d, batch=1, threads=2), r20_run(d, batch=32, threads=2),
+              *(x(float(v)) for v in span(*(onnx(e, model="resnet20_run", batch=b, threads=t)
+                                            for b in (1, 32) for t in (1, 2)), fmt=".2f")))),
+    Claim("docs/deploying.rst", "(ResNet-50 at 30% open, batch 1: {})", EXPORT, lambda e: (
+        x(onnx(e, model="resnet50", batch=1, threads=1, open=0.3)),)),
+]
+
+CLAIMS: list[Claim] = [*README, *RESULTS_PAGE, *OPS_PAGE, *DEPLOYING_PAGE]
 
 
 # --------------------------------------------------------------------------------------
