@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
+from measured_json import cell, lookup
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
@@ -183,28 +184,6 @@ def _section(modname: str) -> list[str]:
 NOT_MEASURED = "not yet measured"
 
 
-def _lookup(record: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        if isinstance(record, dict) and key in record:
-            record = record[key]
-        elif isinstance(record, list) and key.isdigit() and int(key) < len(record):
-            record = record[int(key)]
-        else:
-            return None
-    return record
-
-
-def _cell(value: Any, spec: str) -> str:
-    if value is None:
-        return "\u2014"
-    if spec:
-        with contextlib.suppress(TypeError, ValueError):
-            return format(value, spec)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _columns(text: str) -> list[tuple[str, str, str]]:
     """``key[:spec][ = header]; ...`` -> [(key, spec, header)]."""
     out = []
@@ -259,13 +238,13 @@ class JsonTableDirective(SphinxDirective):
             return self._parse(lines)
         first = present[0]
         context = [k for k in self.options.get("context", "").split(";") if k.strip()]
-        facts = [(k.strip(), _lookup(first, k.strip())) for k in context]
+        facts = [(k.strip(), lookup(first, k.strip())) for k in context]
         facts = [f"{k.rsplit('.', 1)[-1]}: ``{v}``" for k, v in facts if v is not None]
         if facts:
             lines += ["Measured with " + "; ".join(facts) + ".", ""]
         if len(paths) == 1 and "rows" in self.options:
             rows_key = self.options["rows"].strip()
-            records = first if rows_key == "." else _lookup(first, rows_key)
+            records = first if rows_key == "." else lookup(first, rows_key)
             if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
                 records = [{"key": k, **v} for k, v in records.items()]  # {row: {column: value}}
             elif isinstance(records, dict):  # {name: value} reads as rows of (key, value)
@@ -275,18 +254,18 @@ class JsonTableDirective(SphinxDirective):
             where = self.options.get("where", "")
             if where:
                 key, _, want = where.partition("=")
-                records = [r for r in records if str(_lookup(r, key.strip())) == want.strip()]
-            rows = [[_cell(_lookup(r, k), spec) for k, spec, _ in columns] for r in records]
+                records = [r for r in records if str(lookup(r, key.strip())) == want.strip()]
+            rows = [[cell(lookup(r, k), spec) for k, spec, _ in columns] for r in records]
         else:  # each file is one row
             label = self.options.get("label", "")
             rows = []
             for arg, path in zip(self.arguments, paths):
                 data = loaded[path]
-                name = _cell(_lookup(data, label), "") if (data is not None and label) else Path(arg).stem
+                name = cell(lookup(data, label), "") if (data is not None and label) else Path(arg).stem
                 if data is None:
                     rows.append([name, NOT_MEASURED] + [""] * (len(columns) - 1))
                 else:
-                    rows.append([name] + [_cell(_lookup(data, k), spec) for k, spec, _ in columns])
+                    rows.append([name] + [cell(lookup(data, k), spec) for k, spec, _ in columns])
             if len(paths) > 1 or label:
                 columns = [("", "", "run"), *columns]
             else:
