@@ -98,7 +98,12 @@ class BudgetMap(nn.Module):
 
     def forward(self, budget: Tensor) -> Tensor:
         r, k = self.requested.to(budget.dtype), self.knob.to(budget.dtype)
-        hi = torch.searchsorted(r, budget.contiguous()).clamp(1, r.shape[0] - 1)
+        # The knots below each budget, counted with a broadcast comparison: the index
+        # torch.searchsorted(r, budget) gives (left side), written with ops every exporter
+        # lowers (the ONNX exporter has no searchsorted; a calibrated model did not export).
+        # The (..., K) comparison is small: K is the calibration's budget count (100 by
+        # default), against one head evaluation per image.
+        hi = (r < budget.unsqueeze(-1)).sum(-1).clamp(1, r.shape[0] - 1)
         r0, r1, k0, k1 = r[hi - 1], r[hi], k[hi - 1], k[hi]
         t = ((budget - r0) / (r1 - r0)).clamp(0.0, 1.0)
         return k0 + t * (k1 - k0)

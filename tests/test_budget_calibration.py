@@ -53,6 +53,63 @@ def test_budget_map_interpolates_as_numpy_does() -> None:
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
 
 
+def _piecewise_linear(b: float, requested: list[float], knob: list[float]) -> float:
+    """The map written out knot by knot (float64): the end values outside the knots, and
+    between knots ``r[i - 1] < b <= r[i]`` the line through them."""
+    if b <= requested[0]:
+        return knob[0]
+    if b >= requested[-1]:
+        return knob[-1]
+    i = next(i for i, r in enumerate(requested) if b <= r)
+    t = (b - requested[i - 1]) / (requested[i] - requested[i - 1])
+    return knob[i - 1] + t * (knob[i] - knob[i - 1])
+
+
+def _searchsorted_map(m: BudgetMap, budget: torch.Tensor) -> torch.Tensor:
+    """BudgetMap.forward as it was written with torch.searchsorted (which the ONNX exporter
+    does not lower): the eager numbers the exportable forward must keep, bit for bit."""
+    r, k = m.requested.to(budget.dtype), m.knob.to(budget.dtype)
+    hi = torch.searchsorted(r, budget.contiguous()).clamp(1, r.shape[0] - 1)
+    r0, r1, k0, k1 = r[hi - 1], r[hi], k[hi - 1], k[hi]
+    t = ((budget - r0) / (r1 - r0)).clamp(0.0, 1.0)
+    return k0 + t * (k1 - k0)
+
+
+@pytest.mark.parametrize("requested, knob", [
+    ([0.1, 0.35, 0.5, 0.9, 1.0], [-0.3, 0.2, 0.2, 0.7, 1.1]),  # a flat segment
+    ([0.3, 1.0], [0.25, 1.4]),  # two knots: one segment
+    # a calibrated map's shape: 100 knots, knob steps of unequal size, flat at both ends
+    (torch.linspace(0.01, 1.0, 100).tolist(),
+     torch.linspace(-0.5, 1.5, 100).pow(3).clamp(-0.05, 1.2).tolist()),
+])
+def test_budget_map_equals_a_piecewise_linear_oracle_on_and_off_the_knots(requested, knob) -> None:
+    m = BudgetMap(torch.tensor(requested), torch.tensor(knob))
+    r = m.requested
+    mids = (r[1:] + r[:-1]) / 2
+    budgets = torch.cat([
+        r,  # exactly on each knot
+        torch.nextafter(r, torch.full_like(r, -1.0)),  # one float below each knot
+        torch.nextafter(r, torch.full_like(r, 2.0)),  # one float above
+        mids, r[:-1] + 0.1 * (r[1:] - r[:-1]),  # between knots
+        torch.linspace(0.0, 1.0, 101),
+        torch.tensor([-1.0, -1e-3, 0.0, 1e-6, 1.0 + 1e-6, 1.5, 7.0]),  # outside the knots
+    ])
+    got = m(budgets)
+    oracle = [_piecewise_linear(b, r.double().tolist(), m.knob.double().tolist())
+              for b in budgets.double().tolist()]
+    np.testing.assert_allclose(got.double().numpy(), oracle, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), np.interp(budgets.numpy(), r.numpy(), m.knob.numpy()),
+                               rtol=0, atol=1e-6)
+    # The eager numbers are the searchsorted forward's, bit for bit, in every shape it took.
+    assert torch.equal(got, _searchsorted_map(m, budgets))
+    grid = budgets[:24].reshape(2, 3, 4)
+    assert torch.equal(m(grid), _searchsorted_map(m, grid))
+    assert torch.equal(m(budgets.double()), _searchsorted_map(m, budgets.double()))
+    assert m(budgets.double()).dtype == torch.float64
+    assert torch.equal(m(budgets[5]), _searchsorted_map(m, budgets[5]))  # a 0-d budget
+    assert m(budgets[5]).shape == ()
+
+
 def test_step_gates_reach_each_attainable_budget_exactly() -> None:
     # 20 gates of equal cost opening one by one at knob 0.0, 0.05, ..., 0.95: the fraction
     # m / 20 is attainable and the knob must land just past threshold m - 1 (one grid step).

@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import gatekit
-from gatekit.models import conv_gater, resnet20
+from gatekit.budget import BudgetMap
+from gatekit.models import CifarResNet, conv_gater, resnet20
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -45,6 +46,7 @@ def randomise(net: gatekit.GaterNet, seed: int = 0) -> gatekit.GaterNet:
 def build(name: str, sites: str = "inner", **kw) -> gatekit.GaterNet:
     torch.manual_seed(0)
     backbone = {
+        "resnet8": lambda: CifarResNet(8),  # ResNet-20's blocks, one per stage: quick to export
         "resnet20": resnet20,
         "resnet18": lambda: torchvision.models.resnet18(weights=None),
         "resnet50": lambda: torchvision.models.resnet50(weights=None),
@@ -213,6 +215,101 @@ def test_budget_input_model_at_two_budgets(tmp_path):
     assert_close(onnx_run(tmp_path / "m.onnx", x, mixed), eager(net, x, mixed)[0])
 
 
+# Knots far enough apart that a budget between two of them is not near either.
+KNOTS = (0.3, 0.5, 0.7, 1.0)
+
+
+def calibrated(net: gatekit.GaterNet, knots=KNOTS) -> BudgetMap:
+    """Calibrate a budget-input net on random images (the map's numbers, not their
+    meaning, are what an export must keep); returns the installed map."""
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return gatekit.calibrate_budget(net, [images], costs, budgets=torch.tensor(knots))
+
+
+def test_calibrated_budget_model_at_knots_between_them_and_at_the_ends(tmp_path):
+    # The calibrated map (BudgetMap) used to be torch.searchsorted, which the ONNX
+    # exporter does not lower: export_onnx of any calibrated model failed.
+    net = build("resnet20", "inner", budget_input=True)
+    with torch.no_grad():
+        net.head.budget_scale.fill_(3.0)
+    m = calibrated(net)
+    # One budget per image: below the first knot, on each knot, between knots (the top
+    # knot is 1.0, the largest budget there is).
+    b = torch.tensor([0.05, 0.3, 0.4, 0.5, 0.61, 0.7, 0.85, 1.0])
+    x = torch.randn(8, 3, 32, 32)
+    expected, gates = eager(net, x, b)
+    # The map is in use: it moves the head input, and the outputs with it.
+    assert (m(b) - b).abs().max() > 0.05
+    net.head.budget_map = None
+    assert not torch.allclose(eager(net, x, b)[0], expected, atol=1e-3)
+    net.head.budget_map = m
+    assert gates[0].mean() < gates[-1].mean()  # the budget reached the gates
+    example = torch.randn(1, 3, 32, 32)
+    program = gatekit.export_program(net, example, budget=0.5, dense_above=None)
+    gatekit.export_onnx(net, example, tmp_path / "m.onnx", budget=0.5, dense_above=None)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("searchsorted" in t for t in targets)
+    with torch.no_grad():
+        assert_close(program.module()(x, b), expected)
+    assert_close(onnx_run(tmp_path / "m.onnx", x, b), expected)
+    for i in (0, 1, 2, 7):  # batch 1: the image's own budget, below, on, between, top
+        one = eager(net, x[i : i + 1], b[i : i + 1])[0]
+        with torch.no_grad():
+            assert_close(program.module()(x[i : i + 1], b[i : i + 1]), one)
+        assert_close(onnx_run(tmp_path / "m.onnx", x[i : i + 1], b[i : i + 1]), one)
+
+
+# Every kind of model gate_model builds, exported to ONNX: each estimator, group size 1
+# and 2, no budget input / a budget input / a calibrated one, and each site policy above.
+# The full product is 48 exports of ~5 to 10 s each; these 12 rows hold every pair of two
+# factors' values at least once (a pairwise covering array).  The first five hold each
+# value of each factor and run by default; the other seven complete the pairs (slow).
+KINDS = [
+    ("semhash", 1, "none", "inner"),
+    ("st_sigmoid", 2, "calibrated", "inner"),
+    ("gumbel", 2, "calibrated", "all"),
+    ("hard_concrete", 1, "budget", "all"),
+    ("hard_concrete", 1, "calibrated", "inner"),
+    *(pytest.param(*row, marks=pytest.mark.slow) for row in [
+        ("semhash", 2, "budget", "all"),
+        ("semhash", 1, "calibrated", "all"),
+        ("st_sigmoid", 2, "none", "all"),
+        ("st_sigmoid", 1, "budget", "inner"),
+        ("gumbel", 1, "none", "all"),
+        ("gumbel", 2, "budget", "inner"),
+        ("hard_concrete", 2, "none", "inner"),
+    ]),
+]
+
+
+@pytest.mark.parametrize(("estimator", "group_size", "budget", "sites"), KINDS)
+def test_every_kind_of_model_exports_to_onnx(estimator, group_size, budget, sites, tmp_path):
+    net = build("resnet8", sites, estimator=estimator, group_size=group_size,
+                budget_input=budget != "none")
+    assert gatekit.get_gate(estimator).name == net.estimator.name
+    calls = [None]
+    if budget != "none":
+        with torch.no_grad():
+            net.head.budget_scale.fill_(3.0)
+        if budget == "calibrated":
+            calibrated(net)
+        # On a knot, between knots, below the first and at the top.
+        calls = [torch.tensor([0.3, 0.6]), torch.tensor([0.05, 1.0])]
+    assert (getattr(net.head, "budget_map", None) is not None) == (budget == "calibrated")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    gatekit.export_onnx(net, x[:1], tmp_path / "m.onnx", dense_above=None,
+                        budget=None if budget == "none" else 0.5)
+    opened = []
+    for b in calls:
+        expected, gates = eager(net, x, b)
+        opened.append((gates != 0).float().mean().item())
+        assert_close(onnx_run(tmp_path / "m.onnx", x, b), expected)
+        one = None if b is None else b[:1]
+        assert_close(onnx_run(tmp_path / "m.onnx", x[:1], one), eager(net, x[:1], one)[0])
+    assert all(0 < share < 1 for share in opened)  # gates close and open: both paths run
+
+
 # ---- fewer open gates, fewer FLOPs ----------------------------------------------------
 
 def conv_flops(fn) -> int:
@@ -377,6 +474,23 @@ def test_example_script_checks_the_committed_run(tmp_path):
     out = tmp_path / "model.onnx"
     run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"), str(RUN),
                           "--out", str(out), "--images", "20", "--data", str(DATA)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "same class 20/20" in run.stdout and out.is_file()
+
+
+CALIBRATED_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "pareto_anyb_s0_calibrated.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CALIBRATED_RUN.is_file() and DATA.is_file()),
+                    reason="needs the calibrated run and CIFAR-10")
+def test_example_script_exports_a_calibrated_run(tmp_path):
+    # The run's map has knots 0.3, 0.319, 0.4, 0.5, ...: 0.45 lies between two of them.
+    out = tmp_path / "model.onnx"
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"),
+                          str(CALIBRATED_RUN), "--out", str(out), "--images", "20",
+                          "--budget", "0.45", "--data", str(DATA)],
                          capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "same class 20/20" in run.stdout and out.is_file()
