@@ -42,7 +42,7 @@ from ..gater import GaterNet
 from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
 from ..inference._conv import FULL, SkipConv
 from ..inference._plan import SitePlan, plan_sites
-from ..inference._skip import _channels_last, _rewrite
+from ..inference._rewrite import rewrite
 from ..sites import GateSite
 from ._ops import gather_weight, sliced_conv
 
@@ -292,7 +292,7 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     share = _dense_share(net, example, dense_above)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, "gatekit.exportable")
-    _rewrite(graph, plans)
+    rewrite(graph, plans, layout=False)  # an exported graph's layout is the runtime's choice
     _to_export_convs(graph)
     for module in graph.modules():
         if isinstance(module, ExportConv):
@@ -327,15 +327,10 @@ def _dense_share(net: GaterNet, example: Tensor | None, dense_above: float | Non
 
 
 def _to_export_convs(gm: fx.GraphModule) -> None:
-    """skip_compute's convs -> :class:`ExportConv`; its layout change (a branch on the
-    batch size) -> nothing: an exported graph's layout is the runtime's choice."""
+    """skip_compute's convs -> :class:`ExportConv`."""
     for name, module in list(gm.named_children()):
         if isinstance(module, SkipConv):
             setattr(gm, name, ExportConv(module))
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is _channels_last:
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
     leftover = [n for n, m in gm.named_modules() if isinstance(m, SkipConv)]
     if leftover:
         raise GatekitError(f"gatekit.exportable left convs {leftover} unconverted; expected "

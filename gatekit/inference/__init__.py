@@ -12,9 +12,9 @@
 Layout (private modules): ``_common`` holds what both transforms share (the eval-mode
 check, the graph clean-up, the returned class, the route mode names), ``_plan`` reads the
 gated graph (which sites can be sliced, where their zeros go), ``_conv`` is the sliced
-convolution, ``_skip`` rewrites the graph and runs it, ``_batching`` is the seam for
-batching modes (how a batch of mixed gate patterns runs) and their one registry, one
-module per mode: ``_pattern``, ``_union``, ``_gather`` (one grouped call per site for the
+convolution, ``_rewrite`` rewrites the graph (skip_compute and the export share it),
+``_skip`` runs it, ``_batching`` is the seam for batching modes (how a batch of mixed
+gate patterns runs) and their one registry, one module per mode: ``_pattern``, ``_union``, ``_gather`` (one grouped call per site for the
 whole batch), ``_masked`` (every filter, closed ones zeroed), ``_auto`` (one of those per
 batch, by the rule in ``_rule``, which :func:`tune_batching` fits to the machine);
 ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
