@@ -32,7 +32,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .._errors import GatekitError
@@ -40,11 +39,11 @@ from ..costs import gate_costs
 from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
 from ..gater import GaterNet
 from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
-from ..inference._conv import FULL, SkipConv
+from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
 from ..inference._plan import SitePlan, plan_sites
 from ..inference._rewrite import rewrite
 from ..sites import GateSite
-from ._ops import gather_weight, sliced_conv
+from ._ops import conv_weights, sliced_conv
 
 __all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
@@ -61,8 +60,6 @@ DENSE_ABOVE = 0.75
 #: Estimators whose eval-mode gates are exactly 0 or 1: with them a single image needs no
 #: gate multiply at a sliced site (its open filters are computed, its closed ones are not).
 _BINARY_ESTIMATORS = (ImprovedSemHash, StraightThroughSigmoid, GumbelSigmoid, HardConcrete)
-
-_CONVS = (F.conv1d, F.conv2d, F.conv3d)
 
 
 def takes_budget(net: GaterNet) -> bool:
@@ -94,8 +91,7 @@ class ExportConv(nn.Module):
     def __init__(self, skip: SkipConv):
         super().__init__()
         out_c, in_c, kernel = skip.out_channels, skip.in_channels, skip.kernel_size
-        weight = skip.weight.t() if skip.transposed else skip.weight
-        weight = weight.reshape(out_c, in_c, *kernel)
+        weight = skip.conv_weight()
         self.out_mode, self.in_sliced = skip.out_mode, skip.in_sliced
         self.out_channels, self.in_channels = out_c, in_c
         self.stride, self.padding, self.dilation = skip.stride, skip.padding, skip.dilation
@@ -116,7 +112,7 @@ class ExportConv(nn.Module):
         if bias is not None and self.cut_out:
             bias = torch.cat([bias, bias.new_zeros(1)])
         self.register_buffer("bias", bias)
-        self._conv = _CONVS[len(kernel) - 1]
+        self._conv = CONV_FUNCTIONS[len(kernel) - 1]
         #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
         self.opaque = False
 
@@ -136,7 +132,7 @@ class ExportConv(nn.Module):
                             list(self.padding), list(self.dilation), self.groups,
                             self.in_major)
         else:
-            w, b = gather_weight(self.weight, self.bias, out_idx, in_idx, self.in_major)
+            w, b = conv_weights(self.weight, self.bias, out_idx, in_idx, self.in_major)
             y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         if out_idx is None:
             return y if residual is None else residual + y
