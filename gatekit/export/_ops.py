@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._graph import conv_output_size
 from ..inference._conv import CONV_FUNCTIONS, gather_weight
 
 __all__ = ["conv_weights", "sliced_conv", "sliced_conv_reference"]
@@ -58,7 +59,5 @@ def _(x, weight, bias, out_idx, in_idx, stride, padding, dilation, groups, in_ma
         out_c = out_idx.shape[0]
     else:
         out_c = weight.shape[1] if in_major else weight.shape[0]
-    kernel = weight.shape[2:]
-    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-               for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    spatial = conv_output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     return x.new_empty(x.shape[0], out_c, *spatial)
