@@ -62,11 +62,6 @@ DENSE_ABOVE = 0.75
 _BINARY_ESTIMATORS = (ImprovedSemHash, StraightThroughSigmoid, GumbelSigmoid, HardConcrete)
 
 
-def takes_budget(net: GaterNet) -> bool:
-    """Whether ``net`` is called as ``net(x, budget=b)`` (its gater's head reads a budget)."""
-    return bool(getattr(net, "budget_input", False))
-
-
 class OpenChannels:
     """One run's channel choice: per site, the channels computed (``index``, None for a
     site run in full) and the samples' gates of those channels (``masks``, ``(N, k)``, None
@@ -229,7 +224,7 @@ class ExportGaterNet(nn.Module):
         super().__init__()
         self.net = net
         self.routes = tuple(routes)
-        self.budget_input = takes_budget(net)
+        self.budget_input = net.budget_input
         self.dense = dense
         self.dense_above = dense_above
         self.register_buffer("share", share)
