@@ -38,7 +38,7 @@ from .._errors import GatekitError
 from ..costs import gate_costs
 from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
 from ..gater import GaterNet
-from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
+from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net, gaternet_parts
 from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
 from ..inference._plan import SitePlan, plan_sites
 from ..inference._rewrite import rewrite
@@ -291,8 +291,7 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     live = [p.mode != DENSE for p in plans]
     masked = not (batch_one and isinstance(net.estimator, _BINARY_ESTIMATORS))
     backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
-    inner = GaterNet(backbone, copy.deepcopy(net.gater), copy.deepcopy(net.head),
-                     copy.deepcopy(net.estimator), net.sites, in_features=net.in_features)
+    inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
     dense = None if share is None else copy.deepcopy(net.backbone).eval()
     ready = ExportGaterNet(inner, [_route(p) for p in plans], dense=dense, share=share,

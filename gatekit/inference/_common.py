@@ -81,15 +81,7 @@ class InferenceGaterNet(GaterNet):
     routes: tuple[SiteRoute, ...]
 
     def __init__(self, net: GaterNet, backbone: nn.Module, routes: Sequence[SiteRoute]):
-        super().__init__(
-            backbone,
-            copy.deepcopy(net.gater),
-            copy.deepcopy(net.head),
-            copy.deepcopy(net.estimator),
-            net.sites,
-            in_features=net.in_features,
-            check_finite=net.check_finite,
-        )
+        super().__init__(backbone, **gaternet_parts(net))
         self.routes = tuple(routes)
         self.input_spec = net.input_spec  # the rewritten backbone's first conv may be fused
         self.eval()
@@ -112,6 +104,29 @@ class InferenceGaterNet(GaterNet):
 
     def extra_repr(self) -> str:
         return ", ".join([super().extra_repr(), *self._repr_fields()])
+
+
+def gaternet_parts(net: GaterNet) -> dict[str, Any]:
+    """What a GaterNet around a rewritten backbone takes from ``net``, as keyword
+    arguments of :class:`gatekit.GaterNet` besides the backbone: copies of its gater, head
+    and estimator, its sites and its settings.  (Set ``input_spec`` from ``net`` too: the
+    rewritten backbone's first conv may no longer be a conv.)
+
+    >>> import gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), check_finite=True).eval()
+    >>> parts = gaternet_parts(net)
+    >>> sorted(parts), parts["gater"] is net.gater, parts["check_finite"]
+    (['check_finite', 'estimator', 'gater', 'head', 'in_features', 'sites'], False, True)
+    """
+    return {
+        "gater": copy.deepcopy(net.gater),
+        "head": copy.deepcopy(net.head),
+        "estimator": copy.deepcopy(net.estimator),
+        "sites": net.sites,
+        "in_features": net.in_features,
+        "check_finite": net.check_finite,
+    }
 
 
 def check_eval_net(net: Any, fn: str, why: str) -> None:
