@@ -36,7 +36,7 @@ from torch import Tensor, fx, nn
 
 from .._errors import GatekitError
 from ..costs import gate_costs
-from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
+from ..estimators import Gate
 from ..gater import GaterNet
 from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net, gaternet_parts
 from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
@@ -56,10 +56,6 @@ UNION = "union"
 #: thread, see docs/deploying.rst): sliced beat dense at half the filters open (45.5
 #: against 55.5 ms), dense beat sliced with every filter open (412 against 560 ms).
 DENSE_ABOVE = 0.75
-
-#: Estimators whose eval-mode gates are exactly 0 or 1: with them a single image needs no
-#: gate multiply at a sliced site (its open filters are computed, its closed ones are not).
-_BINARY_ESTIMATORS = (ImprovedSemHash, StraightThroughSigmoid, GumbelSigmoid, HardConcrete)
 
 
 class OpenChannels:
@@ -289,7 +285,9 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
         if isinstance(module, ExportConv):
             module.opaque = opaque_convs
     live = [p.mode != DENSE for p in plans]
-    masked = not (batch_one and isinstance(net.estimator, _BINARY_ESTIMATORS))
+    # A Gate's eval-mode gates are exactly 0 or 1 (its contract: binarize): then a single
+    # image needs no gate multiply at a sliced site (its closed filters are not computed).
+    masked = not (batch_one and isinstance(net.estimator, Gate))
     backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
