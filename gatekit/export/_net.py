@@ -38,7 +38,15 @@ from .._errors import GatekitError
 from ..costs import gate_costs
 from ..estimators import Gate
 from ..gater import GaterNet
-from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net, gaternet_parts
+from ..inference._common import (
+    DENSE,
+    SCATTER,
+    SLICED,
+    SiteRoute,
+    check_eval_net,
+    gaternet_parts,
+    per_channel,
+)
 from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
 from ..inference._plan import SitePlan, plan_sites
 from ..inference._rewrite import rewrite
@@ -168,13 +176,13 @@ class ExportBackbone(nn.Module):
                 index.append(None)
                 masks.append(None)
                 continue
-            chunk = _channels(is_open[site.offset : site.stop], site.group_size)
+            chunk = per_channel(is_open[site.offset : site.stop], site.group_size)
             idx = torch.cat([chunk, ~chunk.any(0, keepdim=True)]).nonzero().squeeze(1)
             index.append(idx)
             if not self.masked:
                 masks.append(None)
                 continue
-            values = _channels(gates[:, site.offset : site.stop], site.group_size)
+            values = per_channel(gates[:, site.offset : site.stop], site.group_size)
             values = torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)
             masks.append(values.index_select(1, idx))
         return OpenChannels(index, masks)
@@ -184,14 +192,6 @@ class ExportBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"union={self.union}, masked={self.masked}"
-
-
-def _channels(chunk: Tensor, group_size: int) -> Tensor:
-    """A site's gate chunk (``(..., num_gates)``) widened to one entry per channel."""
-    if group_size == 1:
-        return chunk
-    wide = chunk.unsqueeze(-1).expand(*chunk.shape, group_size)
-    return wide.reshape(*chunk.shape[:-1], chunk.shape[-1] * group_size)
 
 
 class ExportGaterNet(nn.Module):

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, fx, nn
 
 from .. import _graph
@@ -152,6 +153,35 @@ def check_binary(gates: Tensor, fn: str) -> None:
             f"{fn} needs binary gates (0 or 1), got a value {bad}; pass hard gates, e.g. "
             f"(logits > 0).float(), or use the dense GaterNet for soft gates"
         )
+
+
+def channel_index(gate_idx: Tensor, group_size: int) -> Tensor:
+    """The channels that a site's gates ``gate_idx`` switch, ``(..., K)`` ->
+    ``(..., K * group_size)``: gate ``g`` switches channels ``g * group_size`` up to
+    ``(g + 1) * group_size - 1`` (:attr:`gatekit.GateSite.group_size`).
+
+    >>> import torch
+    >>> channel_index(torch.tensor([0, 2]), 2).tolist()
+    [0, 1, 4, 5]
+    """
+    if group_size == 1:
+        return gate_idx
+    span = torch.arange(group_size, device=gate_idx.device)
+    return (gate_idx.unsqueeze(-1) * group_size + span).flatten(-2)
+
+
+def per_channel(values: Tensor, group_size: int) -> Tensor:
+    """A site's per-gate values ``(..., G)`` as per-channel ones ``(..., G * group_size)``:
+    each repeated for the channels its gate switches (see :func:`channel_index`).
+
+    >>> import torch
+    >>> per_channel(torch.tensor([[1.0, 0.0]]), 2).tolist()
+    [[1.0, 1.0, 0.0, 0.0]]
+    """
+    if group_size == 1:
+        return values
+    wide = values.unsqueeze(-1).expand(*values.shape, group_size)
+    return wide.reshape(*values.shape[:-1], values.shape[-1] * group_size)
 
 
 def finish_graph(gm: fx.GraphModule) -> None:

@@ -29,6 +29,7 @@ from ._common import (
     SLICED,
     InferenceGaterNet,
     SiteRoute,
+    channel_index,
     check_binary,
     check_eval_net,
 )
@@ -94,10 +95,7 @@ class SkipBackbone(nn.Module):
                 result.append(None)
                 continue
             idx = open_gates[bounds[i] : bounds[n + i]] - site.offset
-            if site.group_size > 1:
-                span = torch.arange(site.group_size, device=idx.device)
-                idx = (idx[:, None] * site.group_size + span).flatten()
-            result.append(idx)
+            result.append(channel_index(idx, site.group_size))
         return result
 
     def run(self, x: Any, gates: Tensor, channels: Channels) -> Any:
