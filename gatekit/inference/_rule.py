@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .._errors import GatekitError
 from .._graph import conv_output_size
-from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates
+from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates, one_pattern
 from ._conv import SkipConv, add_residual
 
 __all__ = ["BatchingChoice", "BatchingRule", "ModeCost", "set_batching_rule", "tune_batching"]
@@ -284,7 +284,7 @@ def tune_batching(
         raise GatekitError("tune_batching expects an example batch (or fix=<mode>)")
     if gates is None:
         gates = fast.estimator(fast.gate_logits(example, budget))
-    if gates.shape[0] < 2 or bool((gates == gates[:1]).all()):
+    if one_pattern(gates):
         raise GatekitError(
             f"tune_batching needs an example whose samples open different filters: all "
             f"{gates.shape[0]} samples share one gate pattern, which every mode runs as one "

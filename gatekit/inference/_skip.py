@@ -22,7 +22,7 @@ from .._checks import check_gates
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
-from ._batching import Batching, get_batching
+from ._batching import Batching, get_batching, one_pattern
 from ._common import (
     DENSE,
     SCATTER,
@@ -175,7 +175,7 @@ class SkipComputeNet(InferenceGaterNet):
             check_gates(gates, x, self.num_gates, self.sites)
         check_binary(gates, "batching_choice")
         mode = self.backbone.mode
-        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+        if one_pattern(gates):
             shared = PatternBatching.name if isinstance(mode, AutoBatching) else mode.name
             return BatchingChoice(shared, "one gate pattern in the batch: one pass", {})
         if isinstance(mode, AutoBatching):
