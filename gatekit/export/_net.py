@@ -48,15 +48,19 @@ from ..inference._common import (
     per_channel,
 )
 from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
-from ..inference._plan import SitePlan, plan_sites
+from ..inference._plan import plan_sites
 from ..inference._rewrite import rewrite
+from ..inference._union import UnionBatching
 from ..sites import GateSite
 from ._ops import conv_weights, sliced_conv
 
 __all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
 #: The batching every sliced or scatter site runs with in an exported graph.
-UNION = "union"
+UNION = UnionBatching.name
+
+#: What a dense site's route adds to its reason in an exported graph.
+_DENSE_NOTE = "runs masked (every filter computed, closed ones multiplied by 0)"
 
 #: :func:`gatekit.export_onnx`'s and :func:`gatekit.export_program`'s default
 #: ``dense_above``: the batch runs dense when its union keeps more than this share of the
@@ -292,7 +296,7 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
     dense = None if share is None else copy.deepcopy(net.backbone).eval()
-    ready = ExportGaterNet(inner, [_route(p) for p in plans], dense=dense, share=share,
+    ready = ExportGaterNet(inner, [p.route(UNION, _DENSE_NOTE) for p in plans], dense=dense, share=share,
                            dense_above=dense_above)
     return ready.eval()
 
@@ -325,11 +329,3 @@ def _to_export_convs(gm: fx.GraphModule) -> None:
                            f"every rewritten conv at the graph's top level")
     gm.recompile()
 
-
-def _route(plan: SitePlan) -> SiteRoute:
-    consumer = None if plan.consumer is None else plan.consumer.target
-    reason = plan.reason
-    if plan.mode == DENSE:
-        reason = f"{reason}; runs masked (every filter computed, closed ones multiplied by 0)"
-    return SiteRoute(plan.site.name, plan.mode, consumer, reason,
-                     "" if plan.mode == DENSE else UNION)

@@ -28,7 +28,6 @@ from ._common import (
     SCATTER,
     SLICED,
     InferenceGaterNet,
-    SiteRoute,
     channel_index,
     check_binary,
     check_eval_net,
@@ -37,7 +36,7 @@ from ._conv import Channels
 from ._gather import GatherBatching
 from ._masked import MaskedBatching
 from ._pattern import PatternBatching
-from ._plan import SitePlan, plan_sites
+from ._plan import plan_sites
 from ._rewrite import rewrite
 from ._rule import BatchingChoice
 from ._union import UnionBatching
@@ -231,11 +230,5 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     rewrite(graph, plans)
     live = [p.mode != DENSE for p in plans]
     backbone = SkipBackbone(graph, net.sites, live, mode)
-    return SkipComputeNet(net, backbone, [_route(p, mode.name) for p in plans])
+    return SkipComputeNet(net, backbone, [p.route(mode.name) for p in plans])
 
-
-def _route(plan: SitePlan, batching: str) -> SiteRoute:
-    consumer = None if plan.consumer is None else plan.consumer.target
-    return SiteRoute(
-        plan.site.name, plan.mode, consumer, plan.reason, "" if plan.mode == DENSE else batching
-    )
