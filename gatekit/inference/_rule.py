@@ -46,6 +46,10 @@ from .._errors import GatekitError
 from .._graph import conv_output_size
 from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates, one_pattern
 from ._conv import SkipConv, add_residual
+from ._gather import GatherBatching
+from ._masked import MaskedBatching
+from ._pattern import PatternBatching
+from ._union import UnionBatching
 
 __all__ = ["BatchingChoice", "BatchingRule", "ModeCost", "set_batching_rule", "tune_batching"]
 
@@ -68,10 +72,10 @@ class ModeCost(NamedTuple):
 
 #: Fitted by benchmarks/fit_batching_rule.py (see the module docstring).
 DEFAULT_COSTS: dict[str, ModeCost] = {
-    "pattern": ModeCost(2.31e-3, 7.11e-5, 7.09e-10, 2.96e-11),
-    "union": ModeCost(3.6e-3, 0.0, 0.0, 1.83e-11),
-    "gather": ModeCost(5.1e-3, 1.3e-5, 0.0, 3.6e-11),
-    "masked": ModeCost(2.93e-3, 0.0, 0.0, 1.81e-11),
+    PatternBatching.name: ModeCost(2.31e-3, 7.11e-5, 7.09e-10, 2.96e-11),
+    UnionBatching.name: ModeCost(3.6e-3, 0.0, 0.0, 1.83e-11),
+    GatherBatching.name: ModeCost(5.1e-3, 1.3e-5, 0.0, 3.6e-11),
+    MaskedBatching.name: ModeCost(2.93e-3, 0.0, 0.0, 1.81e-11),
 }
 
 
