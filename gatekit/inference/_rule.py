@@ -34,7 +34,6 @@ this machine and scales each mode's constants to what it measured, process-wide 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -203,7 +202,10 @@ class BatchingRule:
         return BatchingChoice(best, reason, est)
 
 
-_lock = threading.Lock()
+# No lock: setting the rule is one rebinding of this name, atomic in Python, and a
+# BatchingRule is frozen, so a reader sees the old rule or the new one, whole.  A lock taken
+# only by the writer protected nothing; concurrent set_batching_rule (or tune_batching)
+# calls end with the last one's rule, with or without a lock.
 _current = BatchingRule()
 
 
@@ -214,7 +216,7 @@ def current_rule() -> BatchingRule:
 
 def set_batching_rule(rule: BatchingRule | None) -> BatchingRule:
     """Make ``rule`` the process-wide rule of ``batching="auto"``; None restores the
-    default.  Returns the rule now in force.
+    default.  Returns the rule it set.
 
     >>> set_batching_rule(None) == BatchingRule()
     True
@@ -222,9 +224,9 @@ def set_batching_rule(rule: BatchingRule | None) -> BatchingRule:
     global _current
     if rule is not None and not isinstance(rule, BatchingRule):
         raise GatekitError(f"set_batching_rule expects a BatchingRule or None, got {type(rule).__name__}")
-    with _lock:
-        _current = BatchingRule() if rule is None else rule
-    return _current
+    new = BatchingRule() if rule is None else rule
+    _current = new
+    return new
 
 
 def _backbone(fast: Any) -> Backbone:
