@@ -29,6 +29,9 @@ both dimensions of a 3x3 weight); a 1x1 conv whose output is added to a dead res
 accumulates into it; Python work per call is one ``nonzero`` and slicing per site.
 """
 
+# The batching modes, one module each: importing a mode's module registers it in
+# _batching.BATCHINGS, the one list of modes (skip_compute looks names up there).
+from . import _auto, _gather, _masked, _pattern, _union  # noqa: F401
 from ._common import InferenceGaterNet, SiteRoute
 from ._folding import fold_batchnorm
 from ._fuse import FusedGatedConv2d, fuse_gated_convs

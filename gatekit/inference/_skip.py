@@ -33,18 +33,12 @@ from ._common import (
     check_eval_net,
 )
 from ._conv import Channels
-from ._gather import GatherBatching
-from ._masked import MaskedBatching
 from ._pattern import PatternBatching
 from ._plan import plan_sites
 from ._rewrite import rewrite
 from ._rule import BatchingChoice
-from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
-
-# The modes imported above register themselves in _batching.BATCHINGS, the one list.
-_REGISTERED = (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
 
 
 def batching_mode(name: Any) -> Batching:
