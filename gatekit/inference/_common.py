@@ -1,5 +1,7 @@
-"""What :func:`gatekit.skip_compute` and :func:`gatekit.fuse_gated_convs` share: the checks
-they start with, the graph clean-up they end with, and the GaterNet they return.
+"""What :func:`gatekit.skip_compute` and :func:`gatekit.fuse_gated_convs` share, and
+:func:`gatekit.exportable` with them: the checks they start with, the graph clean-up they
+end with, the GaterNet they return (built from :func:`gaternet_parts`), and how a site's
+gates map to its channels (:func:`channel_index`, :func:`per_channel`).
 
 Each transform: ``check_eval_net(net)`` -> copy ``net.backbone`` -> plan the sites
 (:mod:`._plan`) -> rewrite the graph -> ``finish_graph`` -> :class:`InferenceGaterNet`
