@@ -296,8 +296,8 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
     dense = None if share is None else copy.deepcopy(net.backbone).eval()
-    ready = ExportGaterNet(inner, [p.route(UNION, _DENSE_NOTE) for p in plans], dense=dense, share=share,
-                           dense_above=dense_above)
+    routes = [p.route(UNION, _DENSE_NOTE) for p in plans]
+    ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above)
     return ready.eval()
 
 
