@@ -54,7 +54,7 @@ class SiteRoute(NamedTuple):
     >>> route.site, route.mode, route.consumer
     ('stage1.block1.conv2', 'scatter', None)
     >>> route.reason, route.batching
-    ('gated output feeds a non-conv op', 'pattern')
+    ('gated output feeds a non-conv op', 'auto')
     """
 
     site: str
