@@ -269,7 +269,7 @@ def main() -> None:
                 images = None
             skips = {mode: gatekit.skip_compute(net, batching=mode) for mode in args.modes}
             if "pattern" not in skips:
-                skips["pattern"] = gatekit.skip_compute(net)
+                skips["pattern"] = gatekit.skip_compute(net, batching="pattern")
             probe = torch.randn(1, 3, size, size)
             models[model] = {
                 "plain_flops": flops(plain, probe),

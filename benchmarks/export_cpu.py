@@ -10,8 +10,9 @@ one variant's idle threads do not slow the next one's call):
 - ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included, with
   its dense branch above ``--dense-above`` (each row records the batch's kept share of
   the skippable FLOPs and the branch it took);
-- ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet (its default
-  batching), gater included;
+- ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet with
+  ``batching="pattern"`` (the default when the committed results were measured), gater
+  included;
 - with ``--aoti``, ``aoti_gaternet``: :func:`gatekit.export_program` with
   ``for_inductor=True``, compiled and loaded by AOTInductor.
 
@@ -155,7 +156,7 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
     routes = gatekit.export_onnx(net, example, gated_path, opset=args.opset,
                                  dense_above=args.dense_above)
     ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0)
-    fast = gatekit.skip_compute(net)
+    fast = gatekit.skip_compute(net, batching="pattern")
     compiled = None
     if args.aoti:
         program = gatekit.export_program(net, example, for_inductor=True,

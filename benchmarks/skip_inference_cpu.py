@@ -10,7 +10,8 @@ process, interleaved round by round, medians over all calls:
   (the baseline of the target);
 - ``dense_folded``: the same with every BatchNorm folded into its conv
   (``torch.fx.experimental.optimization.fuse``), still computing everything;
-- ``skip``: ``gatekit.skip_compute(net)`` (samples grouped by gate pattern);
+- ``skip``: ``gatekit.skip_compute(net, batching="pattern")`` (samples grouped by gate
+  pattern);
 - ``skip_union`` (batch > 1): ``skip_compute(net, batching="union")``, one pass over the
   filters open in any sample (pays when patterns agree: see ``--agree``).
 
@@ -125,7 +126,7 @@ def main() -> None:
 
     net = build(args.seed)
     folded = fuse(net.backbone)
-    skip = gatekit.skip_compute(net)
+    skip = gatekit.skip_compute(net, batching="pattern")
     skip_union = gatekit.skip_compute(net, batching="union")
     gen = torch.Generator().manual_seed(args.seed)
     machine = {

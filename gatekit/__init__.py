@@ -14,10 +14,13 @@ per sample (GaterNet, Chen et al., CVPR 2019).  The public surface is small:
 - :func:`init_gates_`: start the gates as static pruning's ranking keeps (:func:`filter_l1_norms`,
   :func:`ranking_thresholds`);
 - :func:`calibrate_budget`: a budget-input model's budget made the FLOPs fraction it keeps;
+- inference that skips the closed filters: :func:`skip_compute` returns a
+  :class:`SkipComputeNet` (the CPU; :func:`tune_batching` fits how it batches to the
+  machine), :func:`fuse_gated_convs` one fused op per site (Triton on CUDA);
 - deployment that keeps per-image skipping: :func:`export_program` (torch.export),
   :func:`export_onnx` (ONNX Runtime), both through :func:`exportable`;
-- gate statistics over an evaluation pass: :class:`GateStats`; their plots in
-  :mod:`gatekit.plots`;
+- gate statistics over an evaluation pass: :class:`GateStats`, per layer
+  :class:`LayerStats`; their plots in :mod:`gatekit.plots`;
 - :class:`GatekitError`, the one exception raised for bad input.
 
 >>> import torch, gatekit

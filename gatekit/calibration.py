@@ -39,6 +39,65 @@ def _inputs(batches: Iterable[Any]) -> Iterable[Tensor]:
         yield x
 
 
+def _checked(model: Any, costs: Any, dense_flops: float | None, budgets: Tensor | None,
+             knob_range: tuple[float, float], steps: Any) -> tuple[Tensor, float, Tensor]:
+    """calibrate_budget's arguments checked: the costs (float64, CPU), the dense FLOPs and
+    the requested budgets (ascending)."""
+    fn = "calibrate_budget"
+    if not isinstance(model, GaterNet) or not model.budget_input:
+        raise GatekitError(
+            f"{fn} expects a GaterNet with a budget input (gatekit.gate_model(..., "
+            f"budget_input=True)), got {type(model).__name__}"
+            + ("" if not isinstance(model, GaterNet) else " without one"))
+    if not isinstance(costs, Tensor) or costs.shape != (model.num_gates,) \
+            or not costs.is_floating_point():
+        got = tuple(costs.shape) if isinstance(costs, Tensor) else type(costs).__name__
+        raise GatekitError(
+            f"{fn} expects costs as a floating tensor of shape ({model.num_gates},), one per "
+            f"gate, got {got}; compute them with gatekit.gate_costs(model, example_input)")
+    c = costs.detach().double().cpu()
+    if not bool(torch.isfinite(c).all()) or bool((c < 0).any()) or not c.sum() > 0:
+        raise GatekitError(f"{fn} expects finite non-negative costs with a positive sum")
+    dense = float(c.sum()) if dense_flops is None else float(dense_flops)
+    if not dense >= float(c.sum()):
+        raise GatekitError(
+            f"{fn} expects dense_flops >= the gates' summed costs ({float(c.sum()):.6g}): "
+            f"the FLOPs with every gate open include what the gates can remove; got {dense_flops!r}")
+    lo, hi = (float(v) for v in knob_range)
+    if not lo < hi or isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise GatekitError(
+            f"{fn} expects knob_range (lo, hi) with lo < hi and an int steps >= 2, got "
+            f"{knob_range!r} and {steps!r}")
+    requested = (torch.linspace(0.01, 1.0, 100) if budgets is None
+                 else torch.as_tensor(budgets, dtype=torch.float32).flatten().sort().values)
+    if requested.numel() < 2 or not bool(((requested > 0) & (requested <= 1)).all()) \
+            or not bool((requested[1:] > requested[:-1]).all()):
+        raise GatekitError(
+            f"{fn} expects at least two distinct budgets in (0, 1], got {requested.tolist()}")
+    return c, dense, requested
+
+
+def _inverse(grid: Tensor, measured: Tensor, requested: Tensor) -> Tensor:
+    """Per requested budget, the knob where the running maximum of ``measured`` (the kept
+    fraction at each knob of ``grid``) first reaches it, interpolated (see
+    :func:`calibrate_budget`); non-decreasing, float64."""
+    mono = torch.cummax(measured, 0).values
+    knob = torch.empty(requested.shape[0], dtype=torch.float64)
+    for i, r in enumerate(requested.double()):
+        r = r - 1e-6  # budgets are float32: 0.05 is 0.0500000007 and 1 / 20 must reach it
+        reached = torch.nonzero(mono >= r)
+        if reached.numel() == 0:  # above what any knob keeps: the first that keeps the most
+            knob[i] = grid[int(torch.nonzero(mono >= mono[-1])[0])]
+            continue
+        j = int(reached[0])
+        if j == 0:
+            knob[i] = grid[0]
+            continue
+        f0, f1 = mono[j - 1], mono[j]
+        knob[i] = grid[j - 1] + (r - f0) / (f1 - f0) * (grid[j] - grid[j - 1])
+    return torch.cummax(knob, 0).values
+
+
 @torch.no_grad()
 def calibrate_budget(
     model: nn.Module,
@@ -85,44 +144,14 @@ def calibrate_budget(
     >>> net.head.budget_map is m, tuple(m.requested.shape)
     (True, (100,))
     """
-    fn = "calibrate_budget"
-    if not isinstance(model, GaterNet) or not model.budget_input:
-        raise GatekitError(
-            f"{fn} expects a GaterNet with a budget input (gatekit.gate_model(..., "
-            f"budget_input=True)), got {type(model).__name__}"
-            + ("" if not isinstance(model, GaterNet) else " without one"))
-    if not isinstance(costs, Tensor) or costs.shape != (model.num_gates,) \
-            or not costs.is_floating_point():
-        got = tuple(costs.shape) if isinstance(costs, Tensor) else type(costs).__name__
-        raise GatekitError(
-            f"{fn} expects costs as a floating tensor of shape ({model.num_gates},), one per "
-            f"gate, got {got}; compute them with gatekit.gate_costs(model, example_input)")
-    c = costs.detach().double().cpu()
-    if not bool(torch.isfinite(c).all()) or bool((c < 0).any()) or not c.sum() > 0:
-        raise GatekitError(f"{fn} expects finite non-negative costs with a positive sum")
-    dense = float(c.sum()) if dense_flops is None else float(dense_flops)
-    if not dense >= float(c.sum()):
-        raise GatekitError(
-            f"{fn} expects dense_flops >= the gates' summed costs ({float(c.sum()):.6g}): "
-            f"the FLOPs with every gate open include what the gates can remove; got {dense_flops!r}")
+    c, dense, requested = _checked(model, costs, dense_flops, budgets, knob_range, steps)
     lo, hi = (float(v) for v in knob_range)
-    if not lo < hi or isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise GatekitError(
-            f"{fn} expects knob_range (lo, hi) with lo < hi and an int steps >= 2, got "
-            f"{knob_range!r} and {steps!r}")
-    requested = (torch.linspace(0.01, 1.0, 100) if budgets is None
-                 else torch.as_tensor(budgets, dtype=torch.float32).flatten().sort().values)
-    if requested.numel() < 2 or not bool(((requested > 0) & (requested <= 1)).all()) \
-            or not bool((requested[1:] > requested[:-1]).all()):
-        raise GatekitError(
-            f"{fn} expects at least two distinct budgets in (0, 1], got {requested.tolist()}")
-
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:
         features = [model.gater(x) for x in _inputs(batches)]
         if not features:
-            raise GatekitError(f"{fn} got no batches; pass calibration images")
+            raise GatekitError("calibrate_budget got no batches; pass calibration images")
         f = torch.cat(features)
 
         def kept(knob: float) -> float:
@@ -132,21 +161,7 @@ def calibrate_budget(
 
         grid = torch.linspace(lo, hi, steps, dtype=torch.float64)
         measured = torch.tensor([kept(float(k)) for k in grid], dtype=torch.float64)
-        mono = torch.cummax(measured, 0).values
-        knob = torch.empty(requested.shape[0], dtype=torch.float64)
-        for i, r in enumerate(requested.double()):
-            r = r - 1e-6  # budgets are float32: 0.05 is 0.0500000007 and 1 / 20 must reach it
-            reached = torch.nonzero(mono >= r)
-            if reached.numel() == 0:  # above what any knob keeps: the first that keeps the most
-                knob[i] = grid[int(torch.nonzero(mono >= mono[-1])[0])]
-                continue
-            j = int(reached[0])
-            if j == 0:
-                knob[i] = grid[0]
-                continue
-            f0, f1 = mono[j - 1], mono[j]
-            knob[i] = grid[j - 1] + (r - f0) / (f1 - f0) * (grid[j] - grid[j - 1])
-        knob = torch.cummax(knob, 0).values
+        knob = _inverse(grid, measured, requested)
         achieved = torch.tensor([kept(float(k)) for k in knob])
     finally:
         for m, training in flags.items():

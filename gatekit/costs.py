@@ -73,6 +73,46 @@ def _check(model: Any, example_input: Any) -> None:
         )
 
 
+def _output_shapes(model: GaterNet, example_input: Tensor, modules: dict[str, nn.Module],
+                   hooked: set[str]) -> dict[str, list[torch.Size]]:
+    """The output shape of every call of each module in ``hooked``, in the order they run,
+    from one pass of the backbone with every gate open (eval mode, no grad; the model's
+    train/eval flags restored after)."""
+    shapes: dict[str, list[torch.Size]] = {name: [] for name in hooked}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+            shapes[name].append(output.shape)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in sorted(hooked)]
+    modes = [(m, m.training) for m in model.modules()]
+    n = example_input.shape[0]
+    dtype = example_input.dtype if example_input.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad():
+            gates = torch.ones(n, model.num_gates, device=example_input.device, dtype=dtype)
+            try:
+                model.backbone(example_input, gates=gates)
+            except GatekitError:
+                raise
+            except Exception as e:  # the input does not fit the backbone; say so once
+                raise GatekitError(
+                    f"gate_costs could not run the backbone on example_input of shape "
+                    f"{tuple(example_input.shape)} ({example_input.dtype}, "
+                    f"{example_input.device}): {type(e).__name__}: {e}; expected an input the "
+                    f"model accepts, e.g. one training batch on the model's device"
+                ) from e
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in modes:
+            m.training = mode
+    return shapes
+
+
 def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = False) -> Tensor:
     """FLOPs per image that closing each gate removes, shape ``(model.num_gates,)``, float64.
 
@@ -139,38 +179,7 @@ def gate_costs(model: GaterNet, example_input: Tensor, *, downstream: bool = Fal
             # claim: left out, so that summed costs never count a multiply-add twice.
             consumers[i] = [c for c in found if c.target not in site_names]
     hooked = {s.name for s in model.sites} | {c.target for cs in consumers.values() for c in cs}
-    shapes: dict[str, list[torch.Size]] = {name: [] for name in hooked}
-
-    def record(name: str):
-        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
-            shapes[name].append(output.shape)
-
-        return hook
-
-    handles = [modules[name].register_forward_hook(record(name)) for name in sorted(hooked)]
-    modes = [(m, m.training) for m in model.modules()]
-    n = example_input.shape[0]
-    dtype = example_input.dtype if example_input.is_floating_point() else torch.float32
-    try:
-        model.eval()
-        with torch.no_grad():
-            gates = torch.ones(n, model.num_gates, device=example_input.device, dtype=dtype)
-            try:
-                backbone(example_input, gates=gates)
-            except GatekitError:
-                raise
-            except Exception as e:  # the input does not fit the backbone; say so once
-                raise GatekitError(
-                    f"gate_costs could not run the backbone on example_input of shape "
-                    f"{tuple(example_input.shape)} ({example_input.dtype}, "
-                    f"{example_input.device}): {type(e).__name__}: {e}; expected an input the "
-                    f"model accepts, e.g. one training batch on the model's device"
-                ) from e
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m, mode in modes:
-            m.training = mode
+    shapes = _output_shapes(model, example_input, modules, hooked)
 
     def out_shape(node: fx.Node) -> torch.Size:
         return shapes[node.target][calls[node.target].index(node)]

@@ -100,6 +100,29 @@ def expected_l0_loss(
 # --------------------------------------------------------------------------------------
 
 
+def _check_budget(budget: Any, gates: Tensor, fn: str) -> bool:
+    """A float budget in [0, 1] (False) or per-sample budgets, one per row of ``gates`` (True)."""
+    if isinstance(budget, Tensor):
+        if budget.shape != (gates.shape[0],) or not budget.is_floating_point():
+            raise GatekitError(
+                f"{fn} expects per-sample budgets as a floating tensor of shape "
+                f"({gates.shape[0]},), one per row of gates {tuple(gates.shape)}, got "
+                f"{budget.dtype} of shape {tuple(budget.shape)}"
+            )
+        if not torch.compiler.is_compiling() and not bool(((budget >= 0) & (budget <= 1)).all()):
+            raise GatekitError(
+                f"{fn} expects per-sample budgets in [0, 1], got values from "
+                f"{budget.min().item()} to {budget.max().item()}"
+            )
+        return True
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 <= budget <= 1.0:
+        raise GatekitError(
+            f"{fn} expects budget as a float in [0, 1] (the fraction of the gated FLOPs to "
+            f"keep) or an (N,) tensor of per-sample budgets, got {budget!r}"
+        )
+    return False
+
+
 def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float | Tensor) -> Tensor:
     """Squared distance between the cost-weighted open fraction and ``budget``.
 
@@ -146,24 +169,7 @@ def flops_budget_loss(gates: Tensor, costs: Tensor, budget: float | Tensor) -> T
             f"{tuple(gates.shape)}, got {tuple(costs.shape)}; compute them with "
             f"gatekit.gate_costs(model, example_input) for the model that made the gates"
         )
-    per_sample = isinstance(budget, Tensor)
-    if per_sample:
-        if budget.shape != (gates.shape[0],) or not budget.is_floating_point():
-            raise GatekitError(
-                f"{fn} expects per-sample budgets as a floating tensor of shape "
-                f"({gates.shape[0]},), one per row of gates {tuple(gates.shape)}, got "
-                f"{budget.dtype} of shape {tuple(budget.shape)}"
-            )
-        if not torch.compiler.is_compiling() and not bool(((budget >= 0) & (budget <= 1)).all()):
-            raise GatekitError(
-                f"{fn} expects per-sample budgets in [0, 1], got values from "
-                f"{budget.min().item()} to {budget.max().item()}"
-            )
-    elif isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 <= budget <= 1.0:
-        raise GatekitError(
-            f"{fn} expects budget as a float in [0, 1] (the fraction of the gated FLOPs to "
-            f"keep) or an (N,) tensor of per-sample budgets, got {budget!r}"
-        )
+    per_sample = _check_budget(budget, gates, fn)
     c = costs.detach().to(device=gates.device, dtype=torch.float64)
     if not torch.compiler.is_compiling():
         if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):

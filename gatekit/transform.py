@@ -117,6 +117,16 @@ def _probe_features(gater: nn.Module) -> int:
     )
 
 
+def _check_arguments(backbone: Any, gater: Any, gater_features: Any) -> None:
+    for what, module in (("backbone", backbone), ("gater", gater)):
+        if not isinstance(module, nn.Module):
+            raise GatekitError(f"{what} must be an nn.Module, got {type(module).__name__}")
+    if gater_features is not None and (
+        isinstance(gater_features, bool) or not isinstance(gater_features, int) or gater_features < 1
+    ):
+        raise GatekitError(f"gater_features must be None or an int >= 1, got {gater_features!r}")
+
+
 def gate_model(
     backbone: nn.Module,
     gater: nn.Module,
@@ -169,13 +179,7 @@ def gate_model(
     >>> net(torch.randn(4, 3, 32, 32)).shape
     torch.Size([4, 10])
     """
-    for what, module in (("backbone", backbone), ("gater", gater)):
-        if not isinstance(module, nn.Module):
-            raise GatekitError(f"{what} must be an nn.Module, got {type(module).__name__}")
-    if gater_features is not None and (
-        isinstance(gater_features, bool) or not isinstance(gater_features, int) or gater_features < 1
-    ):
-        raise GatekitError(f"gater_features must be None or an int >= 1, got {gater_features!r}")
+    _check_arguments(backbone, gater, gater_features)
     gate = get_gate(copy.deepcopy(estimator) if isinstance(estimator, Gate) else estimator)
     backbone_copy = copy.deepcopy(backbone)
     gater_copy = copy.deepcopy(gater)
@@ -185,13 +189,9 @@ def gate_model(
     site_list = [site for site, _ in found]
     num_gates = sum(s.num_gates for s in site_list)
     features = gater_features if gater_features is not None else _probe_features(gater_copy)
-    param = next(gater_copy.parameters(), None)
+    param = next(gater_copy.parameters(), None)  # the head goes where the gater is
     head = (BudgetHead if budget_input else GaterHead)(
-        features,
-        num_gates,
-        bottleneck,
-        batchnorm=head_batchnorm,
-        init_bias=init_bias,
+        features, num_gates, bottleneck, batchnorm=head_batchnorm, init_bias=init_bias,
         device=None if param is None else param.device,
         dtype=None if param is None else param.dtype,
     )

@@ -103,6 +103,14 @@ def test_public_modules_import() -> None:
     assert {"gatekit", "gatekit.functional", "gatekit.models", "gatekit.ops"} <= names
 
 
+def test_package_docstring_names_every_public_name() -> None:
+    """Needs no Sphinx: gatekit's docstring, the list of the public surface, names every
+    name of ``gatekit.__all__``."""
+    doc = gatekit.__doc__ or ""
+    missing = [name for name in gatekit.__all__ if not re.search(rf"[`.]{re.escape(name)}`", doc)]
+    assert not missing, f"gatekit's docstring does not name {missing}"
+
+
 def test_build_is_warning_free_and_has_every_page(site: Path) -> None:
     pages = {p.stem for p in DOCS.glob("*.rst")}
     assert {"index", "quickstart", "method", "estimators", "transform", "ops", "examples",

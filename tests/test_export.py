@@ -455,6 +455,30 @@ def test_errors(monkeypatch, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_the_example_budget_is_checked_as_the_model_checks_it():
+    # The export runs the model's own budget check: what the model refuses, it refuses,
+    # with the model's reason in its message.
+    net = build("resnet20", "inner", budget_input=True)
+    x = torch.randn(2, 3, 32, 32)
+    for bad in (1.5, 0.0, torch.tensor([0.5, 0.5, 0.5]), torch.tensor(1), "0.5"):
+        with pytest.raises(gatekit.GatekitError) as by_model:
+            net(x, budget=bad)
+        with pytest.raises(gatekit.GatekitError, match="does not take") as by_export:
+            gatekit.export_program(net, x, budget=bad)
+        assert str(by_model.value) in str(by_export.value)
+
+
+def test_exportable_keeps_the_nets_settings():
+    # The exportable copy is made as skip_compute's is: check_finite comes along.
+    net = build("resnet20", "inner", check_finite=True)
+    ready, fast = gatekit.exportable(net), gatekit.skip_compute(net)
+    assert ready.net.check_finite and fast.check_finite
+    x = torch.full((1, 3, 32, 32), float("nan"))
+    for model in (net, fast, ready):
+        with pytest.raises(gatekit.GatekitError, match="non-finite"):
+            model(x)
+
+
 # ---- the example script -------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -136,3 +136,76 @@ def test_the_checker_sees_cycles(tmp_path: Path) -> None:
     assert cycles(graph) == [["gatekit.a", "gatekit.c", "gatekit.sub.b"]]
     (pkg / "c.py").write_text("import torch\n")
     assert cycles(import_graph(pkg)) == []
+
+
+def _package(module: str, files: dict[str, Path]) -> str:
+    """The package a module belongs to: itself for a package's ``__init__``, else its parent."""
+    return module if files[module].name == "__init__.py" else module.rpartition(".")[0]
+
+
+def private_imports(root: Path = ROOT) -> list[str]:
+    """Each use of a private name (a leading underscore, dunders aside) that one gatekit
+    module takes from a module of another gatekit package: ``from ..inference._skip import
+    _rewrite``, or ``_skip._rewrite`` on a module imported from there.  A public name in a
+    private module (``from ..inference._skip import rewrite``) is fine, and so is anything
+    within one package."""
+    files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    found: list[str] = []
+    for name, path in files.items():
+        package = _package(name, files)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        modules: dict[str, str] = {}  # local name -> the gatekit module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in files:
+                        modules[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(name, path.name == "__init__.py", node.level, node.module)
+                if base not in files:
+                    continue
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in files:  # a module, not a name
+                        modules[alias.asname or alias.name] = f"{base}.{alias.name}"
+                    elif private(alias.name) and _package(base, files) != package:
+                        found.append(f"{name}: from {base} import {alias.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in modules and private(node.attr)):
+                target = modules[node.value.id]
+                if f"{target}.{node.attr}" not in files and _package(target, files) != package:
+                    found.append(f"{name}: {node.value.id}.{node.attr} (from {target})")
+    return sorted(set(found))
+
+
+def test_no_private_name_crosses_a_package() -> None:
+    found = private_imports()
+    assert not found, (
+        "gatekit modules take private names from another package; make the name public "
+        "(no leading underscore) in the module where the idea lives, and import that: "
+        + "; ".join(found)
+    )
+
+
+def test_the_checker_sees_private_imports(tmp_path: Path) -> None:
+    # The check must be able to fail: both spellings, and not within one package.
+    pkg = tmp_path / "gatekit"
+    (pkg / "inference").mkdir(parents=True)
+    (pkg / "export").mkdir()
+    for f in ("__init__.py", "inference/__init__.py", "export/__init__.py"):
+        (pkg / f).write_text("")
+    (pkg / "inference" / "_skip.py").write_text("def _rewrite(): ...\ndef rewrite(): ...\n")
+    (pkg / "inference" / "_conv.py").write_text("from ._skip import _rewrite\n")
+    (pkg / "export" / "_net.py").write_text(
+        "from ..inference._skip import _rewrite, rewrite\n"
+        "from ..inference import _skip\n"
+        "_skip._rewrite, _skip.rewrite\n"
+    )
+    assert private_imports(pkg) == [
+        "gatekit.export._net: _skip._rewrite (from gatekit.inference._skip)",
+        "gatekit.export._net: from gatekit.inference._skip import _rewrite",
+    ]

@@ -135,7 +135,7 @@ def test_matches_hook_oracle_on_the_original_backbone():
 
 def test_samples_are_grouped_by_pattern(gated_nets):
     net, size = gated_nets("resnet20", "inner", 1)
-    fast = gatekit.skip_compute(net)
+    fast = gatekit.skip_compute(net, batching="pattern")
     a, b, c = random_gates(3, net.num_gates, seed=4)
     gates = torch.stack([a, b, a, c, b])
     x = torch.randn(5, 3, size, size, dtype=torch.float64)

@@ -20,7 +20,7 @@
     A table of :func:`gatekit.skip_compute`'s batching modes, read from their one registry
     (``gatekit.inference._batching.BATCHINGS``): each mode's name, whether ``"auto"`` may
     choose it, its ``summary`` and, with ``:costs:``, the constants of the default rule
-    (``gatekit.inference._rule.DEFAULT_COSTS``), so a new mode appears on the page without
+    (``gatekit.inference.BatchingRule().costs``), so a new mode appears on the page without
     anyone editing it.
 
 ``.. gatekit-argparse:: PATH``
@@ -435,7 +435,7 @@ class BatchingsDirective(SphinxDirective):
     option_spec: ClassVar[dict[str, Any]] = {"costs": directives.flag}
 
     def run(self) -> list[nodes.Node]:
-        from gatekit.inference import _batching, _rule, skip_compute
+        from gatekit.inference import BatchingRule, _batching, _rule, skip_compute
 
         default = inspect.signature(skip_compute).parameters["batching"].default
         modes = list(_batching.BATCHINGS.items())
@@ -454,7 +454,7 @@ class BatchingsDirective(SphinxDirective):
             summary = " ".join(cls.summary.split())
             row = [label, "yes" if cls.candidate else "no", _escape(summary[0].upper() + summary[1:]) + "."]
             if costs:
-                cost = _rule.DEFAULT_COSTS.get(name)
+                cost = BatchingRule().costs.get(name)
                 row += [_seconds(v) for v in cost] if cost is not None else ["\u2014"] * 4
             lines += [f"   * - {row[0]}"] + [f"     - {c}" for c in row[1:]]
         lines.append("")

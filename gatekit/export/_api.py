@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference._common import SiteRoute, check_eval_net
-from ._net import DENSE_ABOVE, exportable, takes_budget
+from ._net import DENSE_ABOVE, exportable
 
 __all__ = ["export_onnx", "export_program"]
 
@@ -54,7 +55,7 @@ def _example_args(net: GaterNet, example: Any, budget: Any, fn: str) -> tuple[Te
             f"run on, got {got}"
         )
     n = example.shape[0]
-    if not takes_budget(net):
+    if not net.budget_input:
         if budget is not None:
             raise GatekitError(
                 f"{fn} got budget={budget!r} for a GaterNet without a budget input; drop the "
@@ -68,17 +69,10 @@ def _example_args(net: GaterNet, example: Any, budget: Any, fn: str) -> tuple[Te
             f"({n},) tensor: the exported model then takes the budget as its second input, "
             f"one value per image"
         )
-    if isinstance(budget, Tensor):
-        b = budget.to(device=example.device, dtype=torch.float32)
-        b = b.expand(n) if b.ndim == 0 else b
-    elif isinstance(budget, bool) or not isinstance(budget, int | float):
-        raise GatekitError(f"{fn} expects budget as a float in (0, 1] or an ({n},) tensor, "
-                           f"got {budget!r}")
-    else:
-        b = torch.full((n,), float(budget), device=example.device)
-    if b.shape != (n,) or not bool(((b > 0) & (b <= 1)).all()):
-        raise GatekitError(f"{fn} expects budget values in (0, 1], one per image ({n},), got "
-                           f"{b.tolist() if b.numel() < 9 else tuple(b.shape)}")
+    try:  # the model's own check, as the model runs it on every call
+        b = budget_vector(example, budget, reads_budget=True)
+    except GatekitError as e:
+        raise GatekitError(f"{fn} got an example budget the model does not take: {e}") from None
     return (example, b.contiguous())
 
 
@@ -208,7 +202,7 @@ def export_onnx(
     fn = "gatekit.export_onnx"
     _require(("onnx", "onnxscript"), fn)
     program, routes = _export(net, example, budget, dynamic_batch, fn, dense_above=dense_above)
-    names = ["image", "budget"] if takes_budget(net) else ["image"]
+    names = ["image", "budget"] if net.budget_input else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
         opset_version=opset, verbose=False, optimize=True,

@@ -32,24 +32,35 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .._errors import GatekitError
 from ..costs import gate_costs
-from ..estimators import GumbelSigmoid, HardConcrete, ImprovedSemHash, StraightThroughSigmoid
+from ..estimators import Gate
 from ..gater import GaterNet
-from ..inference._common import DENSE, SCATTER, SLICED, SiteRoute, check_eval_net
-from ..inference._conv import FULL, SkipConv
-from ..inference._plan import SitePlan, plan_sites
-from ..inference._skip import _channels_last, _rewrite
+from ..inference._common import (
+    DENSE,
+    SCATTER,
+    SLICED,
+    SiteRoute,
+    check_eval_net,
+    gaternet_parts,
+    per_channel,
+)
+from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
+from ..inference._plan import plan_sites
+from ..inference._rewrite import rewrite
+from ..inference._union import UnionBatching
 from ..sites import GateSite
-from ._ops import gather_weight, sliced_conv
+from ._ops import conv_weights, sliced_conv
 
 __all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
 #: The batching every sliced or scatter site runs with in an exported graph.
-UNION = "union"
+UNION = UnionBatching.name
+
+#: What a dense site's route adds to its reason in an exported graph.
+_DENSE_NOTE = "runs masked (every filter computed, closed ones multiplied by 0)"
 
 #: :func:`gatekit.export_onnx`'s and :func:`gatekit.export_program`'s default
 #: ``dense_above``: the batch runs dense when its union keeps more than this share of the
@@ -57,17 +68,6 @@ UNION = "union"
 #: thread, see docs/deploying.rst): sliced beat dense at half the filters open (45.5
 #: against 55.5 ms), dense beat sliced with every filter open (412 against 560 ms).
 DENSE_ABOVE = 0.75
-
-#: Estimators whose eval-mode gates are exactly 0 or 1: with them a single image needs no
-#: gate multiply at a sliced site (its open filters are computed, its closed ones are not).
-_BINARY_ESTIMATORS = (ImprovedSemHash, StraightThroughSigmoid, GumbelSigmoid, HardConcrete)
-
-_CONVS = (F.conv1d, F.conv2d, F.conv3d)
-
-
-def takes_budget(net: GaterNet) -> bool:
-    """Whether ``net`` is called as ``net(x, budget=b)`` (its gater's head reads a budget)."""
-    return bool(getattr(net, "budget_input", False))
 
 
 class OpenChannels:
@@ -94,8 +94,7 @@ class ExportConv(nn.Module):
     def __init__(self, skip: SkipConv):
         super().__init__()
         out_c, in_c, kernel = skip.out_channels, skip.in_channels, skip.kernel_size
-        weight = skip.weight.t() if skip.transposed else skip.weight
-        weight = weight.reshape(out_c, in_c, *kernel)
+        weight = skip.conv_weight()
         self.out_mode, self.in_sliced = skip.out_mode, skip.in_sliced
         self.out_channels, self.in_channels = out_c, in_c
         self.stride, self.padding, self.dilation = skip.stride, skip.padding, skip.dilation
@@ -116,7 +115,7 @@ class ExportConv(nn.Module):
         if bias is not None and self.cut_out:
             bias = torch.cat([bias, bias.new_zeros(1)])
         self.register_buffer("bias", bias)
-        self._conv = _CONVS[len(kernel) - 1]
+        self._conv = CONV_FUNCTIONS[len(kernel) - 1]
         #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
         self.opaque = False
 
@@ -136,7 +135,7 @@ class ExportConv(nn.Module):
                             list(self.padding), list(self.dilation), self.groups,
                             self.in_major)
         else:
-            w, b = gather_weight(self.weight, self.bias, out_idx, in_idx, self.in_major)
+            w, b = conv_weights(self.weight, self.bias, out_idx, in_idx, self.in_major)
             y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         if out_idx is None:
             return y if residual is None else residual + y
@@ -181,13 +180,13 @@ class ExportBackbone(nn.Module):
                 index.append(None)
                 masks.append(None)
                 continue
-            chunk = _channels(is_open[site.offset : site.stop], site.group_size)
+            chunk = per_channel(is_open[site.offset : site.stop], site.group_size)
             idx = torch.cat([chunk, ~chunk.any(0, keepdim=True)]).nonzero().squeeze(1)
             index.append(idx)
             if not self.masked:
                 masks.append(None)
                 continue
-            values = _channels(gates[:, site.offset : site.stop], site.group_size)
+            values = per_channel(gates[:, site.offset : site.stop], site.group_size)
             values = torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)
             masks.append(values.index_select(1, idx))
         return OpenChannels(index, masks)
@@ -197,14 +196,6 @@ class ExportBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"union={self.union}, masked={self.masked}"
-
-
-def _channels(chunk: Tensor, group_size: int) -> Tensor:
-    """A site's gate chunk (``(..., num_gates)``) widened to one entry per channel."""
-    if group_size == 1:
-        return chunk
-    wide = chunk.unsqueeze(-1).expand(*chunk.shape, group_size)
-    return wide.reshape(*chunk.shape[:-1], chunk.shape[-1] * group_size)
 
 
 class ExportGaterNet(nn.Module):
@@ -233,7 +224,7 @@ class ExportGaterNet(nn.Module):
         super().__init__()
         self.net = net
         self.routes = tuple(routes)
-        self.budget_input = takes_budget(net)
+        self.budget_input = net.budget_input
         self.dense = dense
         self.dense_above = dense_above
         self.register_buffer("share", share)
@@ -292,20 +283,21 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     share = _dense_share(net, example, dense_above)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, "gatekit.exportable")
-    _rewrite(graph, plans)
+    rewrite(graph, plans, layout=False)  # an exported graph's layout is the runtime's choice
     _to_export_convs(graph)
     for module in graph.modules():
         if isinstance(module, ExportConv):
             module.opaque = opaque_convs
     live = [p.mode != DENSE for p in plans]
-    masked = not (batch_one and isinstance(net.estimator, _BINARY_ESTIMATORS))
+    # A Gate's eval-mode gates are exactly 0 or 1 (its contract: binarize): then a single
+    # image needs no gate multiply at a sliced site (its closed filters are not computed).
+    masked = not (batch_one and isinstance(net.estimator, Gate))
     backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
-    inner = GaterNet(backbone, copy.deepcopy(net.gater), copy.deepcopy(net.head),
-                     copy.deepcopy(net.estimator), net.sites, in_features=net.in_features)
+    inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
     dense = None if share is None else copy.deepcopy(net.backbone).eval()
-    ready = ExportGaterNet(inner, [_route(p) for p in plans], dense=dense, share=share,
-                           dense_above=dense_above)
+    routes = [p.route(UNION, _DENSE_NOTE) for p in plans]
+    ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above)
     return ready.eval()
 
 
@@ -327,26 +319,13 @@ def _dense_share(net: GaterNet, example: Tensor | None, dense_above: float | Non
 
 
 def _to_export_convs(gm: fx.GraphModule) -> None:
-    """skip_compute's convs -> :class:`ExportConv`; its layout change (a branch on the
-    batch size) -> nothing: an exported graph's layout is the runtime's choice."""
+    """skip_compute's convs -> :class:`ExportConv`."""
     for name, module in list(gm.named_children()):
         if isinstance(module, SkipConv):
             setattr(gm, name, ExportConv(module))
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is _channels_last:
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
     leftover = [n for n, m in gm.named_modules() if isinstance(m, SkipConv)]
     if leftover:
         raise GatekitError(f"gatekit.exportable left convs {leftover} unconverted; expected "
                            f"every rewritten conv at the graph's top level")
     gm.recompile()
 
-
-def _route(plan: SitePlan) -> SiteRoute:
-    consumer = None if plan.consumer is None else plan.consumer.target
-    reason = plan.reason
-    if plan.mode == DENSE:
-        reason = f"{reason}; runs masked (every filter computed, closed ones multiplied by 0)"
-    return SiteRoute(plan.site.name, plan.mode, consumer, reason,
-                     "" if plan.mode == DENSE else UNION)

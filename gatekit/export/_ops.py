@@ -13,39 +13,24 @@ also exactly what :class:`gatekit.export.ExportConv` computes inline for ONNX.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_weight", "sliced_conv", "sliced_conv_reference"]
+from .._graph import conv_output_size
+from ..inference._conv import CONV_FUNCTIONS, gather_weight
 
-_CONVS = (F.conv1d, F.conv2d, F.conv3d)
+__all__ = ["conv_weights", "sliced_conv", "sliced_conv_reference"]
 
 
-def gather_weight(weight: Tensor, bias: Tensor | None, out_idx: Tensor | None,
-                  in_idx: Tensor | None, in_major: bool) -> tuple[Tensor, Tensor | None]:
-    """The weight (and bias) of the picked output rows and input columns.
+def conv_weights(weight: Tensor, bias: Tensor | None, out_idx: Tensor | None,
+                 in_idx: Tensor | None, in_major: bool) -> tuple[Tensor, Tensor | None]:
+    """The weight (and bias) of the picked output rows and input columns, in conv layout.
 
     ``weight`` is ``(out, in, *kernel)``, or ``(in, out, *kernel)`` when ``in_major``
-    (then only ``in_idx`` may be given).  Every gather copies contiguous rows where it can:
-    runtimes copy one block per index, and a block of one float is slow.
+    (then only ``in_idx`` may be given: its rows are gathered, then transposed back).  The
+    gather is skip_compute's (``gather_weight`` in ``gatekit/inference/_conv.py``).
     """
-    if in_major:
-        return weight.index_select(0, in_idx).transpose(0, 1), bias
-    if out_idx is not None and in_idx is not None:
-        # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
-        cols = weight.shape[1]
-        flat = (out_idx[:, None] * cols + in_idx[None, :]).flatten()
-        w = weight.flatten(2).flatten(0, 1).index_select(0, flat)
-        w = w.view(-1, in_idx.shape[0], *weight.shape[2:])
-    elif out_idx is not None:
-        w = weight.index_select(0, out_idx)
-    elif in_idx is not None:
-        w = weight.index_select(1, in_idx)
-    else:
-        w = weight
-    if bias is not None and out_idx is not None:
-        bias = bias.index_select(0, out_idx)
-    return w, bias
+    w, b = gather_weight(weight, bias, out_idx, in_idx, in_major=in_major)
+    return (w.transpose(0, 1) if in_major else w), b
 
 
 def sliced_conv_reference(x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -54,8 +39,8 @@ def sliced_conv_reference(x: Tensor, weight: Tensor, bias: Tensor | None,
                           in_major: bool) -> Tensor:
     """Convolve ``x`` (whose channels are ``in_idx``'s, when given) with the filters
     ``out_idx`` of ``weight`` (every filter when None)."""
-    w, b = gather_weight(weight, bias, out_idx, in_idx, in_major)
-    conv = _CONVS[weight.ndim - 3]
+    w, b = conv_weights(weight, bias, out_idx, in_idx, in_major)
+    conv = CONV_FUNCTIONS[weight.ndim - 3]
     return conv(x, w, b, stride, padding, dilation, groups)
 
 
@@ -74,7 +59,5 @@ def _(x, weight, bias, out_idx, in_idx, stride, padding, dilation, groups, in_ma
         out_c = out_idx.shape[0]
     else:
         out_c = weight.shape[1] if in_major else weight.shape[0]
-    kernel = weight.shape[2:]
-    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-               for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation)]
+    spatial = conv_output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     return x.new_empty(x.shape[0], out_c, *spatial)

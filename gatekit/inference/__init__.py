@@ -12,9 +12,9 @@
 Layout (private modules): ``_common`` holds what both transforms share (the eval-mode
 check, the graph clean-up, the returned class, the route mode names), ``_plan`` reads the
 gated graph (which sites can be sliced, where their zeros go), ``_conv`` is the sliced
-convolution, ``_skip`` rewrites the graph and runs it, ``_batching`` is the seam for
-batching modes (how a batch of mixed gate patterns runs) and their one registry, one
-module per mode: ``_pattern``, ``_union``, ``_gather`` (one grouped call per site for the
+convolution, ``_rewrite`` rewrites the graph (skip_compute and the export share it),
+``_skip`` runs it, ``_batching`` is the seam for batching modes (how a batch of mixed
+gate patterns runs) and their one registry, one module per mode: ``_pattern``, ``_union``, ``_gather`` (one grouped call per site for the
 whole batch), ``_masked`` (every filter, closed ones zeroed), ``_auto`` (one of those per
 batch, by the rule in ``_rule``, which :func:`tune_batching` fits to the machine);
 ``_fuse`` rewrites the graph for the fused op, ``_folding`` holds the
@@ -29,6 +29,9 @@ both dimensions of a 3x3 weight); a 1x1 conv whose output is added to a dead res
 accumulates into it; Python work per call is one ``nonzero`` and slicing per site.
 """
 
+# The batching modes, one module each: importing a mode's module registers it in
+# _batching.BATCHINGS, the one list of modes (skip_compute looks names up there).
+from . import _auto, _gather, _masked, _pattern, _union  # noqa: F401
 from ._common import InferenceGaterNet, SiteRoute
 from ._folding import fold_batchnorm
 from ._fuse import FusedGatedConv2d, fuse_gated_convs

@@ -67,6 +67,16 @@ def describe() -> str:
     return "\n".join(f"{name}: {cls.summary}" for name, cls in BATCHINGS.items())
 
 
+def one_pattern(gates: Tensor) -> bool:
+    """Whether every sample of ``gates`` ``(N, num_gates)`` shares one gate pattern (a
+    batch of one does): then every mode runs the batch as one pass.
+
+    >>> one_pattern(torch.tensor([[1.0, 0], [1, 0]])), one_pattern(torch.tensor([[1.0, 0], [0, 1]]))
+    (True, False)
+    """
+    return gates.shape[0] == 1 or bool((gates == gates[:1]).all())
+
+
 class Backbone(Protocol):
     """What a batching mode uses of :class:`gatekit.inference._skip.SkipBackbone`."""
 
@@ -212,7 +222,7 @@ class Batching(ABC):
 
     def __call__(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
         """The backbone's output for ``x`` under binary ``gates`` ``(N, num_gates)``."""
-        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+        if one_pattern(gates):
             return backbone.run(x, gates, SharedChannels(backbone.open_channels(gates[0])))
         return self.run_mixed(backbone, x, gates)
 

@@ -1,5 +1,7 @@
-"""What :func:`gatekit.skip_compute` and :func:`gatekit.fuse_gated_convs` share: the checks
-they start with, the graph clean-up they end with, and the GaterNet they return.
+"""What :func:`gatekit.skip_compute` and :func:`gatekit.fuse_gated_convs` share, and
+:func:`gatekit.exportable` with them: the checks they start with, the graph clean-up they
+end with, the GaterNet they return (built from :func:`gaternet_parts`), and how a site's
+gates map to its channels (:func:`channel_index`, :func:`per_channel`).
 
 Each transform: ``check_eval_net(net)`` -> copy ``net.backbone`` -> plan the sites
 (:mod:`._plan`) -> rewrite the graph -> ``finish_graph`` -> :class:`InferenceGaterNet`
@@ -12,6 +14,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, fx, nn
 
 from .. import _graph
@@ -51,7 +54,7 @@ class SiteRoute(NamedTuple):
     >>> route.site, route.mode, route.consumer
     ('stage1.block1.conv2', 'scatter', None)
     >>> route.reason, route.batching
-    ('gated output feeds a non-conv op', 'pattern')
+    ('gated output feeds a non-conv op', 'auto')
     """
 
     site: str
@@ -81,15 +84,7 @@ class InferenceGaterNet(GaterNet):
     routes: tuple[SiteRoute, ...]
 
     def __init__(self, net: GaterNet, backbone: nn.Module, routes: Sequence[SiteRoute]):
-        super().__init__(
-            backbone,
-            copy.deepcopy(net.gater),
-            copy.deepcopy(net.head),
-            copy.deepcopy(net.estimator),
-            net.sites,
-            in_features=net.in_features,
-            check_finite=net.check_finite,
-        )
+        super().__init__(backbone, **gaternet_parts(net))
         self.routes = tuple(routes)
         self.input_spec = net.input_spec  # the rewritten backbone's first conv may be fused
         self.eval()
@@ -112,6 +107,29 @@ class InferenceGaterNet(GaterNet):
 
     def extra_repr(self) -> str:
         return ", ".join([super().extra_repr(), *self._repr_fields()])
+
+
+def gaternet_parts(net: GaterNet) -> dict[str, Any]:
+    """What a GaterNet around a rewritten backbone takes from ``net``, as keyword
+    arguments of :class:`gatekit.GaterNet` besides the backbone: copies of its gater, head
+    and estimator, its sites and its settings.  (Set ``input_spec`` from ``net`` too: the
+    rewritten backbone's first conv may no longer be a conv.)
+
+    >>> import gatekit
+    >>> from gatekit.models import resnet20, resnet20_gater
+    >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), check_finite=True).eval()
+    >>> parts = gaternet_parts(net)
+    >>> sorted(parts), parts["gater"] is net.gater, parts["check_finite"]
+    (['check_finite', 'estimator', 'gater', 'head', 'in_features', 'sites'], False, True)
+    """
+    return {
+        "gater": copy.deepcopy(net.gater),
+        "head": copy.deepcopy(net.head),
+        "estimator": copy.deepcopy(net.estimator),
+        "sites": net.sites,
+        "in_features": net.in_features,
+        "check_finite": net.check_finite,
+    }
 
 
 def check_eval_net(net: Any, fn: str, why: str) -> None:
@@ -137,6 +155,35 @@ def check_binary(gates: Tensor, fn: str) -> None:
             f"{fn} needs binary gates (0 or 1), got a value {bad}; pass hard gates, e.g. "
             f"(logits > 0).float(), or use the dense GaterNet for soft gates"
         )
+
+
+def channel_index(gate_idx: Tensor, group_size: int) -> Tensor:
+    """The channels that a site's gates ``gate_idx`` switch, ``(..., K)`` ->
+    ``(..., K * group_size)``: gate ``g`` switches channels ``g * group_size`` up to
+    ``(g + 1) * group_size - 1`` (:attr:`gatekit.GateSite.group_size`).
+
+    >>> import torch
+    >>> channel_index(torch.tensor([0, 2]), 2).tolist()
+    [0, 1, 4, 5]
+    """
+    if group_size == 1:
+        return gate_idx
+    span = torch.arange(group_size, device=gate_idx.device)
+    return (gate_idx.unsqueeze(-1) * group_size + span).flatten(-2)
+
+
+def per_channel(values: Tensor, group_size: int) -> Tensor:
+    """A site's per-gate values ``(..., G)`` as per-channel ones ``(..., G * group_size)``:
+    each repeated for the channels its gate switches (see :func:`channel_index`).
+
+    >>> import torch
+    >>> per_channel(torch.tensor([[1.0, 0.0]]), 2).tolist()
+    [[1.0, 1.0, 0.0, 0.0]]
+    """
+    if group_size == 1:
+        return values
+    wide = values.unsqueeze(-1).expand(*values.shape, group_size)
+    return wide.reshape(*values.shape[:-1], values.shape[-1] * group_size)
 
 
 def finish_graph(gm: fx.GraphModule) -> None:

@@ -9,7 +9,7 @@ hands the work to it, and the modes whose samples share one set of channels per 
 :meth:`SkipConv.run_shared`, built from the steps below.
 
 Steps: weights are gathered per call with ``index_select`` into contiguous buffers (cheap
-next to the convolution itself).  A 1x1 conv on a 4-d input runs as one ``addmm`` on the
+next to the convolution itself; :func:`gather_weight`, which the export shares).  A 1x1 conv on a 4-d input runs as one ``addmm`` on the
 channels-last view of the activation (the gathered rows are already the GEMM's operand; a
 stride first subsamples the input), everything else through
 ``torch.nn.functional.conv{1,2,3}d``.  Where the output is added to a residual that
@@ -33,7 +33,8 @@ __all__: list[str] = []
 
 FULL = "full"  # every output filter computed (a conv that is not a sliced site's producer)
 _OUT_MODES = (FULL, SLICED, SCATTER)
-#: ``torch.nn.functional.conv{1,2,3}d`` by the input's rank minus 3: the one place they are named.
+#: ``torch.nn.functional.conv{1,2,3}d`` by the input's rank minus 3: the one place they are
+#: named (the export's convs take them from here).
 CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d)
 
 
@@ -160,26 +161,25 @@ class SkipConv(nn.Module):
         self, out_idx: Tensor | None, in_idx: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         """The folded weight and bias, cut to the output rows ``out_idx`` (when this conv
-        computes open filters only) and the input channels ``in_idx`` (when ``in_sliced``)."""
-        w, b = self.weight, self.bias
+        computes open filters only) and the input channels ``in_idx`` (when ``in_sliced``),
+        in the layout the weight is stored in."""
         cut_out = (
             out_idx is not None and self.out_mode != FULL and out_idx.numel() < self.out_channels
         )
         cut_in = in_idx is not None and self.in_sliced and in_idx.numel() < self.in_channels
-        if cut_out and b is not None:
-            b = b.index_select(0, out_idx)
-        if self.transposed:
-            return (w.index_select(0, in_idx) if cut_in else w), b
-        if cut_out and cut_in and not self.use_mm:
-            # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
-            flat = (out_idx[:, None] * self.in_channels + in_idx[None, :]).flatten()
-            w = w.view(-1, self.taps).index_select(0, flat)
-            return w.view(out_idx.numel(), in_idx.numel(), *self.kernel_size), b
-        if cut_out:
-            w = w.index_select(0, out_idx)
-        if cut_in:
-            w = w.index_select(1, in_idx)
-        return w, b
+        return gather_weight(self.weight, self.bias, out_idx if cut_out else None,
+                             in_idx if cut_in else None, in_major=self.transposed)
+
+    def conv_weight(self) -> Tensor:
+        """The folded weight in conv layout, ``(out, in / groups, *kernel_size)``, whatever
+        layout it is stored in (the 1x1 GEMM paths keep it flat, some transposed).
+
+        >>> skip = SkipConv(nn.Conv2d(4, 3, 1), None, out_mode="full", in_sliced=True)
+        >>> tuple(skip.weight.shape), tuple(skip.conv_weight().shape)
+        ((4, 3), (3, 4, 1, 1))
+        """
+        w = self.weight.t() if self.transposed else self.weight
+        return w.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
     def _k_out(self, w: Tensor) -> int:
         return w.shape[1] if self.transposed else w.shape[0]
@@ -201,9 +201,7 @@ class SkipConv(nn.Module):
         key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b._version)
         if self._padded is not None and self._padded[0] == key:
             return self._padded[1], self._padded[2]
-        if self.transposed:  # stored (in, out) for the in-sliced 1x1 path
-            w = w.t()
-        rows = w.reshape(self.out_channels, -1)
+        rows = self.conv_weight().reshape(self.out_channels, -1)
         rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])]).contiguous()
         bias = None if b is None else torch.cat([b, b.new_zeros(1)])
         self._padded = (key, rows, bias)
@@ -294,6 +292,43 @@ class SkipConv(nn.Module):
             f"stride={self.stride}, out_mode={self.out_mode!r}, in_sliced={self.in_sliced}, "
             f"use_mm={self.use_mm}"
         )
+
+
+def gather_weight(
+    weight: Tensor,
+    bias: Tensor | None,
+    out_idx: Tensor | None,
+    in_idx: Tensor | None,
+    *,
+    in_major: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """The rows ``out_idx`` and columns ``in_idx`` of a conv weight (None: all), and the
+    entries ``out_idx`` of its bias: what :class:`SkipConv` and the export's conv compute with.
+
+    ``weight``: ``(out, in, *kernel)``, or a 1x1 conv's ``(out, in)``; ``in_major``: stored
+    ``(in, out, ...)``, then only ``in_idx`` may be given and the result stays in-major.
+    Every gather copies contiguous rows where it can: a runtime copies one block per index
+    (ONNX Runtime's ``Gather`` does), and a block of one float is slow.
+
+    >>> w, b = torch.arange(24.0).view(3, 2, 2, 2), torch.tensor([0.0, 1, 2])
+    >>> cut_w, cut_b = gather_weight(w, b, torch.tensor([2, 0]), torch.tensor([1]))
+    >>> torch.equal(cut_w, w[[2, 0]][:, [1]]), cut_b.tolist()
+    (True, [2.0, 0.0])
+    """
+    if bias is not None and out_idx is not None:
+        bias = bias.index_select(0, out_idx)
+    if in_major:
+        return (weight if in_idx is None else weight.index_select(0, in_idx)), bias
+    if out_idx is not None and in_idx is not None and weight.ndim > 2:
+        # One gather of (out, in) pairs from the (out * in, taps) view: no intermediate.
+        flat = (out_idx[:, None] * weight.shape[1] + in_idx[None, :]).flatten()
+        w = weight.flatten(2).flatten(0, 1).index_select(0, flat)
+        return w.view(out_idx.shape[0], in_idx.shape[0], *weight.shape[2:]), bias
+    if out_idx is not None:
+        weight = weight.index_select(0, out_idx)
+    if in_idx is not None:
+        weight = weight.index_select(1, in_idx)
+    return weight, bias
 
 
 def add_residual(y: Tensor, residual: Tensor | None) -> Tensor:

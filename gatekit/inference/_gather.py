@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ._batching import Backbone, Batching, GateCounts, Runs, register
-from ._common import SCATTER
+from ._common import SCATTER, channel_index, per_channel
 from ._conv import SkipConv, add_residual, memory_format
 
 __all__: list[str] = []
@@ -86,11 +86,7 @@ def gathered_sites(backbone: Backbone, gates: Tensor) -> list[Gathered | None]:
         else:
             idx = order[:, site.offset : site.offset + k] - site.offset
             pad = torch.arange(k, device=gates.device) >= counts[:, i : i + 1]
-        if site.group_size > 1:
-            g = site.group_size
-            span = torch.arange(g, device=gates.device)
-            idx = (idx[:, :, None] * g + span).flatten(1)
-            pad = pad.repeat_interleave(g, 1)
+        idx, pad = channel_index(idx, site.group_size), per_channel(pad, site.group_size)
         channels = site.num_gates * site.group_size
         rows = idx.masked_fill(pad, channels)
         result.append(Gathered(idx, rows, idx.shape[1]))

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from .. import _graph
 from ..sites import GateSite
-from ._common import DENSE, SCATTER, SLICED
+from ._common import DENSE, SCATTER, SLICED, SiteRoute
 from ._folding import foldable_batchnorm
 
 __all__: list[str] = []
@@ -51,6 +51,22 @@ class SitePlan:
     consumer: fx.Node | None
     mode: str
     reason: str
+
+    def route(self, batching: str, dense_note: str = "") -> SiteRoute:
+        """What the site became, as a :class:`~gatekit.inference.SiteRoute`: ``batching``
+        for a site that skips; ``dense_note`` added to a dense site's reason.
+
+        >>> import gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner").eval()
+        >>> plan_sites(net.backbone, net.sites)[0].route("union")
+        SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='union')
+        """
+        consumer = None if self.consumer is None else self.consumer.target
+        if self.mode == DENSE:
+            reason = f"{self.reason}; {dense_note}" if dense_note else self.reason
+            return SiteRoute(self.site.name, self.mode, consumer, reason, "")
+        return SiteRoute(self.site.name, self.mode, consumer, self.reason, batching)
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

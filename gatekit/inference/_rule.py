@@ -34,7 +34,6 @@ this machine and scales each mode's constants to what it measured, process-wide 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -44,8 +43,12 @@ from torch import Tensor
 
 from .._errors import GatekitError
 from .._graph import conv_output_size
-from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates
+from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates, one_pattern
 from ._conv import SkipConv, add_residual
+from ._gather import GatherBatching
+from ._masked import MaskedBatching
+from ._pattern import PatternBatching
+from ._union import UnionBatching
 
 __all__ = ["BatchingChoice", "BatchingRule", "ModeCost", "set_batching_rule", "tune_batching"]
 
@@ -68,10 +71,10 @@ class ModeCost(NamedTuple):
 
 #: Fitted by benchmarks/fit_batching_rule.py (see the module docstring).
 DEFAULT_COSTS: dict[str, ModeCost] = {
-    "pattern": ModeCost(2.31e-3, 7.11e-5, 7.09e-10, 2.96e-11),
-    "union": ModeCost(3.6e-3, 0.0, 0.0, 1.83e-11),
-    "gather": ModeCost(5.1e-3, 1.3e-5, 0.0, 3.6e-11),
-    "masked": ModeCost(2.93e-3, 0.0, 0.0, 1.81e-11),
+    PatternBatching.name: ModeCost(2.31e-3, 7.11e-5, 7.09e-10, 2.96e-11),
+    UnionBatching.name: ModeCost(3.6e-3, 0.0, 0.0, 1.83e-11),
+    GatherBatching.name: ModeCost(5.1e-3, 1.3e-5, 0.0, 3.6e-11),
+    MaskedBatching.name: ModeCost(2.93e-3, 0.0, 0.0, 1.81e-11),
 }
 
 
@@ -199,7 +202,10 @@ class BatchingRule:
         return BatchingChoice(best, reason, est)
 
 
-_lock = threading.Lock()
+# No lock: setting the rule is one rebinding of this name, atomic in Python, and a
+# BatchingRule is frozen, so a reader sees the old rule or the new one, whole.  A lock taken
+# only by the writer protected nothing; concurrent set_batching_rule (or tune_batching)
+# calls end with the last one's rule, with or without a lock.
 _current = BatchingRule()
 
 
@@ -210,7 +216,7 @@ def current_rule() -> BatchingRule:
 
 def set_batching_rule(rule: BatchingRule | None) -> BatchingRule:
     """Make ``rule`` the process-wide rule of ``batching="auto"``; None restores the
-    default.  Returns the rule now in force.
+    default.  Returns the rule it set.
 
     >>> set_batching_rule(None) == BatchingRule()
     True
@@ -218,9 +224,9 @@ def set_batching_rule(rule: BatchingRule | None) -> BatchingRule:
     global _current
     if rule is not None and not isinstance(rule, BatchingRule):
         raise GatekitError(f"set_batching_rule expects a BatchingRule or None, got {type(rule).__name__}")
-    with _lock:
-        _current = BatchingRule() if rule is None else rule
-    return _current
+    new = BatchingRule() if rule is None else rule
+    _current = new
+    return new
 
 
 def _backbone(fast: Any) -> Backbone:
@@ -284,7 +290,7 @@ def tune_batching(
         raise GatekitError("tune_batching expects an example batch (or fix=<mode>)")
     if gates is None:
         gates = fast.estimator(fast.gate_logits(example, budget))
-    if gates.shape[0] < 2 or bool((gates == gates[:1]).all()):
+    if one_pattern(gates):
         raise GatekitError(
             f"tune_batching needs an example whose samples open different filters: all "
             f"{gates.shape[0]} samples share one gate pattern, which every mode runs as one "

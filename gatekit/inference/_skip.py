@@ -1,10 +1,10 @@
 """skip_compute: run a GaterNet in eval mode computing only the filters whose gates are open.
 
 The dense gated model computes every filter and multiplies the closed ones by zero.
-:func:`skip_compute` rewrites the gated backbone's graph once (see ``_plan``): every conv
-followed by an eval-mode BatchNorm gets the BatchNorm folded in, each gated conv computes
-only its open filters, and the conv that consumes a gated output reads only the matching
-input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
+:func:`skip_compute` rewrites the gated backbone's graph once (``_plan``, ``_rewrite``):
+every conv followed by an eval-mode BatchNorm gets the BatchNorm folded in, each gated conv
+computes only its open filters, and the conv that consumes a gated output reads only the
+matching input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
 any gated backbone: it groups the samples by gate pattern (or takes the union of their
 open filters) and runs the rewritten graph once per group.  How it batches is a batching
 mode (``_batching``; one module per mode, registered in ``_batching.BATCHINGS``).
@@ -13,188 +13,37 @@ mode (``_batching``; one module per mode, registered in ``_batching.BATCHINGS``)
 from __future__ import annotations
 
 import copy
-import operator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .. import _graph
 from .._checks import check_gates
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
-from ._batching import Batching, get_batching
+from ._batching import Batching, get_batching, one_pattern
 from ._common import (
     DENSE,
     SCATTER,
     SLICED,
     InferenceGaterNet,
-    SiteRoute,
+    channel_index,
     check_binary,
     check_eval_net,
-    finish_graph,
 )
-from ._conv import FULL, Channels, SkipConv
-from ._folding import foldable_batchnorm
-from ._gather import GatherBatching
-from ._masked import MaskedBatching
+from ._conv import Channels
 from ._pattern import PatternBatching
-from ._plan import SitePlan, plan_sites
+from ._plan import plan_sites
+from ._rewrite import rewrite
 from ._rule import BatchingChoice
-from ._union import UnionBatching
 
 __all__ = ["SkipComputeNet", "skip_compute"]
-
-# The modes imported above register themselves in _batching.BATCHINGS, the one list.
-_REGISTERED = (PatternBatching, UnionBatching, GatherBatching, MaskedBatching, AutoBatching)
 
 
 def batching_mode(name: Any) -> Batching:
     """The batching mode called ``name`` (:class:`GatekitError` for an unknown one)."""
     return get_batching(name, "skip_compute")
-
-
-#: A single image with fewer elements than this stays contiguous (NCHW): PyTorch runs
-#: the convs of such small activations on its native im2col path (not oneDNN's), which
-#: wants NCHW; channels-last there costs a copy per conv (CIFAR ResNets at batch 1).
-SMALL_IMAGE = 3 * 64 * 64
-
-
-def _channels_last(x: Any) -> Any:
-    # Keep every activation in one layout: mkldnn convs and the 1x1 GEMMs both want NHWC.
-    if isinstance(x, Tensor) and x.ndim == 4:
-        if x.shape[0] == 1 and x[0].numel() < SMALL_IMAGE:
-            return x.contiguous()
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _single_bn_user(gm: fx.GraphModule, conv: fx.Node, calls: dict[str, int]) -> fx.Node | None:
-    user = _graph.only_user(conv)
-    if user is None or user.op != "call_module" or user.args != (conv,) or user.kwargs or calls[user.target] != 1:
-        return None
-    return user if foldable_batchnorm(gm.get_submodule(user.target)) else None
-
-
-def _rewrite(gm: fx.GraphModule, plans: list[SitePlan]) -> None:
-    """Replace convs (and their BatchNorms and gate multiplies) by :class:`SkipConv` calls.
-
-    The graph gets a ``channels`` argument (the run's :class:`._conv.Channels`); each
-    SkipConv is called as ``skip(x, channels, out_site, in_site)``, the site numbers
-    constants of the graph.
-    """
-    graph = gm.graph
-    calls = _graph.call_counts(graph)
-    producers = {p.conv: p for p in plans if p.mode != DENSE}
-    consumers = {p.consumer: p for p in plans if p.mode == SLICED}
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    gates = next(p for p in placeholders if p.target == "gates")
-    with graph.inserting_after(gates):
-        channels = graph.placeholder("channels")
-    first = placeholders[0]
-    with graph.inserting_after(channels):
-        layout = graph.call_function(_channels_last, (first,))
-    first.replace_all_uses_with(layout, delete_user_cb=lambda user: user is not layout)
-
-    for node in list(graph.nodes):
-        if node.op != "call_module" or calls.get(node.target) != 1:
-            continue
-        module = gm.get_submodule(node.target)
-        if not _graph.is_conv(module):
-            continue
-        out_plan, in_plan = producers.get(node), consumers.get(node)
-        if out_plan is not None:
-            bn_node = out_plan.norm
-        elif node.args and len(node.args) == 1 and not node.kwargs:
-            bn_node = _single_bn_user(gm, node, calls)
-        else:
-            bn_node = None
-        if out_plan is None and in_plan is None and bn_node is None:
-            continue
-        bn = None if bn_node is None else gm.get_submodule(bn_node.target)
-        out_mode = FULL if out_plan is None else out_plan.mode
-        skip = SkipConv(module, bn, out_mode=out_mode, in_sliced=in_plan is not None)
-        name = "skip_" + node.target.replace(".", "_")
-        gm.add_submodule(name, skip)
-        out_site, in_site = (None if p is None else p.index for p in (out_plan, in_plan))
-        with graph.inserting_before(node):
-            new = graph.call_module(name, (node.args[0], channels, out_site, in_site))
-        replaced = out_plan.mul if out_plan is not None else (bn_node or node)
-        replaced.replace_all_uses_with(new)
-    graph.eliminate_dead_code()
-    _accumulate_residuals(gm)
-    finish_graph(gm)
-
-
-def _inplace_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node`` returns its first argument modified in place (an in-place ReLU)."""
-    if node.op == "call_module":
-        return getattr(gm.get_submodule(node.target), "inplace", False) is True
-    if node.op == "call_method":
-        return node.target.endswith("_")
-    if node.op == "call_function":
-        return node.kwargs.get("inplace", False) is True or getattr(
-            node.target, "__name__", ""
-        ).endswith("_")
-    return False
-
-
-_FRESH_FUNCTIONS = (*_graph.ADD_FUNCTIONS, operator.mul, torch.relu, F.relu, F.relu6, F.silu, F.gelu)
-_FRESH_MODULES = (SkipConv, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU)
-
-
-def _fresh(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether ``node``'s output is a new tensor owned by the graph (no user's or module's)."""
-    if _inplace_alias(gm, node):
-        source = node.args[0] if node.args else None
-        return isinstance(source, fx.Node) and len(source.users) == 1 and _fresh(gm, source)
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), _FRESH_MODULES)
-    return node.op == "call_function" and node.target in _FRESH_FUNCTIONS
-
-
-def _accumulate_residuals(gm: fx.GraphModule) -> None:
-    """``add(skip_conv(x), r)`` -> ``skip_conv(x, residual=r)``, accumulating into ``r``.
-
-    Only where ``r`` is a fresh tensor of the graph and nothing derived from it runs after
-    the addition, so overwriting it is invisible.
-    """
-    nodes = list(gm.graph.nodes)
-    position = {n: i for i, n in enumerate(nodes)}
-    for add in nodes:
-        # Out-of-place additions only: an in-place one already writes into an input.
-        if add.op != "call_function" or not _graph.is_add(add, in_place=False):
-            continue
-        if add.kwargs or len(add.args) != 2:
-            continue
-        for conv, residual in (add.args, add.args[::-1]):
-            if not (
-                isinstance(conv, fx.Node)
-                and isinstance(residual, fx.Node)
-                and conv.op == "call_module"
-                and isinstance(gm.get_submodule(conv.target), SkipConv)
-                and len(conv.users) == 1
-                and "residual" not in conv.kwargs
-                and _fresh(gm, residual)
-            ):
-                continue
-            pending, seen = list(residual.users), set()
-            while pending:  # every node reading r (or anything made from it) runs before add
-                user = pending.pop()
-                if user in seen or user is add:
-                    continue
-                if position[user] > position[add]:
-                    break
-                seen.add(user)
-                pending.extend(user.users)
-            else:
-                conv.kwargs = {"residual": residual}
-                add.prepend(conv)  # the residual may be computed after the conv
-                add.replace_all_uses_with(conv)
-                gm.graph.erase_node(add)
-                break
 
 
 class SkipBackbone(nn.Module):
@@ -239,10 +88,7 @@ class SkipBackbone(nn.Module):
                 result.append(None)
                 continue
             idx = open_gates[bounds[i] : bounds[n + i]] - site.offset
-            if site.group_size > 1:
-                span = torch.arange(site.group_size, device=idx.device)
-                idx = (idx[:, None] * site.group_size + span).flatten()
-            result.append(idx)
+            result.append(channel_index(idx, site.group_size))
         return result
 
     def run(self, x: Any, gates: Tensor, channels: Channels) -> Any:
@@ -272,8 +118,9 @@ class SkipComputeNet(InferenceGaterNet):
     :class:`~gatekit.inference.SiteRoute` per site, ``mode`` ``"sliced"``, ``"scatter"``
     or ``"dense"``.  ``last_gates`` holds the gates of the last forward.
 
-    Samples are grouped by gate pattern and each group runs at its own batch size; with
-    random patterns every sample is its own group.
+    A batch whose samples open different filters runs in the batching mode that
+    :func:`gatekit.skip_compute` took (by default ``"auto"``: per batch, the mode a rule
+    estimates cheapest; :meth:`batching_choice` says which and why).
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, resnet20_gater
@@ -281,7 +128,7 @@ class SkipComputeNet(InferenceGaterNet):
     >>> fast = gatekit.skip_compute(net)
     >>> fast
     SkipComputeNet(
-      num_gates=336, sites=9, batching='pattern', sliced=0, scatter=9, dense=0
+      num_gates=336, sites=9, batching='auto', sliced=0, scatter=9, dense=0
       ...
     >>> fast(torch.randn(2, 3, 32, 32)).shape, fast.last_gates.shape
     (torch.Size([2, 10]), torch.Size([2, 336]))
@@ -322,7 +169,7 @@ class SkipComputeNet(InferenceGaterNet):
             check_gates(gates, x, self.num_gates, self.sites)
         check_binary(gates, "batching_choice")
         mode = self.backbone.mode
-        if gates.shape[0] == 1 or bool((gates == gates[:1]).all()):
+        if one_pattern(gates):
             shared = PatternBatching.name if isinstance(mode, AutoBatching) else mode.name
             return BatchingChoice(shared, "one gate pattern in the batch: one pass", {})
         if isinstance(mode, AutoBatching):
@@ -333,7 +180,7 @@ class SkipComputeNet(InferenceGaterNet):
         return [f"batching={self.backbone.batching!r}", *super()._repr_fields()]
 
 
-def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> SkipComputeNet:
+def skip_compute(net: GaterNet, *, batching: str = AutoBatching.name) -> SkipComputeNet:
     """Return a copy of an eval-mode ``net`` that computes only the filters whose gates are open.
 
     For each sample, or each group of samples sharing a gate pattern: every eval-mode
@@ -350,11 +197,14 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
 
     ``batching`` says how a batch whose samples open different filters runs, one of the
     registered modes (the docs' ops page lists them with what each does):
-    ``"pattern"`` (default) groups the samples by gate pattern, one pass per group;
-    ``"union"``, ``"gather"`` and ``"masked"`` run one pass (the filters open in any
-    sample; each sample's own, padded to the batch's largest count; every filter);
-    ``"auto"`` picks one of those per batch by a rule over the gates (see
-    :func:`gatekit.tune_batching`, which fits the rule to this machine).
+    ``"pattern"`` groups the samples by gate pattern, one pass per group; ``"union"``,
+    ``"gather"`` and ``"masked"`` run one pass (the filters open in any sample; each
+    sample's own, padded to the batch's largest count; every filter); ``"auto"``
+    (default) picks one of those per batch by a rule over the gates (see
+    :func:`gatekit.tune_batching`, which fits the rule to this machine).  The default is
+    ``"auto"`` because it measured faster: in ``benchmarks/results/end_to_end_cpu_rule.json``
+    it ran 1.8x faster than ``"pattern"`` end to end, in geometric mean over the 40 points
+    with batch > 1 (0.93x to 4.2x); pass ``batching="pattern"`` for the former default.
 
     The result is a :class:`SkipComputeNet`, a :class:`gatekit.GaterNet` whose backbone
     takes ``(x, gates)`` and batches as above.  Raises :class:`GatekitError` if ``net`` is
@@ -369,20 +219,14 @@ def skip_compute(net: GaterNet, *, batching: str = PatternBatching.name) -> Skip
     >>> torch.allclose(fast(x, gates=g), net(x, gates=g), atol=1e-4)
     True
     >>> fast.routes[0]
-    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='pattern')
+    SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='auto')
     """
     check_eval_net(net, "skip_compute", "binary gates, BatchNorm with running statistics")
     mode = batching_mode(batching)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, "skip_compute")
-    _rewrite(graph, plans)
+    rewrite(graph, plans)
     live = [p.mode != DENSE for p in plans]
     backbone = SkipBackbone(graph, net.sites, live, mode)
-    return SkipComputeNet(net, backbone, [_route(p, mode.name) for p in plans])
+    return SkipComputeNet(net, backbone, [p.route(mode.name) for p in plans])
 
-
-def _route(plan: SitePlan, batching: str) -> SiteRoute:
-    consumer = None if plan.consumer is None else plan.consumer.target
-    return SiteRoute(
-        plan.site.name, plan.mode, consumer, plan.reason, "" if plan.mode == DENSE else batching
-    )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
+from ._common import per_channel
 
 __all__: list[str] = []
 
@@ -41,6 +41,7 @@ def masks(
 ) -> list[Tensor | None]:
     """Per site, the samples' gates ``(N, k)`` of the ``k`` channels computed (None: all 1).
 
+    >>> import torch
     >>> from types import SimpleNamespace
     >>> site = SimpleNamespace(offset=0, stop=3, group_size=1)
     >>> gates = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
@@ -52,8 +53,6 @@ def masks(
         if idx is None:
             result.append(None)
             continue
-        chunk = gates[:, site.offset : site.stop]
-        # Channel c belongs to gate c // group_size.
-        mask = chunk.index_select(1, torch.div(idx, site.group_size, rounding_mode="floor"))
+        mask = per_channel(gates[:, site.offset : site.stop], site.group_size).index_select(1, idx)
         result.append(None if bool(mask.all()) else mask)
     return result

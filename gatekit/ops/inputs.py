@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -125,6 +126,33 @@ def _check_gate(name: str, gate: torch.Tensor, n: int, channels: int, what: str)
         )
 
 
+def _check_tensors(named: dict[str, Any]) -> None:
+    """The call's tensors: the required ones given, every one a tensor of ``x``'s floating
+    dtype, on ``x``'s device."""
+    x = named["x"]
+    for name, t in named.items():
+        if t is None and name in ("x", "weight", "gate"):
+            raise GatekitError(f"{name} is required (got None)")
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise GatekitError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise GatekitError(
+            f"x must be float16, bfloat16, float32 or float64 (got {x.dtype}); cast it with x.float()"
+        )
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise GatekitError(
+                f"{name} has dtype {t.dtype} but x has {x.dtype}; every tensor of the call must"
+                f" share one dtype: pass {name}.to(x.dtype)"
+            )
+        if t.device != x.device:
+            raise GatekitError(
+                f"{name} is on {t.device} but x is on {x.device}; move it with {name}.to(x.device)"
+            )
+
+
 def make_inputs(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -153,27 +181,7 @@ def make_inputs(
     """
     named = {"x": x, "weight": weight, "gate": gate, "bias": bias, "scale": scale, "shift": shift,
              "in_gate": in_gate}
-    for name, t in named.items():
-        if t is None and name in ("x", "weight", "gate"):
-            raise GatekitError(f"{name} is required (got None)")
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise GatekitError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise GatekitError(
-            f"x must be float16, bfloat16, float32 or float64 (got {x.dtype}); cast it with x.float()"
-        )
-    for name, t in named.items():
-        if t is None:
-            continue
-        if t.dtype != x.dtype:
-            raise GatekitError(
-                f"{name} has dtype {t.dtype} but x has {x.dtype}; every tensor of the call must"
-                f" share one dtype: pass {name}.to(x.dtype)"
-            )
-        if t.device != x.device:
-            raise GatekitError(
-                f"{name} is on {t.device} but x is on {x.device}; move it with {name}.to(x.device)"
-            )
+    _check_tensors(named)
     if x.dim() != 4:
         raise GatekitError(f"x must have shape (N, C_in, H, W) (got {tuple(x.shape)})")
     if weight.dim() != 4:
