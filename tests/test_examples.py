@@ -47,8 +47,11 @@ TINY_CIFAR = ["--batch-size", "8", "--epochs", "1", "--workers", "0", "--log-eve
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
+    # gatekit and the examples' training package from this checkout, as the tests import
+    # them (pyproject's pythonpath), also in a process a test starts
+    path = os.pathsep.join([str(ROOT), str(EXAMPLES), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, GATEKIT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PYTHONPATH=path)
     env.pop("WORLD_SIZE", None)
     return env
 
