@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import cifar_gaternet
 from gaternet_training import cli, models
-from gaternet_training.config import CifarConfig
+from gaternet_training.config import CifarConfig, flag
 from gaternet_training.main import main
 from gaternet_training.train import Backbone
 from gaternet_training.warm_start import load_into, read_state_dict
@@ -51,28 +51,23 @@ from gatekit import GatekitError
 
 TOLERANCE = 0.005
 
-# The CIFAR script's config and this script's two flags.  Made with make_dataclass, from types
+# The CIFAR script's config and this script's three flags.  Made with make_dataclass, from types
 # rather than annotations: a dataclass statement here would need this file in sys.modules to
 # read its (postponed) annotations, and the tests load it by path.
-StaticPruningConfig = dataclasses.make_dataclass(
-    "StaticPruningConfig", [("prune_from", Path), ("flops", float), ("flops_tolerance", float)],
-    bases=(CifarConfig,),
-    frozen=True, kw_only=True)
+StaticPruningConfig = dataclasses.make_dataclass("StaticPruningConfig", [
+    ("prune_from", Path, flag("static pruning", "the trained plain model to prune: a run's "
+                              "checkpoint.pt or a state_dict", type=Path, metavar="PATH",
+                              required=True)),
+    ("flops", float, flag("static pruning", "keep this fraction of the dense model's FLOPs, in "
+                          "(0, 1)", type=float, metavar="F", required=True)),
+    ("flops_tolerance", float, flag("static pruning", "accept the closest reachable width "
+                                    f"within T of --flops (default {TOLERANCE})", TOLERANCE,
+                                    type=float, metavar="T")),
+], bases=(CifarConfig,), frozen=True, kw_only=True)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = cifar_gaternet.parser()
-    p.description = __doc__.split("\n\n")[0]
-    p.epilog = __doc__.split("\n\n", 1)[1]
-    g = p.add_argument_group("static pruning")
-    g.add_argument("--prune-from", type=Path, required=True, metavar="PATH",
-                   help="the trained plain model to prune: a run's checkpoint.pt or a state_dict")
-    g.add_argument("--flops", type=float, required=True, metavar="F",
-                   help="keep this fraction of the dense model's FLOPs, in (0, 1)")
-    g.add_argument("--flops-tolerance", type=float, default=TOLERANCE, metavar="T",
-                   help="accept the closest reachable width within T of --flops "
-                        f"(default {TOLERANCE})")
-    return p
+    return cli.parser(StaticPruningConfig, __doc__, cifar_gaternet.DEFAULTS)
 
 
 def config(argv: list[str] | None = None) -> CifarConfig:

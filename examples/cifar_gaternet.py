@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gaternet_training import cli
 from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
@@ -31,30 +30,15 @@ from gaternet_training.train import Data, fixed_subset
 
 from gatekit import GatekitError
 
-DEFAULTS = cli.defaults(
+# The flags whose default is this script's (the rest: gaternet_training.config).
+DEFAULTS = dict(
     arch="resnet20", gater="resnet20", epochs=160, batch_size=128, warmup_epochs=1, workers=2,
     log_every=50, name="cifar_gaternet", channels_last_cpu=True,
 )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    d = p.add_argument_group("data")
-    d.add_argument("--data", type=Path, required=True,
-                   help="CIFAR ImageFolder tree, its .tar.gz, or a torchvision CIFAR directory")
-    d.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10",
-                   help="for a torchvision directory or --download (default: cifar10)")
-    d.add_argument("--download", action="store_true",
-                   help="download CIFAR with torchvision into --data (needs internet)")
-    d.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"where archives are extracted and decoded images cached "
-                        f"(default: $GATEKIT_CACHE or {default_cache_dir()})")
-    d.add_argument("--train-dir", default="train", help="training split folder (default: train)")
-    d.add_argument("--val-dir", default="test", help="test split folder (default: test)")
-    cli.add_training_args(p, DEFAULTS)
-    return p
+    return cli.parser(CifarConfig, __doc__, DEFAULTS)
 
 
 def config(argv: list[str] | None = None) -> CifarConfig:

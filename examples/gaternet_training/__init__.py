@@ -1,8 +1,8 @@
 """Training code shared by ``examples/imagenet_gaternet.py`` and ``examples/cifar_gaternet.py``.
 
 Start with ``train``: the whole program, top to bottom (model, losses, step, statistics).
-The rest is plumbing, one concept per module: ``cli`` (flags and their shared defaults),
-``config`` (the run's settings, one typed dataclass), ``main`` (parse, run, report errors),
+The rest is plumbing, one concept per module: ``config`` (the run's settings, one typed
+dataclass whose fields declare the flags), ``cli`` (argparse generated from it), ``main`` (parse, run, report errors),
 ``models`` (backbones and gater trunks by name), ``warm_start`` (loading trained weights),
 ``losses`` and ``ramp`` (the loss terms and their weight schedules), ``distill``
 (distillation from a dense teacher, one more term), ``optim`` (the optimiser recipe),

@@ -18,7 +18,6 @@ computes the same reduced metrics.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -212,8 +211,7 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
         model = torch.compile(model, mode=config.compile_mode)
     run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
               losses, config.log_every, step=start_epoch * steps_per_epoch,
-              budgets=(None if config.budget_range is None
-                       else dataclasses.replace(config.budget_range, ends=config.budget_ends)))
+              budgets=config.budgets)
     if dist.is_main:
         kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
         print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
