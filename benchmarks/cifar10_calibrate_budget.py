@@ -6,7 +6,7 @@
 
 ``WEIGHTS`` is the state_dict of a run trained with ``--budget-range`` and ``WEIGHTS`` with
 the suffix ``.json`` its results file (or ``--results``).  The model is rebuilt as
-``cifar10_evaluate.py`` rebuilds it, and :func:`gatekit.calibrate_budget` measures, on
+``cifar10_evaluate.py`` rebuilds it (``gaternet_training.rebuild``), and :func:`gatekit.calibrate_budget` measures, on
 ``--images`` training images drawn with ``--seed`` (evaluation transform: no crop or flip;
 never a test image), the mean backbone FLOPs fraction at each head input, counted as the
 run's report counts it (its gate costs, ``downstream`` as the run counted, of the dense
@@ -28,15 +28,19 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cifar_gaternet
-from cifar10_evaluate import _run_config, evaluate_with_stats, load_results, rebuild
-from cifar10_gating_vs_pruning import _rel
+from cifar10_gating_vs_pruning import ROOT, _rel
 from gaternet_training import models
-from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
+from gaternet_training.cifar_data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    default_cache_dir,
+    load_cifar,
+    load_data,
+)
 from gaternet_training.distributed import setup
+from gaternet_training.rebuild import evaluate_with_stats, load_results, rebuild, run_config
 from gaternet_training.report import flop_counts, gate_report_1_99
 from gaternet_training.tensor_data import TensorBatches
 
@@ -79,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             missing = args.weights if not args.weights.is_file() else results_path
             raise gatekit.GatekitError(f"no file {missing}; expected a run's weights and its "
                                        f"results file beside them (or --results)")
-        results = load_results(results_path)
+        results = load_results(results_path, ROOT)
         if "calibrated_from" in json.loads(results_path.read_text()):
             raise gatekit.GatekitError(f"{results_path} is calibrated already; pass the run's own")
-        config = _run_config(results, args.data, args.cache_dir)
+        config = run_config(results, args.data, args.cache_dir)
         if config.budget_range is None:
             raise gatekit.GatekitError(f"{results_path} is not a budget-input run (--budget-range)")
         budgets = args.budget or [q["budget"] for q in results["budget_input"]["points"]]
         dist = setup("cpu")
-        loaded = cifar_gaternet.load_data(config, dist)
+        loaded = load_data(config, dist)
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
         model = rebuild(results, config, state, len(loaded.classes)).eval()
         if config.channels_last_on:

@@ -34,17 +34,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
-
-# The example scripts' training code is the baseline's too (one loop for every run).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
-import cifar_gaternet
 from gaternet_training import cli, models
-from gaternet_training.config import CifarConfig, flag
+from gaternet_training.cifar_data import load_data
+from gaternet_training.config import CIFAR_DEFAULTS, CifarConfig, flag
 from gaternet_training.main import main
 from gaternet_training.train import Backbone
 from gaternet_training.warm_start import load_into, read_state_dict
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gatekit import GatekitError
@@ -67,12 +63,12 @@ StaticPruningConfig = dataclasses.make_dataclass("StaticPruningConfig", [
 
 
 def parser() -> argparse.ArgumentParser:
-    return cli.parser(StaticPruningConfig, __doc__, cifar_gaternet.DEFAULTS)
+    return cli.parser(StaticPruningConfig, __doc__, CIFAR_DEFAULTS)
 
 
 def config(argv: list[str] | None = None) -> CifarConfig:
     """The run's config (a ``StaticPruningConfig``) from ``argv``."""
-    return cli.run_config(StaticPruningConfig, parser().parse_args(argv), cifar_gaternet.DEFAULTS)
+    return cli.run_config(StaticPruningConfig, parser().parse_args(argv), CIFAR_DEFAULTS)
 
 
 def flops(model: nn.Module, image_size: int = 32) -> int:
@@ -157,7 +153,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--no-gate" not in argv:
         argv.append("--no-gate")  # the baseline is a plain model; said in the results' command
-    return main(config, cifar_gaternet.load_data, argv, backbone=backbone)
+    return main(config, load_data, argv, backbone=backbone)
 
 
 if __name__ == "__main__":

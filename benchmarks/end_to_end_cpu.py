@@ -134,8 +134,8 @@ def build(model: str, args: argparse.Namespace) -> tuple[nn.Module, gatekit.Gate
 
 def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
     """A trained CIFAR run rebuilt from its weights and results file (as
-    ``cifar10_evaluate.py`` does), and the plain ResNet-20 with its backbone's weights."""
-    import cifar10_evaluate
+    ``cifar10_evaluate.py`` does, with ``gaternet_training.rebuild``), and the plain ResNet-20 with its backbone's weights."""
+    from gaternet_training.rebuild import rebuild, run_config
 
     results_path = weights.with_suffix(".json")
     if not results_path.is_file():
@@ -143,9 +143,9 @@ def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
     results = json.loads(results_path.read_text())
     if not results.get("gated"):
         raise SystemExit(f"--cifar-run {weights}: expected a gated run, {results_path} is not one")
-    config = cifar10_evaluate._run_config(results, Path("."), None)
+    config = run_config(results, Path("."), None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    net = cifar10_evaluate.rebuild(results, config, state, num_classes=10).eval()
+    net = rebuild(results, config, state, num_classes=10).eval()
     if net.budget_input:
         raise SystemExit(f"--cifar-run {weights}: a budget-input run is not timed here")
     plain = resnet20(num_classes=10)
@@ -160,11 +160,10 @@ def test_images(config: Any, data: Path | None, batch: int, gen: torch.Generator
         return torch.randn(batch, 3, 32, 32, generator=gen)
     import dataclasses
 
-    import cifar10_evaluate  # noqa: F401  (puts examples/ on the path)
-    import cifar_gaternet
+    from gaternet_training.cifar_data import load_data
     from gaternet_training.distributed import setup
 
-    loaded = cifar_gaternet.load_data(dataclasses.replace(config, data=data), setup("cpu"))
+    loaded = load_data(dataclasses.replace(config, data=data), setup("cpu"))
     images, _ = next(iter(loaded.val))
     return images[:batch].contiguous()
 

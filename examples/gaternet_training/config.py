@@ -336,6 +336,15 @@ class CifarConfig(RunConfig):
     val_dir: str = flag("data", "test split folder (default: test)", "test")
 
 
+# The CIFAR runs' defaults of the flags whose default is the script's: of
+# examples/cifar_gaternet.py, of the static-pruning baseline built on it, and of a run rebuilt
+# from its recorded command (rebuild).
+CIFAR_DEFAULTS: dict[str, Any] = dict(
+    arch="resnet20", gater="resnet20", epochs=160, batch_size=128, warmup_epochs=1, workers=2,
+    log_every=50, name="cifar_gaternet", channels_last_cpu=True,
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageNetConfig(RunConfig):
     """``examples/imagenet_gaternet.py``: an ImageFolder tree, or the stand-in without ``--data``."""
