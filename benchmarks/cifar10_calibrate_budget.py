@@ -1,6 +1,6 @@
 """Calibrate a CIFAR-10 budget-input run so that its budget is the backbone FLOPs it keeps.
 
-    python benchmarks/cifar10_calibrate_budget.py benchmarks/results/cifar10/any_budget_s0.pt \\
+    python -m benchmarks.cifar10_calibrate_budget benchmarks/results/cifar10/any_budget_s0.pt \\
         --data ../shared/data/cifar10-jpeg.tar.gz \\
         --out benchmarks/results/cifar10/any_budget_s0_calibrated
 
@@ -14,7 +14,7 @@ backbone's FLOPs).  The inverse, installed in the head as a ``BudgetMap``, is sa
 weights as ``OUT.pt``; ``OUT.json`` records the command, the run it calibrated
 (``calibrated_from``), the map, and ``budget_input.points``: the full test split evaluated at
 each budget (default: the run's own evaluation budgets), in the run's format.
-``python benchmarks/cifar10_evaluate.py OUT.pt --data ...`` rechecks every point and
+``python -m benchmarks.cifar10_evaluate OUT.pt --data ...`` rechecks every point and
 ``cifar10_any_budget.py OUT.json`` summarises them.
 """
 
@@ -27,10 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cifar10_gating_vs_pruning import ROOT, _rel
 from gaternet_training import models
 from gaternet_training.cifar_data import (
     CIFAR_MEAN,
@@ -45,6 +41,7 @@ from gaternet_training.report import flop_counts, gate_report_1_99
 from gaternet_training.tensor_data import TensorBatches
 
 import gatekit
+from benchmarks.run_files import ROOT, rel
 
 
 def calibration_batches(config: Any, images: int, seed: int, dist: Any) -> TensorBatches:
@@ -115,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "command": " ".join(["cifar10_calibrate_budget.py", *(argv if argv is not None
                                                                   else sys.argv[1:])]),
-            "calibrated_from": {"file": _rel(results_path), "weights": _rel(args.weights)},
+            "calibrated_from": {"file": rel(results_path), "weights": rel(args.weights)},
             "epochs": results["epochs"],
             "calibration": {"images": args.images, "split": "train", "seed": args.seed,
                             "downstream": config.count_downstream, "dense_flops": dense,
@@ -124,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget_input": {"range": results["budget_input"]["range"], "points": points},
         }
         args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {_rel(args.out.with_suffix('.pt'))} and {_rel(args.out.with_suffix('.json'))}")
+        print(f"wrote {rel(args.out.with_suffix('.pt'))} and {rel(args.out.with_suffix('.json'))}")
     except gatekit.GatekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

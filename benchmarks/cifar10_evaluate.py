@@ -1,6 +1,6 @@
 """Recheck a CIFAR-10 run from its committed weights: rebuild, evaluate, print one JSON line.
 
-    python benchmarks/cifar10_evaluate.py benchmarks/results/cifar10/budget_s0.pt \\
+    python -m benchmarks.cifar10_evaluate benchmarks/results/cifar10/budget_s0.pt \\
         --data ../shared/data/cifar10-jpeg.tar.gz
 
 ``WEIGHTS`` is a run's ``state_dict`` (``torch.save(model.state_dict(), path)``, as

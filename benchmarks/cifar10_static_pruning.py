@@ -1,7 +1,7 @@
 """The baseline a user would pick instead of gating: static channel pruning with Torch-Pruning.
 
     pip install -e ".[examples,baselines]"
-    python benchmarks/cifar10_static_pruning.py --data ../shared/data/cifar10-jpeg.tar.gz \\
+    python -m benchmarks.cifar10_static_pruning --data ../shared/data/cifar10-jpeg.tar.gz \\
         --prune-from ../shared/checkpoints/cifar10-resnet20-plain-30ep/checkpoint.pt \\
         --flops 0.56 --epochs 10 --workers 0 --output-dir runs/static
 
@@ -49,7 +49,7 @@ TOLERANCE = 0.005
 
 # The CIFAR script's config and this script's three flags.  Made with make_dataclass, from types
 # rather than annotations: a dataclass statement here would need this file in sys.modules to
-# read its (postponed) annotations, and the tests load it by path.
+# read its (postponed) annotations, which a file loaded by path (the docs' flag tables) is not.
 StaticPruningConfig = dataclasses.make_dataclass("StaticPruningConfig", [
     ("prune_from", Path, flag("static pruning", "the trained plain model to prune: a run's "
                               "checkpoint.pt or a state_dict", type=Path, metavar="PATH",
