@@ -10,22 +10,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from .config import Flag, RunConfig, cli_name
+from .config import RAMP_HELP, Flag, RunConfig, cli_name
 
 C = TypeVar("C", bound=RunConfig)
 
 # The help's groups, in this order; a group no config field names is left out, one not listed
 # here (a script's own) comes after them.
 GROUPS = ("data", "model", "warm start", "recipe", "distillation", "run time", "output")
-
-RAMP_HELP = """
-
-Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping,
---distill-weight) and the budget itself (--budget) take a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
-to B over the first K epochs (fractions allowed) and stay at B after: 0:2:3 ramps a weight up
-over three epochs, 1:0:5 anneals it to 0 over five; --budget 1:0.56:5 moves the budget from
-every FLOP to 56% over five epochs, as gradual pruning does.
-"""
 
 
 def flags(config_type: type[RunConfig]) -> list[tuple[str, Flag]]:

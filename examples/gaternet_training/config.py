@@ -128,6 +128,17 @@ def _needs_a_budget(config: RunConfig, value: str | None, name: str) -> str | No
     return None
 
 
+# How the flags that take a ramp read (the help's epilog).
+RAMP_HELP = """
+
+Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping,
+--distill-weight) and the budget itself (--budget) take a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
+to B over the first K epochs (fractions allowed) and stay at B after: 0:2:3 ramps a weight up
+over three epochs, 1:0:5 anneals it to 0 over five; --budget 1:0.56:5 moves the budget from
+every FLOP to 56% over five epochs, as gradual pruning does.
+"""
+
+
 # --------------------------------------------------------------------------------------
 # the flags
 # --------------------------------------------------------------------------------------

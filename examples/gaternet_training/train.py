@@ -86,7 +86,7 @@ class Run:
     losses: Losses  # the terms added to the cross-entropy: gate losses, distillation
     log_every: int
     step: int = 0
-    budgets: BudgetRange | None = None  # --budget-range: each sample draws its budget
+    budgets: BudgetRange | None = None  # a budget input: what each sample's budget is drawn from
 
     def budget_kwargs(self, n: int, epoch: float, device: torch.device) -> dict[str, Any]:
         """``budget=`` for a training forward of ``n`` samples (nothing without a budget input)."""
