@@ -25,6 +25,7 @@ from gatekit.models import conv_gater, resnet20, resnet20_gater
 
 
 def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform.processor()`` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -35,6 +36,9 @@ def cpu_model() -> str:
 
 
 def time_interleaved(fns: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Milliseconds of each of ``calls`` calls of every function in each of ``rounds`` rounds,
+    the functions interleaved round by round, so that a slow spell of the machine falls on
+    all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
