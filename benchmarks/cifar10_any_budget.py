@@ -1,13 +1,13 @@
 """One model for any budget on CIFAR-10: its points, one JSON, one accuracy-against-FLOPs plot.
 
-    python benchmarks/cifar10_any_budget.py benchmarks/results/cifar10/any_budget_s0.json \\
+    python -m benchmarks.cifar10_any_budget benchmarks/results/cifar10/any_budget_s0.json \\
         --budget benchmarks/results/cifar10/vs_budget_s0.json --budget ...s1.json \\
         --static benchmarks/results/cifar10/vs_static_s0.json --static ...s1.json \\
         --plain benchmarks/results/cifar10/vs_plain_s0.json
 
 ``RUN.json`` is the ``results.json`` of a run trained with ``--budget-range`` (one model whose
 gater reads the budget) and ``RUN.pt`` beside it its weights
-(``python benchmarks/cifar10_evaluate.py RUN.pt --data ...`` rechecks every point).  Its
+(``python -m benchmarks.cifar10_evaluate RUN.pt --data ...`` rechecks every point).  Its
 points are read from ``budget_input.points`` of that file, never typed.  The separately
 trained budget runs (``--budget B`` or ``--budget A:B:K``), the statically pruned runs and
 the plain runs are read as ``cifar10_gating_vs_pruning.py`` reads them, for the comparison:
@@ -27,54 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cifar10_gating_vs_pruning import (  # the same reading of run files
+from benchmarks.run_files import (  # the same reading of run files
     OUT,
-    ROOT,
-    _entry,
-    _load,
-    _rel,
+    budget_run_summary,
+    entry,
+    final_budget,
     finish_plot,
+    load,
+    load_budget_run,
+    rel,
 )
-
-POINT_KEYS = ("budget", "test_error", "backbone_flops_fraction", "total_flops_fraction_of_plain")
-
-
-def _load_run(path: Path) -> dict[str, Any]:
-    """A budget-input run's results file, or the file of its calibration
-    (``cifar10_calibrate_budget.py``: ``calibrated_from`` names the run, whose own file and
-    weights must be there too)."""
-    try:
-        r = json.loads(path.read_text())
-    except FileNotFoundError:
-        sys.exit(f"error: {path} does not exist; expected a run's results.json")
-    if "calibrated_from" not in r:
-        return _load(path)
-    _load(ROOT / r["calibrated_from"]["file"])
-    if not path.with_suffix(".pt").is_file():
-        sys.exit(f"error: {path.with_suffix('.pt')} does not exist; commit the calibrated "
-                 "weights beside the calibration's results")
-    return r
-
-
-def summarise(run: Path) -> dict[str, Any]:
-    r = _load_run(run)
-    info = r.get("budget_input")
-    if not info or not info.get("points"):
-        sys.exit(f"error: {run} has no budget_input.points; expected a run trained with "
-                 "--budget-range (examples/cifar_gaternet.py)")
-    return {"file": _rel(run), "weights": _rel(run.with_suffix(".pt")), "epochs": r["epochs"],
-            "points": [{k: p[k] for k in POINT_KEYS} for p in info["points"]]}
-
-
-def final_budget(path: Path) -> float:
-    """The budget a separately trained budget run ends at (``--budget B`` or ``A:B:K``)."""
-    text = _load(path).get("gate_losses", {}).get("budget")
-    if text is None:
-        sys.exit(f"error: {path} was not trained with --budget")
-    parts = str(text).split(":")
-    return float(parts[1] if len(parts) >= 2 else parts[0])  # A:B and A:B:K end at B
 
 
 def targets(summary: dict[str, Any], budget: list[dict[str, Any]], budget_at: float,
@@ -166,20 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT / "any_budget.json")
     p.add_argument("--plot", type=Path, default=OUT / "any_budget_accuracy_flops.png")
     args = p.parse_args(argv)
-    summary = summarise(args.run)
-    others = {kind: [_entry(f, kind) for f in getattr(args, kind)] for kind in ("budget", "static", "plain")}
-    epochs = {summary["epochs"], *(_load(f)["epochs"] for k in others for f in getattr(args, k))}
+    summary = budget_run_summary(args.run)
+    others = {kind: [entry(f, kind) for f in getattr(args, kind)] for kind in ("budget", "static", "plain")}
+    epochs = {summary["epochs"], *(load(f)["epochs"] for k in others for f in getattr(args, k))}
     if len(epochs) != 1:
         sys.exit(f"error: the runs differ in epochs ({sorted(epochs)}); compare equal training")
     at = {final_budget(f) for f in args.budget}
     if len(at) != 1:
         sys.exit(f"error: the budget runs end at different budgets ({sorted(at)})")
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    before = summarise(args.before) if args.before is not None else None
-    plot(summary, _load_run(args.run)["budget_input"]["range"], others, args.plot, before)
+    before = budget_run_summary(args.before) if args.before is not None else None
+    plot(summary, load_budget_run(args.run)["budget_input"]["range"], others, args.plot, before)
     print(json.dumps(summary, indent=1))
     print("\n".join(targets(summary, others["budget"], at.pop(), others["plain"])))
-    print(f"wrote {_rel(args.out)} and {_rel(args.plot)}")
+    print(f"wrote {rel(args.out)} and {rel(args.plot)}")
     return 0
 
 

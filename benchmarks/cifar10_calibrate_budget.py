@@ -1,12 +1,12 @@
 """Calibrate a CIFAR-10 budget-input run so that its budget is the backbone FLOPs it keeps.
 
-    python benchmarks/cifar10_calibrate_budget.py benchmarks/results/cifar10/any_budget_s0.pt \\
+    python -m benchmarks.cifar10_calibrate_budget benchmarks/results/cifar10/any_budget_s0.pt \\
         --data ../shared/data/cifar10-jpeg.tar.gz \\
         --out benchmarks/results/cifar10/any_budget_s0_calibrated
 
 ``WEIGHTS`` is the state_dict of a run trained with ``--budget-range`` and ``WEIGHTS`` with
 the suffix ``.json`` its results file (or ``--results``).  The model is rebuilt as
-``cifar10_evaluate.py`` rebuilds it, and :func:`gatekit.calibrate_budget` measures, on
+``cifar10_evaluate.py`` rebuilds it (``gaternet_training.rebuild``), and :func:`gatekit.calibrate_budget` measures, on
 ``--images`` training images drawn with ``--seed`` (evaluation transform: no crop or flip;
 never a test image), the mean backbone FLOPs fraction at each head input, counted as the
 run's report counts it (its gate costs, ``downstream`` as the run counted, of the dense
@@ -14,7 +14,7 @@ backbone's FLOPs).  The inverse, installed in the head as a ``BudgetMap``, is sa
 weights as ``OUT.pt``; ``OUT.json`` records the command, the run it calibrated
 (``calibrated_from``), the map, and ``budget_input.points``: the full test split evaluated at
 each budget (default: the run's own evaluation budgets), in the run's format.
-``python benchmarks/cifar10_evaluate.py OUT.pt --data ...`` rechecks every point and
+``python -m benchmarks.cifar10_evaluate OUT.pt --data ...`` rechecks every point and
 ``cifar10_any_budget.py OUT.json`` summarises them.
 """
 
@@ -27,20 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import cifar_gaternet
-from cifar10_evaluate import _run_config, evaluate_with_stats, load_results, rebuild
-from cifar10_gating_vs_pruning import _rel
 from gaternet_training import models
-from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
+from gaternet_training.cifar_data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    default_cache_dir,
+    load_cifar,
+    load_data,
+)
 from gaternet_training.distributed import setup
+from gaternet_training.rebuild import evaluate_with_stats, load_results, rebuild, run_config
 from gaternet_training.report import flop_counts, gate_report_1_99
 from gaternet_training.tensor_data import TensorBatches
 
 import gatekit
+from benchmarks.run_files import ROOT, rel
 
 
 def calibration_batches(config: Any, images: int, seed: int, dist: Any) -> TensorBatches:
@@ -79,15 +80,15 @@ def main(argv: list[str] | None = None) -> int:
             missing = args.weights if not args.weights.is_file() else results_path
             raise gatekit.GatekitError(f"no file {missing}; expected a run's weights and its "
                                        f"results file beside them (or --results)")
-        results = load_results(results_path)
+        results = load_results(results_path, ROOT)
         if "calibrated_from" in json.loads(results_path.read_text()):
             raise gatekit.GatekitError(f"{results_path} is calibrated already; pass the run's own")
-        config = _run_config(results, args.data, args.cache_dir)
+        config = run_config(results, args.data, args.cache_dir)
         if config.budget_range is None:
             raise gatekit.GatekitError(f"{results_path} is not a budget-input run (--budget-range)")
         budgets = args.budget or [q["budget"] for q in results["budget_input"]["points"]]
         dist = setup("cpu")
-        loaded = cifar_gaternet.load_data(config, dist)
+        loaded = load_data(config, dist)
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
         model = rebuild(results, config, state, len(loaded.classes)).eval()
         if config.channels_last_on:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {
             "command": " ".join(["cifar10_calibrate_budget.py", *(argv if argv is not None
                                                                   else sys.argv[1:])]),
-            "calibrated_from": {"file": _rel(results_path), "weights": _rel(args.weights)},
+            "calibrated_from": {"file": rel(results_path), "weights": rel(args.weights)},
             "epochs": results["epochs"],
             "calibration": {"images": args.images, "split": "train", "seed": args.seed,
                             "downstream": config.count_downstream, "dense_flops": dense,
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget_input": {"range": results["budget_input"]["range"], "points": points},
         }
         args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {_rel(args.out.with_suffix('.pt'))} and {_rel(args.out.with_suffix('.json'))}")
+        print(f"wrote {rel(args.out.with_suffix('.pt'))} and {rel(args.out.with_suffix('.json'))}")
     except gatekit.GatekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

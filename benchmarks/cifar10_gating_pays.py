@@ -1,6 +1,6 @@
 """Summarise the CIFAR-10 "gating that pays" runs: one JSON, one accuracy-against-FLOPs plot.
 
-    python benchmarks/cifar10_gating_pays.py \\
+    python -m benchmarks.cifar10_gating_pays \\
         --plain benchmarks/results/cifar10/finetune10_plain.json \\
         --gated benchmarks/results/cifar10/finetune10_gated.json \\
         --budget benchmarks/results/cifar10/finetune10_budget.json
@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "cifar10"
+from benchmarks.run_files import OUT, ROOT, rel
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -32,10 +31,6 @@ def _load(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         sys.exit(f"error: {path} does not exist; expected a results.json of examples/cifar_gaternet.py")
-
-
-def _rel(path: Path) -> str:
-    return str(path.resolve().relative_to(ROOT))
 
 
 def _gated_numbers(r: dict[str, Any], path: Path) -> dict[str, float]:
@@ -54,10 +49,10 @@ def summarise(plain_path: Path, gated_path: Path, budget_path: Path,
         sys.exit(f"error: {plain_path} is a gated run; --plain takes the plain backbone's results")
     f = budget["flops"]
     out: dict[str, Any] = {
-        "plain": {"file": _rel(plain_path), "test_error": plain["val_error"]},
-        "gated": {"file": _rel(gated_path), "test_error": gated["val_error"],
+        "plain": {"file": rel(plain_path), "test_error": plain["val_error"]},
+        "gated": {"file": rel(gated_path), "test_error": gated["val_error"],
                   **_gated_numbers(gated, gated_path)},
-        "budget": {"file": _rel(budget_path), "test_error": budget["val_error"],
+        "budget": {"file": rel(budget_path), "test_error": budget["val_error"],
                    "backbone_flops_fraction": (f["at_open_fraction"] - f["gater"]) / f["backbone_dense"],
                    **_gated_numbers(budget, budget_path),
                    "total_flops_fraction_of_plain": f["at_open_fraction"] / plain["flops"]["dense"]},
@@ -68,7 +63,7 @@ def summarise(plain_path: Path, gated_path: Path, budget_path: Path,
                                         "input_dependent_fraction_1_99",
                                         "total_flops_fraction_of_plain")}
     if extra:
-        out["extra_seeds"] = [{"run": name, "file": _rel(p), "test_error": _load(p)["val_error"]}
+        out["extra_seeds"] = [{"run": name, "file": rel(p), "test_error": _load(p)["val_error"]}
                               for name, p in extra]
     return out
 
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, args.plot)
     print(json.dumps(summary, indent=1))
-    print(f"wrote {_rel(args.out)} and {_rel(args.plot)}")
+    print(f"wrote {rel(args.out)} and {rel(args.plot)}")
     return 0
 
 

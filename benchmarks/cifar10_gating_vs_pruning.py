@@ -1,13 +1,13 @@
 """Gating against static pruning on CIFAR-10: one JSON, one accuracy-against-FLOPs plot.
 
-    python benchmarks/cifar10_gating_vs_pruning.py \\
+    python -m benchmarks.cifar10_gating_vs_pruning \\
         --plain benchmarks/results/cifar10/vs_plain_s0.json \\
         --static benchmarks/results/cifar10/vs_static_s0.json --static ...s1.json \\
         --budget benchmarks/results/cifar10/vs_budget_s0.json --budget ...s1.json
 
 Each ``FILE.json`` is a run's ``results.json`` (``examples/cifar_gaternet.py`` or
 ``benchmarks/cifar10_static_pruning.py``) and ``FILE.pt`` beside it the run's weights
-(``python benchmarks/cifar10_evaluate.py FILE.pt --data ...`` rechecks them).  Every number
+(``python -m benchmarks.cifar10_evaluate FILE.pt --data ...`` rechecks them).  Every number
 is read from those files, never typed: ``test_error`` is ``val_error``;
 ``backbone_flops_fraction`` is ``(flops.at_open_fraction - flops.gater) / flops.backbone_dense``
 (no gater for a static run); ``total_flops_fraction_of_plain`` is
@@ -26,63 +26,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "cifar10"
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        r = json.loads(path.read_text())
-    except FileNotFoundError:
-        sys.exit(f"error: {path} does not exist; expected a run's results.json")
-    for key in ("command", "epochs", "val_error", "flops", "seed"):
-        if key not in r:
-            sys.exit(f"error: {path} has no {key!r}; expected a results.json of the example scripts")
-    if not path.with_suffix(".pt").is_file():
-        sys.exit(f"error: {path.with_suffix('.pt')} does not exist; commit the run's weights "
-                 "beside its results (benchmarks/cifar10_evaluate.py --export-weights)")
-    return r
-
-
-def _rel(path: Path) -> str:
-    """Relative to the repository root (where the results live), else absolute."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def _backbone_fraction(r: dict[str, Any]) -> float:
-    f = r["flops"]
-    return (f["at_open_fraction"] - f.get("gater", 0)) / f["backbone_dense"]
-
-
-def _entry(path: Path, kind: str) -> dict[str, Any]:
-    r = _load(path)
-    out: dict[str, Any] = {"file": _rel(path), "weights": _rel(path.with_suffix(".pt")),
-                           "seed": r["seed"], "test_error": r["val_error"]}
-    if kind == "plain":
-        if r["gated"] or "backbone_build" in r:
-            sys.exit(f"error: {path} is not a plain run of the dense backbone")
-        return out
-    if kind == "static" and (r["gated"] or "backbone_build" not in r):
-        sys.exit(f"error: {path} is not a statically pruned run (cifar10_static_pruning.py)")
-    if kind == "budget" and not r["gated"]:
-        sys.exit(f"error: {path} is not a gated run")
-    out["backbone_flops_fraction"] = _backbone_fraction(r)
-    if kind == "budget":
-        s = r["gate_stats_1_99"]
-        out["total_flops_fraction_of_plain"] = r["flops"]["at_open_fraction"] / r["flops"]["backbone_dense"]
-        out["input_dependent_fraction_1_99"] = s["input_dependent"] / s["num_gates"]
-    return out
+from benchmarks.run_files import OUT, entry, finish_plot, load, rel
 
 
 def summarise(plain: list[Path], static: list[Path], budget: list[Path]) -> dict[str, Any]:
-    epochs = {_load(p)["epochs"] for p in (*plain, *static, *budget)}
+    epochs = {load(p)["epochs"] for p in (*plain, *static, *budget)}
     if len(epochs) != 1:
         sys.exit(f"error: the runs differ in epochs ({sorted(epochs)}); compare equal training")
     return {"epochs": epochs.pop(),
-            "plain": [_entry(p, "plain") for p in plain],
-            "static": [_entry(p, "static") for p in static],
-            "budget": [_entry(p, "budget") for p in budget]}
+            "plain": [entry(p, "plain") for p in plain],
+            "static": [entry(p, "static") for p in static],
+            "budget": [entry(p, "budget") for p in budget]}
 
 
 def targets(summary: dict[str, Any]) -> list[str]:
@@ -132,16 +86,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 "static pruning", path)
 
 
-def finish_plot(fig: Any, ax: Any, title: str, path: Path) -> None:
-    """The axes, title, grid and legend of an accuracy-against-FLOPs plot, saved to ``path``."""
-    ax.set_xlabel("FLOPs per image, fraction of the dense ResNet-20")
-    ax.set_ylabel("CIFAR-10 test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.savefig(path, dpi=120)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, args.plot)
     print(json.dumps(summary, indent=1))
     print("\n".join(targets(summary)))
-    print(f"wrote {_rel(args.out)} and {_rel(args.plot)}")
+    print(f"wrote {rel(args.out)} and {rel(args.plot)}")
     return 0
 
 

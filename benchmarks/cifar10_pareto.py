@@ -1,6 +1,6 @@
 """Accuracy against FLOPs on CIFAR-10: one gated model at every budget against static pruning.
 
-    python benchmarks/cifar10_pareto.py \\
+    python -m benchmarks.cifar10_pareto \\
         --plain benchmarks/results/cifar10/vs_plain_s0.json \\
         --static benchmarks/results/cifar10/static_f030_s0.json --static ... \\
         --any-budget benchmarks/results/cifar10/pareto_anyb_s0_calibrated.json --any-budget ... \\
@@ -14,7 +14,7 @@ typed, as ``cifar10_gating_vs_pruning.py`` reads them: ``--plain`` and ``--stati
 ``backbone_flops_fraction`` what the pruned model kept); ``--any-budget`` is a budget-input
 run, usually as ``cifar10_calibrate_budget.py`` wrote it (its ``budget_input.points``);
 ``--dedicated`` (optional) a run trained for one budget (``--budget``).  Each file's weights
-(``FILE.pt``) must be beside it: ``python benchmarks/cifar10_evaluate.py FILE.pt --data ...``
+(``FILE.pt``) must be beside it: ``python -m benchmarks.cifar10_evaluate FILE.pt --data ...``
 rechecks it.  All runs must have the same number of epochs.
 
 The targets (means over seeds; each static budget compared with the one model's point
@@ -31,18 +31,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cifar10_any_budget import POINT_KEYS, _load_run, final_budget
-from cifar10_any_budget import summarise as summarise_any_budget
-from cifar10_gating_vs_pruning import OUT, ROOT, _entry, _load, _rel
+from benchmarks.run_files import (
+    OUT,
+    POINT_KEYS,
+    ROOT,
+    budget_run_summary,
+    entry,
+    final_budget,
+    load,
+    load_budget_run,
+    rel,
+)
 
 FLOPS_WINDOW = 0.02  # a static point and the one model's are compared within this
 
 
 def static_budget(path: Path) -> float:
     """The ``--flops`` a static run was pruned to, read from its command."""
-    words = shlex.split(_load(path)["command"])
+    words = shlex.split(load(path)["command"])
     for i, w in enumerate(words):
         if w == "--flops" and i + 1 < len(words):
             return float(words[i + 1])
@@ -52,12 +58,13 @@ def static_budget(path: Path) -> float:
 
 
 def any_budget_entry(path: Path) -> dict[str, Any]:
-    """``cifar10_any_budget.py``'s summary of the run (file, weights, epochs, points), with
-    its seed, range, whether it is calibrated and its training seconds per epoch."""
-    entry = summarise_any_budget(path)
-    r = _load_run(path)
-    run = _load(ROOT / r["calibrated_from"]["file"]) if "calibrated_from" in r else r
-    return {**entry, "seed": run["seed"], "budget_range": r["budget_input"]["range"],
+    """The budget-input run's summary (``run_files.budget_run_summary``: file, weights,
+    epochs, points), with its seed, range, whether it is calibrated and its training seconds
+    per epoch."""
+    summary = budget_run_summary(path)
+    r = load_budget_run(path)
+    run = load(ROOT / r["calibrated_from"]["file"]) if "calibrated_from" in r else r
+    return {**summary, "seed": run["seed"], "budget_range": r["budget_input"]["range"],
             "calibrated": "calibrated_from" in r,
             "train_seconds_per_epoch": run.get("train_seconds_per_epoch")}
 
@@ -65,14 +72,14 @@ def any_budget_entry(path: Path) -> dict[str, Any]:
 def summarise(plain: list[Path], static: list[Path], any_budget: list[Path],
               dedicated: list[Path]) -> dict[str, Any]:
     anyb = [any_budget_entry(p) for p in any_budget]
-    epochs = {_load(p)["epochs"] for p in (*plain, *static, *dedicated)} | {a["epochs"] for a in anyb}
+    epochs = {load(p)["epochs"] for p in (*plain, *static, *dedicated)} | {a["epochs"] for a in anyb}
     if len(epochs) != 1:
         sys.exit(f"error: the runs differ in epochs ({sorted(epochs)}); compare equal training")
     for a in anyb:
         del a["epochs"]
-    statics = [{"budget": static_budget(p), **_entry(p, "static")} for p in static]
-    dedicated_entries = [{"budget": final_budget(p), **_entry(p, "budget")} for p in dedicated]
-    return {"epochs": epochs.pop(), "plain": [_entry(p, "plain") for p in plain],
+    statics = [{"budget": static_budget(p), **entry(p, "static")} for p in static]
+    dedicated_entries = [{"budget": final_budget(p), **entry(p, "budget")} for p in dedicated]
+    return {"epochs": epochs.pop(), "plain": [entry(p, "plain") for p in plain],
             "static": sorted(statics, key=lambda s: (s["budget"], s["seed"])),
             "any_budget": anyb, "dedicated": dedicated_entries}
 
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     print("\n".join(report(summary)))
     print("\n".join(targets(summary)))
-    print(f"wrote {_rel(args.out)}, {_rel(args.plot)} and {_rel(total)}")
+    print(f"wrote {rel(args.out)}, {rel(args.plot)} and {rel(total)}")
     return 0
 
 

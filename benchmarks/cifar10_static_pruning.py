@@ -1,7 +1,7 @@
 """The baseline a user would pick instead of gating: static channel pruning with Torch-Pruning.
 
     pip install -e ".[examples,baselines]"
-    python benchmarks/cifar10_static_pruning.py --data ../shared/data/cifar10-jpeg.tar.gz \\
+    python -m benchmarks.cifar10_static_pruning --data ../shared/data/cifar10-jpeg.tar.gz \\
         --prune-from ../shared/checkpoints/cifar10-resnet20-plain-30ep/checkpoint.pt \\
         --flops 0.56 --epochs 10 --workers 0 --output-dir runs/static
 
@@ -34,50 +34,41 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
-
-# The example scripts' training code is the baseline's too (one loop for every run).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
-import cifar_gaternet
 from gaternet_training import cli, models
-from gaternet_training.config import CifarConfig
+from gaternet_training.cifar_data import load_data
+from gaternet_training.config import CIFAR_DEFAULTS, CifarConfig, flag
 from gaternet_training.main import main
 from gaternet_training.train import Backbone
 from gaternet_training.warm_start import load_into, read_state_dict
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gatekit import GatekitError
 
 TOLERANCE = 0.005
 
-# The CIFAR script's config and this script's two flags.  Made with make_dataclass, from types
+# The CIFAR script's config and this script's three flags.  Made with make_dataclass, from types
 # rather than annotations: a dataclass statement here would need this file in sys.modules to
-# read its (postponed) annotations, and the tests load it by path.
-StaticPruningConfig = dataclasses.make_dataclass(
-    "StaticPruningConfig", [("prune_from", Path), ("flops", float), ("flops_tolerance", float)],
-    bases=(CifarConfig,),
-    frozen=True, kw_only=True)
+# read its (postponed) annotations, which a file loaded by path (the docs' flag tables) is not.
+StaticPruningConfig = dataclasses.make_dataclass("StaticPruningConfig", [
+    ("prune_from", Path, flag("static pruning", "the trained plain model to prune: a run's "
+                              "checkpoint.pt or a state_dict", type=Path, metavar="PATH",
+                              required=True)),
+    ("flops", float, flag("static pruning", "keep this fraction of the dense model's FLOPs, in "
+                          "(0, 1)", type=float, metavar="F", required=True)),
+    ("flops_tolerance", float, flag("static pruning", "accept the closest reachable width "
+                                    f"within T of --flops (default {TOLERANCE})", TOLERANCE,
+                                    type=float, metavar="T")),
+], bases=(CifarConfig,), frozen=True, kw_only=True)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = cifar_gaternet.parser()
-    p.description = __doc__.split("\n\n")[0]
-    p.epilog = __doc__.split("\n\n", 1)[1]
-    g = p.add_argument_group("static pruning")
-    g.add_argument("--prune-from", type=Path, required=True, metavar="PATH",
-                   help="the trained plain model to prune: a run's checkpoint.pt or a state_dict")
-    g.add_argument("--flops", type=float, required=True, metavar="F",
-                   help="keep this fraction of the dense model's FLOPs, in (0, 1)")
-    g.add_argument("--flops-tolerance", type=float, default=TOLERANCE, metavar="T",
-                   help="accept the closest reachable width within T of --flops "
-                        f"(default {TOLERANCE})")
-    return p
+    return cli.parser(StaticPruningConfig, __doc__, CIFAR_DEFAULTS)
 
 
 def config(argv: list[str] | None = None) -> CifarConfig:
     """The run's config (a ``StaticPruningConfig``) from ``argv``."""
-    return cli.run_config(StaticPruningConfig, parser().parse_args(argv), cifar_gaternet.DEFAULTS)
+    return cli.run_config(StaticPruningConfig, parser().parse_args(argv), CIFAR_DEFAULTS)
 
 
 def flops(model: nn.Module, image_size: int = 32) -> int:
@@ -162,7 +153,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--no-gate" not in argv:
         argv.append("--no-gate")  # the baseline is a plain model; said in the results' command
-    return main(config, cifar_gaternet.load_data, argv, backbone=backbone)
+    return main(config, load_data, argv, backbone=backbone)
 
 
 if __name__ == "__main__":

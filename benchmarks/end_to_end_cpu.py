@@ -36,11 +36,11 @@ Output: JSON (``--out``, rewritten after every point, with the machine, the comm
 the load average) and a PNG of the end-to-end speed-ups over ``plain``; a table on
 stdout.  Timings need a quiet machine: run nothing else meanwhile.  The issue's grid::
 
-    python benchmarks/end_to_end_cpu.py --threads 1 2 --batches 1 8 32 --open 0.3 0.5 0.7
+    python -m benchmarks.end_to_end_cpu --threads 1 2 --batches 1 8 32 --open 0.3 0.5 0.7
 
 A smoke run (seconds)::
 
-    python benchmarks/end_to_end_cpu.py --models resnet20 --batches 1 2 --open 0.5 \\
+    python -m benchmarks.end_to_end_cpu --models resnet20 --batches 1 2 --open 0.5 \\
         --threads 1 --rounds 1 --out /tmp/e2e.json
 """
 
@@ -53,18 +53,19 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or via runpy alike
-from skip_inference_cpu import cpu_model, time_interleaved  # the same timing for both benchmarks
-
 import gatekit
-from gatekit.models import conv_gater, resnet20, resnet20_gater
+from benchmarks.cpu_timing import (  # the same timing and models for the CPU benchmarks
+    build_model,
+    build_run,
+    cpu_model,
+    random_gates,
+    test_images,
+    time_interleaved,
+)
 
 MODES = ("pattern", "union", "gather", "masked", "auto")
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,119 +79,12 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else str(path)
 
 
-class Resized(nn.Module):
-    """A gater trunk that reads the image resized to ``size`` x ``size`` (bilinear)."""
-
-    def __init__(self, trunk: nn.Module, size: int):
-        super().__init__()
-        self.trunk, self.size = trunk, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.trunk(x)
-
-
-def tiny_gater(size: int = 16) -> nn.Module:
-    """``gatekit.models.conv_gater()`` (two strided 3x3 convs, 16 and 32 filters, BatchNorm,
-    ReLU, pooled: features ``(N, 32)``) on the image resized to ``size`` px."""
-    return Resized(conv_gater((16, 32)), size)
-
-
-def resnet18_trunk(size: int) -> nn.Module:
-    trunk = torchvision.models.resnet18(weights=None)
-    trunk.fc = nn.Identity()
-    return Resized(trunk, size)
-
-
-def randomise_batchnorm(net: nn.Module) -> None:
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-
-
-def build(model: str, args: argparse.Namespace) -> tuple[nn.Module, gatekit.GaterNet, int]:
-    """The plain backbone, the gated model (eval mode) and the image size."""
-    torch.manual_seed(args.seed)
-    if model == "resnet50":
-        plain, gater, size = torchvision.models.resnet50(weights=None), resnet18_trunk(
-            args.resnet50_gater_size
-        ), args.size
-    elif model == "resnet20":
-        plain = resnet20()
-        gater = tiny_gater() if args.cifar_gater == "tiny" else resnet20_gater()
-        size = 32
-    else:
-        raise SystemExit(f"unknown model {model!r}")
-    randomise_batchnorm(plain)
-    randomise_batchnorm(gater)
-    net = gatekit.gate_model(plain, gater, sites="inner").eval()
-    return plain.eval(), net, size
-
-
-def build_run(weights: Path) -> tuple[nn.Module, gatekit.GaterNet, Any]:
-    """A trained CIFAR run rebuilt from its weights and results file (as
-    ``cifar10_evaluate.py`` does), and the plain ResNet-20 with its backbone's weights."""
-    import cifar10_evaluate
-
-    results_path = weights.with_suffix(".json")
-    if not results_path.is_file():
-        raise SystemExit(f"--cifar-run {weights}: no results file {results_path} beside it")
-    results = json.loads(results_path.read_text())
-    if not results.get("gated"):
-        raise SystemExit(f"--cifar-run {weights}: expected a gated run, {results_path} is not one")
-    config = cifar10_evaluate._run_config(results, Path("."), None)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    net = cifar10_evaluate.rebuild(results, config, state, num_classes=10).eval()
-    if net.budget_input:
-        raise SystemExit(f"--cifar-run {weights}: a budget-input run is not timed here")
-    plain = resnet20(num_classes=10)
-    plain.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
-    return plain.eval(), net, config
-
-
-def test_images(config: Any, data: Path | None, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """The first ``batch`` CIFAR-10 test images, normalised as the runs evaluate them
-    (random images without ``data``)."""
-    if data is None:
-        return torch.randn(batch, 3, 32, 32, generator=gen)
-    import dataclasses
-
-    import cifar10_evaluate  # noqa: F401  (puts examples/ on the path)
-    import cifar_gaternet
-    from gaternet_training.distributed import setup
-
-    loaded = cifar_gaternet.load_data(dataclasses.replace(config, data=data), setup("cpu"))
-    images, _ = next(iter(loaded.val))
-    return images[:batch].contiguous()
-
-
 def flops(module: nn.Module, *inputs, **kwargs) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(*inputs, **kwargs)
     return counter.get_total_flops()
-
-
-def random_gates(
-    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator, agree: float
-) -> torch.Tensor:
-    """Per sample and site, exactly round(fraction * num_gates) random gates open; with
-    ``agree`` > 0 that fraction of them is shared by all samples."""
-    gates = torch.zeros(batch, net.num_gates)
-    for site in net.sites:
-        k = round(fraction * site.num_gates)
-        shared = torch.randperm(site.num_gates, generator=gen)
-        keep = round(agree * k)
-        for i in range(batch):
-            rest = shared[keep:][torch.randperm(site.num_gates - keep, generator=gen)]
-            gates[i, site.offset + torch.cat([shared[:keep], rest[: k - keep]])] = 1.0
-    return gates
 
 
 def variants(plain, net, skips, x, gates, batch, folded=None):
@@ -217,36 +111,40 @@ def variants(plain, net, skips, x, gates, batch, folded=None):
     return fns
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["resnet50", "resnet20", "resnet20_run"],
+    p.add_argument("--models", nargs="+", default=["resnet50", "resnet20", "resnet20_run"],
                         choices=["resnet50", "resnet20", "resnet20_run"])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--open", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--size", type=int, default=224, help="ResNet-50 image size")
-    parser.add_argument("--resnet50-gater-size", type=int, default=112)
-    parser.add_argument("--cifar-gater", choices=["tiny", "resnet20"], default="tiny")
-    parser.add_argument("--cifar-run", type=Path, default=RUN,
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--open", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--size", type=int, default=224, help="ResNet-50 image size")
+    p.add_argument("--resnet50-gater-size", type=int, default=112)
+    p.add_argument("--cifar-gater", choices=["tiny", "resnet20"], default="tiny")
+    p.add_argument("--cifar-run", type=Path, default=RUN,
                         help="model resnet20_run: a CIFAR run's weights, its results file beside "
                              "them with suffix .json (default: %(default)s)")
-    parser.add_argument("--cifar-data", type=Path, default=None,
+    p.add_argument("--cifar-data", type=Path, default=None,
                         help="CIFAR-10 data for resnet20_run's test images (default: random images)")
-    parser.add_argument("--agree", type=float, default=0.0)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point")
-    parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
+    p.add_argument("--agree", type=float, default=0.0)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per point")
+    p.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end_cpu.json"
     )
-    parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+    p.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also profile (torch.profiler) plain and skip-compute with the gater "
                              "at batch 1, 1 thread, 50%% open; tables written to DIR")
-    args = parser.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     machine = {
         "cpu": cpu_model(),
@@ -265,7 +163,7 @@ def main() -> None:
                 plain, net, config = build_run(args.cifar_run)
                 size, images = 32, test_images(config, args.cifar_data, max(args.batches), gen)
             else:
-                plain, net, size = build(model, args)
+                plain, net, size = build_model(model, args)
                 images = None
             skips = {mode: gatekit.skip_compute(net, batching=mode) for mode in args.modes}
             if "pattern" not in skips:
@@ -411,7 +309,7 @@ def write_report(args: argparse.Namespace, machine: dict, models: dict, results:
     report = {
         "question": "end-to-end CPU inference (gater included) of skip_compute vs the plain "
         "backbone and the dense gated model, batch 1 to 32",
-        "command": "python benchmarks/end_to_end_cpu.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.end_to_end_cpu " + " ".join(sys.argv[1:]),
         "machine": machine,
         "config": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": models,

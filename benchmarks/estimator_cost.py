@@ -1,7 +1,7 @@
 """Cost of each gate estimator against a plain sigmoid, forward + backward, side by side.
 
-    python benchmarks/estimator_cost.py                     # CPU, writes benchmarks/results/estimator_cost.json
-    python benchmarks/estimator_cost.py --device cuda       # on a GPU
+    python -m benchmarks.estimator_cost                     # CPU, writes benchmarks/results/estimator_cost.json
+    python -m benchmarks.estimator_cost --device cuda       # on a GPU
 
 Every estimator runs in training mode (noise, straight-through) on logits of shape
 (batch, gates); the baseline is ``torch.sigmoid`` on the same tensor.  Timings are

@@ -32,7 +32,7 @@ Rows record the open fraction the gates had (per image, and the batch's union). 
 JSON (``--out``, rewritten after every row, with the machine, the command and the load
 average) and a table on stdout.  Timings need a quiet machine.  The full measurement::
 
-    python benchmarks/export_cpu.py
+    python -m benchmarks.export_cpu
 
 ``--quick`` checks the script end to end in a minute or two (small images, one thread,
 few repeats, 50% open only); its numbers mean nothing.
@@ -54,10 +54,8 @@ from typing import Any
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import end_to_end_cpu  # builders shared with the eager end-to-end benchmark
-
 import gatekit
+from benchmarks import cpu_timing  # the models the eager end-to-end benchmark times
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_conv_s0.pt"
@@ -229,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "question": "ONNX Runtime on the CPU: the exported GaterNet (gater included) against "
                     "the plain backbone's ONNX and eager skip_compute",
-        "command": "python benchmarks/export_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu": end_to_end_cpu.cpu_model(), "torch": torch.__version__,
+        "command": "python -m benchmarks.export_cpu " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpu": cpu_timing.cpu_model(), "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "python": platform.python_version(),
                     "platform": platform.platform(), "cpus": os.cpu_count()},
         "load_average_start": os.getloadavg(),
@@ -244,17 +242,17 @@ def main(argv: list[str] | None = None) -> None:
                 for fraction in args.open:
                     torch.manual_seed(args.seed)
                     plain = torchvision.models.resnet50(weights=None)
-                    gater = end_to_end_cpu.resnet18_trunk(args.gater_size)
-                    end_to_end_cpu.randomise_batchnorm(plain)
-                    end_to_end_cpu.randomise_batchnorm(gater)
+                    gater = cpu_timing.resnet18_trunk(args.gater_size)
+                    cpu_timing.randomise_batchnorm(plain)
+                    cpu_timing.randomise_batchnorm(gater)
                     net = gatekit.gate_model(plain, gater, sites="inner").eval()
                     set_open_fraction(net, fraction, args.size, args.seed)
                     x = torch.randn(max(args.batches), 3, args.size, args.size, generator=gen)
                     measure(model, plain.eval(), net, x, args.batches, fraction, args,
                             Path(tmp), rows, report)
             else:
-                plain, net, config = end_to_end_cpu.build_run(args.cifar_run)
-                x = end_to_end_cpu.test_images(config, args.cifar_data, max(args.cifar_batches), gen)
+                plain, net, config = cpu_timing.build_run(args.cifar_run)
+                x = cpu_timing.test_images(config, args.cifar_data, max(args.cifar_batches), gen)
                 measure(model, plain, net, x, args.cifar_batches, "trained", args, Path(tmp),
                         rows, report)
     write(args, report)

@@ -14,7 +14,7 @@ by non-negative least squares on relative error, one mode at a time.  Prints the
 constants (``gatekit/inference/_rule.py``'s ``DEFAULT_COSTS`` holds them) and, per point,
 the rule's choice against the measured best.  Times nothing::
 
-    python benchmarks/fit_batching_rule.py benchmarks/results/end_to_end_cpu.json \\
+    python -m benchmarks.fit_batching_rule benchmarks/results/end_to_end_cpu.json \\
         benchmarks/results/end_to_end_cpu_conv_gater.json
 """
 
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from end_to_end_cpu import build, random_gates  # the benchmark's own models and gates
-
 import gatekit
+from benchmarks.cpu_timing import build_model, random_gates  # end_to_end_cpu's models and gates
 from gatekit.inference._batching import BATCHINGS, GateCounts, candidates
 from gatekit.inference._rule import THREAD_SCALING, BatchingRule, ModeCost, conv_geometry
 
@@ -49,7 +46,7 @@ def features(path: Path) -> list[dict]:
         arch = MODELS[r["model"]]
         if arch not in nets:
             args = argparse.Namespace(seed=0, size=224, resnet50_gater_size=112, cifar_gater="tiny")
-            _, net, size = build(arch, args)
+            _, net, size = build_model(arch, args)
             nets[arch] = (net, gatekit.skip_compute(net, batching="auto"), size)
         net, fast, size = nets[arch]
         gates = random_gates(net, r["batch"], r["open"], gen, 0.0)

@@ -20,7 +20,7 @@ replayed from a CUDA graph: GPU time alone), both sides measured in this process
 other; the ratio is baseline / fused.  Before
 timing, the fused output is checked against the baseline's.  Run::
 
-    python benchmarks/gated_conv_gpu.py --out benchmarks/results/gated_conv_gpu.json
+    python -m benchmarks.gated_conv_gpu --out benchmarks/results/gated_conv_gpu.json
 """
 
 from __future__ import annotations

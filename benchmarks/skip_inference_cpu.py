@@ -21,7 +21,7 @@ runs 8 batch-1 passes (all-open gates are one pattern: one batch-8 pass).  Write
 The machine (CPU model, threads, torch version) and the exact command go into the JSON.
 Example::
 
-    python benchmarks/skip_inference_cpu.py --threads 2 --rounds 10 --rounds-batched 3
+    python -m benchmarks.skip_inference_cpu --threads 2 --rounds 10 --rounds-batched 3
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,38 +39,8 @@ import torchvision
 from torch.fx.experimental.optimization import fuse
 
 import gatekit
+from benchmarks.cpu_timing import cpu_model, random_gates, randomise_batchnorm, time_interleaved
 from gatekit.models import resnet20_gater
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def random_gates(
-    net: gatekit.GaterNet, batch: int, fraction: float, gen: torch.Generator, agree: float = 0.0
-) -> torch.Tensor:
-    """Per sample and site, exactly round(fraction * num_gates) random gates open.
-
-    With ``agree`` > 0 each sample keeps that fraction of a shared pattern's open gates
-    and draws the rest at random among the others (a trained gater's gates mostly agree
-    across samples).  ``agree=0`` draws every sample independently.
-    """
-    gates = torch.zeros(batch, net.num_gates)
-    for site in net.sites:
-        k = round(fraction * site.num_gates)
-        shared = torch.randperm(site.num_gates, generator=gen)
-        keep = round(agree * k)
-        for i in range(batch):
-            rest = shared[keep:][torch.randperm(site.num_gates - keep, generator=gen)]
-            pick = torch.cat([shared[:keep], rest[: k - keep]])
-            gates[i, site.offset + pick] = 1.0
-    return gates
 
 
 def build(seed: int) -> gatekit.GaterNet:
@@ -79,49 +48,36 @@ def build(seed: int) -> gatekit.GaterNet:
     net = gatekit.gate_model(
         torchvision.models.resnet50(weights=None), resnet20_gater(), sites="inner"
     )
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
+    randomise_batchnorm(net)
     return net.eval()
 
 
-def time_interleaved(fns: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--open", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per point")
+    p.add_argument(
+        "--rounds-batched", type=int, default=3, help="rounds per point for batch > 1"
+    )
+    p.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--agree", type=float, default=0.0, help="fraction of open gates shared by all samples"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "skip_inference_cpu.json"
+    )
+    p.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    return p
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--open", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per point")
-    parser.add_argument(
-        "--rounds-batched", type=int, default=3, help="rounds per point for batch > 1"
-    )
-    parser.add_argument("--calls", type=int, default=2, help="timed calls per variant per round")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--agree", type=float, default=0.0, help="fraction of open gates shared by all samples"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "skip_inference_cpu.json"
-    )
-    parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
-    args = parser.parse_args()
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
 
     net = build(args.seed)
@@ -194,7 +150,7 @@ def write_report(
 ) -> None:
     report = {
         "question": "speed-up of gatekit.skip_compute over the dense gated ResNet-50 (inner policy) on the CPU",
-        "command": "python benchmarks/skip_inference_cpu.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.skip_inference_cpu " + " ".join(sys.argv[1:]),
         "machine": machine,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "routes": [list(r[:3]) for r in skip.routes],

@@ -1,8 +1,8 @@
 """What gate_model costs: at run time against a hand-written GaterNet, and at build time.
 
-    python benchmarks/transform_overhead.py                  # CPU
-    python benchmarks/transform_overhead.py --device cuda    # on a GPU
-    python benchmarks/transform_overhead.py --device cuda --channels-last --amp
+    python -m benchmarks.transform_overhead                  # CPU
+    python -m benchmarks.transform_overhead --device cuda    # on a GPU
+    python -m benchmarks.transform_overhead --device cuda --channels-last --amp
 
 1. Training-step time (forward, cross-entropy, backward, SGD step) of
    ``gate_model(resnet20(), resnet20_gater())`` against the hand-written
@@ -201,7 +201,8 @@ def main() -> None:
     step = run_step_benchmark(args, device)
     build = [] if args.skip_build else run_build_benchmark(args)
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.transform_overhead",
+                             *sys.argv[1:]]),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device)

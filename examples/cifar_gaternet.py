@@ -18,80 +18,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gaternet_training import cli
-from gaternet_training.cifar_data import CIFAR_MEAN, CIFAR_STD, default_cache_dir, load_cifar
-from gaternet_training.config import CifarConfig
-from gaternet_training.distributed import Dist
+from gaternet_training.cifar_data import load_data
+from gaternet_training.config import CIFAR_DEFAULTS, CifarConfig
 from gaternet_training.main import main
-from gaternet_training.models import CIFAR_DEPTHS
-from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data, fixed_subset
-
-from gatekit import GatekitError
-
-DEFAULTS = cli.defaults(
-    arch="resnet20", gater="resnet20", epochs=160, batch_size=128, warmup_epochs=1, workers=2,
-    log_every=50, name="cifar_gaternet", channels_last_cpu=True,
-)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    d = p.add_argument_group("data")
-    d.add_argument("--data", type=Path, required=True,
-                   help="CIFAR ImageFolder tree, its .tar.gz, or a torchvision CIFAR directory")
-    d.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10",
-                   help="for a torchvision directory or --download (default: cifar10)")
-    d.add_argument("--download", action="store_true",
-                   help="download CIFAR with torchvision into --data (needs internet)")
-    d.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"where archives are extracted and decoded images cached "
-                        f"(default: $GATEKIT_CACHE or {default_cache_dir()})")
-    d.add_argument("--train-dir", default="train", help="training split folder (default: train)")
-    d.add_argument("--val-dir", default="test", help="test split folder (default: test)")
-    cli.add_training_args(p, DEFAULTS)
-    return p
+    return cli.parser(CifarConfig, __doc__, CIFAR_DEFAULTS)
 
 
 def config(argv: list[str] | None = None) -> CifarConfig:
     """The run's config from ``argv`` (default: the command line)."""
-    return cli.run_config(CifarConfig, parser().parse_args(argv), DEFAULTS)
-
-
-def load_data(config: CifarConfig, dist: Dist) -> Data:
-    if config.arch not in CIFAR_DEPTHS:
-        raise GatekitError(f"--arch {config.arch!r} is not a CIFAR ResNet; expected one of "
-                           f"{', '.join(CIFAR_DEPTHS)}")
-    cache_dir = config.cache_dir or default_cache_dir()
-    # Rank 0 extracts and decodes; the others wait and then read the cache.
-    if dist.is_main:
-        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
-                            download=config.download, workers=config.workers,
-                            train_dir=config.train_dir, val_dir=config.val_dir)
-    dist.barrier()
-    if not dist.is_main:
-        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
-                            download=False, workers=config.workers,
-                            train_dir=config.train_dir, val_dir=config.val_dir)
-    x, y, xv, yv = (arrays[k] for k in ("train_x", "train_y", "test_x", "test_y"))
-    if (keep := fixed_subset(len(x), config.limit)) is not None:
-        x, y = x[keep], y[keep]
-    if (keep := fixed_subset(len(xv), config.limit_val)) is not None:
-        xv, yv = xv[keep], yv[keep]
-    if x.shape[1:3] != (32, 32):
-        print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
-    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=config.seed,
-              channels_last=config.channels_last_on)
-    return Data(
-        train=TensorBatches(x, y, batch_size=config.batch_size, train=True, pad=4, **kw),
-        val=TensorBatches(xv, yv, batch_size=1000, train=False, **kw),
-        classes=list(arrays["classes"]), image_size=int(x.shape[1]), source=arrays["source"],
-        extra={"dataset": config.dataset},
-    )
+    return cli.run_config(CifarConfig, parser().parse_args(argv), CIFAR_DEFAULTS)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

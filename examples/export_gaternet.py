@@ -4,8 +4,8 @@
         --out model.onnx
 
 ``WEIGHTS`` is a run's ``state_dict`` with its results file beside it (``WEIGHTS`` with the
-suffix ``.json``, or ``--results``): the model is rebuilt from the command recorded there,
-as ``benchmarks/cifar10_evaluate.py`` does.  Steps:
+suffix ``.json``, or ``--results``): the model is rebuilt from the command recorded there
+(``gaternet_training.rebuild``), as ``benchmarks/cifar10_evaluate.py`` does.  Steps:
 
 1. rebuild the run and load its weights (eval mode);
 2. export it with :func:`gatekit.export_onnx` (gater, gates and skipping in the graph,
@@ -28,16 +28,13 @@ import time
 from pathlib import Path
 
 import torch
+from gaternet_training.cifar_data import load_data
+from gaternet_training.distributed import setup
+from gaternet_training.rebuild import load_results, rebuild, run_config
+
+import gatekit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "examples"))
-
-import cifar10_evaluate  # noqa: E402  (rebuilds a run from its weights and results file)
-import cifar_gaternet  # noqa: E402
-from gaternet_training.distributed import setup  # noqa: E402
-
-import gatekit  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. rebuild the run
     results_path = args.results or args.weights.with_suffix(".json")
-    results = cifar10_evaluate.load_results(results_path)
+    results = load_results(results_path, ROOT)
     data = args.data or recorded_data(results)
-    config = cifar10_evaluate._run_config(results, data, args.cache_dir)
-    loaded = cifar_gaternet.load_data(config, setup("cpu"))
+    config = run_config(results, data, args.cache_dir)
+    loaded = load_data(config, setup("cpu"))
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    net = cifar10_evaluate.rebuild(results, config, state, len(loaded.classes)).eval()
+    net = rebuild(results, config, state, len(loaded.classes)).eval()
     images = torch.cat([x for x, _ in loaded.val])[: args.images].contiguous()
     singles = [images[i : i + 1] for i in range(images.shape[0])]
     budget = args.budget if net.budget_input else None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gaternet_training import cli
 from gaternet_training.config import ImageNetConfig
@@ -33,7 +32,8 @@ from gaternet_training.tensor_data import TensorBatches
 from gaternet_training.train import Data, fixed_subset
 from torch.utils.data import Subset
 
-IMAGENET = cli.defaults(
+# The flags whose default is this script's (the rest: gaternet_training.config), with --data:
+IMAGENET = dict(
     arch="resnet50", gater="resnet18", epochs=90, batch_size=64, weight_decay=1e-4,
     warmup_epochs=5, label_smoothing=0.1, image_size=224, workers=8, log_every=100,
     name="imagenet_gaternet",
@@ -43,35 +43,21 @@ IMAGENET = cli.defaults(
 STANDIN_INIT_BIAS, STANDIN_BATCH_SHAPING = 1.5, 2.0
 # The stand-in is 32x32: the CIFAR ResNet-20 suits it (torchvision's ResNet-18 stem shrinks
 # it to 8x8 and barely learns in the ~300 steps a 3-minute CPU budget allows).
-STANDIN = cli.defaults(
+STANDIN = dict(
     arch="resnet20", gater="resnet20", epochs=4, batch_size=32, warmup_epochs=0.5,
     label_smoothing=0.1, init_bias=STANDIN_INIT_BIAS, batch_shaping=STANDIN_BATCH_SHAPING,
     image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
 )
-STANDIN_TRAIN, STANDIN_VAL = 2560, 1000  # the stand-in's images (--standin-train, --standin-val)
 
 
 def _both(key: str) -> str:
-    return f"{IMAGENET[key]} with --data, {STANDIN[key]} on the stand-in"
+    with_data, standin = (cli.default_of(ImageNetConfig, key, d) for d in (IMAGENET, STANDIN))
+    return f"{with_data} with --data, {standin} on the stand-in"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    d = p.add_argument_group("data")
-    d.add_argument("--data", type=Path, default=None,
-                   help="ImageFolder root with train/ and val/; omit for the built-in stand-in")
-    d.add_argument("--train-dir", default="train", help="training split folder (default: train)")
-    d.add_argument("--val-dir", default="val", help="evaluation split folder (default: val)")
-    d.add_argument("--image-size", type=int, default=None,
-                   help=f"training crop size (default: {_both('image_size')})")
-    d.add_argument("--standin-train", type=int, default=STANDIN_TRAIN,
-                   help=f"stand-in training images (default: {STANDIN_TRAIN})")
-    d.add_argument("--standin-val", type=int, default=STANDIN_VAL,
-                   help=f"stand-in evaluation images (default: {STANDIN_VAL})")
-    cli.add_training_args(p, {k: _both(k) for k in STANDIN}, torchvision_weights=True)
-    return p
+    return cli.parser(ImageNetConfig, __doc__, STANDIN,
+                      shown={k: _both(k) for k in IMAGENET.keys() | STANDIN.keys()})
 
 
 def config(argv: list[str] | None = None) -> ImageNetConfig:

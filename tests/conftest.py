@@ -13,9 +13,7 @@ inside the test), so a failing example replays exactly.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,10 +28,6 @@ settings.register_profile("default", max_examples=20, **_COMMON)
 settings.register_profile("ci", max_examples=20, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("GATEKIT_HYPOTHESIS_PROFILE", "default"))
-
-# The example scripts import their shared package ``gaternet_training`` from examples/,
-# which Python puts on the path when a script runs; tests import it from here.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 # The suite runs as `pytest -n 2` on 2 cores: one intra-op thread per worker.  Two OpenMP
 # threads per worker on a busy machine made small convolutions ~10x slower.

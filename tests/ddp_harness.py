@@ -18,15 +18,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
 from gaternet_training.distributed import setup, teardown
 from gaternet_training.losses import Losses
 from gaternet_training.optim import make_optimizer, make_scheduler
 from gaternet_training.tensor_data import TensorBatches
 from gaternet_training.train import Run, train_one_epoch
+from torch import nn
 
 import gatekit
 

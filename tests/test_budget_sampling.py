@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from gaternet_training.budgets import BudgetRange, budget_ends_arg
+from gaternet_training.budgets import BudgetRange
+from gaternet_training.config import budget_ends_arg
 from gaternet_training.train import Run
 from test_examples import IMAGENET, TINY_STANDIN, _main
 

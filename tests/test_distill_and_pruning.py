@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import shutil
@@ -182,6 +183,10 @@ def test_teacher_that_does_not_fit_lists_the_keys(tmp_path: Path, capsys) -> Non
 
 
 def _load(path: Path):
+    """The script at ``path``: an example loaded from its file, a benchmark as the module of
+    the benchmarks package it is (``python -m benchmarks.NAME``)."""
+    if path.parent.name == "benchmarks":
+        return importlib.import_module(f"benchmarks.{path.stem}")
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -208,12 +208,16 @@ def test_snippets_run(snippet: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_commands_on_the_pages_exist() -> None:
-    """Every script a page tells the reader to run exists and takes the flags shown with it."""
+    """Every script a page tells the reader to run exists and takes the flags shown with it:
+    ``examples/NAME.py`` and ``benchmarks/NAME.py`` by path, ``-m benchmarks.NAME`` (the way
+    the benchmarks run) as the file of that module."""
     wrong = []
     for page in sorted(DOCS.glob("*.rst")):
         for line in page.read_text().splitlines():
-            for m in re.finditer(r"((?:examples|benchmarks)/[\w/]+\.py)([^\n`]*)", line):
+            for m in re.finditer(r"((?:examples|benchmarks)/[\w/]+\.py|-m benchmarks\.\w+)([^\n`]*)", line):
                 script, rest = m.group(1), m.group(2)
+                if script.startswith("-m "):
+                    script = script.removeprefix("-m ").replace(".", "/") + ".py"
                 if not (ROOT / script).is_file():
                     wrong.append(f"{page.name}: {script} does not exist")
                     continue

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from test_examples import ROOT
 
-SCRIPT = ROOT / "benchmarks" / "cifar10_gating_vs_pruning.py"
-
-
-def _script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import cifar10_any_budget, cifar10_gating_vs_pruning, run_files
+from benchmarks.run_files import POINT_KEYS, rel
 
 
 def _module():
-    return _script(SCRIPT, "gvp")
+    return cifar10_gating_vs_pruning
 
 
 def _write(folder: Path, name: str, results: dict, weights: bool = True) -> Path:
@@ -54,7 +46,7 @@ def test_summary_reads_every_number(runs) -> None:
     m = _module()
     s = m.summarise([runs["plain"]], [runs["static"]], [runs["budget"]])
     assert s["epochs"] == 10
-    assert s["plain"] == [{"file": m._rel(runs["plain"]), "weights": m._rel(runs["plain"].with_suffix(".pt")),
+    assert s["plain"] == [{"file": rel(runs["plain"]), "weights": rel(runs["plain"].with_suffix(".pt")),
                            "seed": 0, "test_error": 0.1337}]
     assert s["static"][0]["backbone_flops_fraction"] == 45 / 80
     b = s["budget"][0]
@@ -87,11 +79,8 @@ def test_summary_refuses_unequal_epochs_missing_weights_and_wrong_kinds(runs) ->
 # benchmarks/cifar10_any_budget.py: one model for any budget, against the runs above
 # --------------------------------------------------------------------------------------
 
-ANY = ROOT / "benchmarks" / "cifar10_any_budget.py"
-
-
 def _any_module():
-    return _script(ANY, "anyb")
+    return cifar10_any_budget
 
 
 def _point(b: float, err: float, frac: float) -> dict:
@@ -112,8 +101,8 @@ def test_any_budget_reads_its_points_and_judges_the_targets(runs, tmp_path: Path
                    "--plain", str(runs["plain"]), "--out", str(out), "--plot", str(png)]) == 0
     summary = json.loads(out.read_text())
     assert set(summary) == {"file", "weights", "epochs", "points"}  # the shape
-    assert summary["weights"] == m._rel(run.with_suffix(".pt")) and summary["epochs"] == 10
-    assert summary["points"] == [{k: p[k] for k in m.POINT_KEYS} for p in points]
+    assert summary["weights"] == rel(run.with_suffix(".pt")) and summary["epochs"] == 10
+    assert summary["points"] == [{k: p[k] for k in POINT_KEYS} for p in points]
     assert png.stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "MET    achieved backbone FLOPs within 0.03 of every budget (worst: 0.575 at budget 0.56)" in text
@@ -129,9 +118,8 @@ def test_any_budget_reads_its_points_and_judges_the_targets(runs, tmp_path: Path
 
 
 def test_any_budget_refuses_a_run_without_a_budget_input(runs) -> None:
-    m = _any_module()
     with pytest.raises(SystemExit, match=r"no budget_input\.points"):
-        m.summarise(runs["budget"])
+        run_files.budget_run_summary(runs["budget"])
 
 
 def test_any_budget_reads_a_calibration_and_the_run_before_it(runs, tmp_path: Path, capsys) -> None:
@@ -154,8 +142,8 @@ def test_any_budget_reads_a_calibration_and_the_run_before_it(runs, tmp_path: Pa
     calibrated.with_suffix(".pt").write_bytes(b"w")
     assert m.main(argv) == 0
     summary = json.loads(out.read_text())
-    assert summary["file"] == m._rel(calibrated) and summary["weights"] == m._rel(calibrated.with_suffix(".pt"))
-    assert summary["points"] == [{k: p[k] for k in m.POINT_KEYS} for p in after]
+    assert summary["file"] == rel(calibrated) and summary["weights"] == rel(calibrated.with_suffix(".pt"))
+    assert summary["points"] == [{k: p[k] for k in POINT_KEYS} for p in after]
     assert "MET    achieved backbone FLOPs within 0.03 of every budget" in capsys.readouterr().out
     run.unlink()  # the calibration names a run that is gone
     with pytest.raises(SystemExit, match=r"any\.json does not exist"):

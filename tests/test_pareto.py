@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from test_examples import ROOT
-from test_gating_vs_pruning import _script, _write
+from test_gating_vs_pruning import _write
 
-SCRIPT = ROOT / "benchmarks" / "cifar10_pareto.py"
+from benchmarks import cifar10_pareto
+
 DENSE = 80_000_000
 
 
 def _module():
-    return _script(SCRIPT, "pareto")
+    return cifar10_pareto
 
 
 def _static(folder: Path, flops: float, seed: int, error: float, kept: float) -> Path:

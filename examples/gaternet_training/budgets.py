@@ -75,18 +75,6 @@ def budget_range_arg(value: str) -> BudgetRange:
     return BudgetRange(low, high, numbers[2] if len(numbers) == 3 else None)
 
 
-def budget_ends_arg(value: str) -> float:
-    try:
-        ends = float(value)
-    except ValueError:
-        ends = float("nan")
-    if not 0.0 <= ends <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"expected the fraction of each batch given the range's two ends, in [0, 1], "
-            f"got {value!r}")
-    return ends
-
-
 def eval_budgets_arg(value: str) -> tuple[float, ...]:
     try:
         budgets = tuple(float(v) for v in value.split(","))

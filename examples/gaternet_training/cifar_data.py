@@ -5,7 +5,8 @@ possibly one folder down), a ``.tar.gz`` of such a tree (extracted once into the
 directory, never next to the archive), or a torchvision CIFAR directory
 (``cifar-10-batches-py`` / ``cifar-100-python``; ``--download`` fetches it there).  The
 decoded arrays are saved as one ``.pt`` file in the cache directory, so later runs start in
-a second instead of re-decoding 60,000 JPEGs.
+a second instead of re-decoding 60,000 JPEGs.  :func:`load_data` hands them to :func:`train`
+as ``examples/cifar_gaternet.py`` trains on them (and as a rebuilt run is evaluated).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tarfile
 from http.client import HTTPException
 from pathlib import Path
@@ -24,7 +26,12 @@ from torch import Tensor
 from gatekit import GatekitError
 
 from .checkpoint import save_atomic
+from .config import CifarConfig
+from .distributed import Dist
 from .image_folder import IMAGE_EXTENSIONS, check_image_folder, load_image
+from .models import CIFAR_DEPTHS
+from .tensor_data import TensorBatches
+from .train import Data, fixed_subset
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -152,4 +159,38 @@ def load_cifar(data: Path, *, dataset: str, cache_dir: Path, download: bool, wor
         f"--data {data} is neither an ImageFolder tree (no {train_dir}/ folder in it or one "
         f"level down), a .tar.gz of one, nor a torchvision CIFAR directory (no {tv_dir}/); "
         "pass one of those, or --download to fetch CIFAR with torchvision"
+    )
+
+
+def load_data(config: CifarConfig, dist: Dist) -> Data:
+    """The CIFAR split of ``--data`` for :func:`train`: on the device, augmented there (random
+    crop with 4-pixel padding, horizontal flip), ``--limit``/``--limit-val`` applied."""
+    if config.arch not in CIFAR_DEPTHS:
+        raise GatekitError(f"--arch {config.arch!r} is not a CIFAR ResNet; expected one of "
+                           f"{', '.join(CIFAR_DEPTHS)}")
+    cache_dir = config.cache_dir or default_cache_dir()
+    # Rank 0 extracts and decodes; the others wait and then read the cache.
+    if dist.is_main:
+        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
+                            download=config.download, workers=config.workers,
+                            train_dir=config.train_dir, val_dir=config.val_dir)
+    dist.barrier()
+    if not dist.is_main:
+        arrays = load_cifar(config.data, dataset=config.dataset, cache_dir=cache_dir,
+                            download=False, workers=config.workers,
+                            train_dir=config.train_dir, val_dir=config.val_dir)
+    x, y, xv, yv = (arrays[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    if (keep := fixed_subset(len(x), config.limit)) is not None:
+        x, y = x[keep], y[keep]
+    if (keep := fixed_subset(len(xv), config.limit_val)) is not None:
+        xv, yv = xv[keep], yv[keep]
+    if x.shape[1:3] != (32, 32):
+        print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
+    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=config.seed,
+              channels_last=config.channels_last_on)
+    return Data(
+        train=TensorBatches(x, y, batch_size=config.batch_size, train=True, pad=4, **kw),
+        val=TensorBatches(xv, yv, batch_size=1000, train=False, **kw),
+        classes=list(arrays["classes"]), image_size=int(x.shape[1]), source=arrays["source"],
+        extra={"dataset": config.dataset},
     )

@@ -18,7 +18,6 @@ computes the same reduced metrics.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -87,7 +86,7 @@ class Run:
     losses: Losses  # the terms added to the cross-entropy: gate losses, distillation
     log_every: int
     step: int = 0
-    budgets: BudgetRange | None = None  # --budget-range: each sample draws its budget
+    budgets: BudgetRange | None = None  # a budget input: what each sample's budget is drawn from
 
     def budget_kwargs(self, n: int, epoch: float, device: torch.device) -> dict[str, Any]:
         """``budget=`` for a training forward of ``n`` samples (nothing without a budget input)."""
@@ -140,12 +139,7 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     start = time.perf_counter()
     out_dir, ckpt_path, resume = _paths(config)
     ckpt = checkpoint.load(resume) if resume is not None else None  # fail before any work
-    cuda = dist.device.type == "cuda"
-    if cuda:
-        # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
-        # pays off; its heuristic choice can be several times slower for small CIFAR convs.
-        torch.backends.cudnn.benchmark = True
-    precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = _precision(config, dist)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     # 1. The data.
@@ -157,27 +151,10 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     if ckpt is not None:
         checkpoint.check_config(ckpt, ckpt_config, resume)
 
-    # 2. The model.  Seeded after loading the data, whose decoding may or may not draw random
-    # numbers (a cache hit draws none), so the initial weights depend on the seed alone.
-    random.seed(config.seed + dist.rank)
-    torch.manual_seed(config.seed)  # same initial weights on every rank
-    backbone = (build.build(config, len(data.classes)) if build is not None
-                else models.classifier(config.arch, len(data.classes)))
-    if config.no_gate:
-        inner: nn.Module = backbone
-    else:
-        inner = gatekit.gate_model(
-            backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
-            bottleneck=config.bottleneck, group_size=config.group_size,
-            init_bias=config.init_bias, budget_input=config.budget_range is not None,
-        )
-    # Warm start before anything is written: a file that does not fit fails the run here.
-    warm = warm_start(inner, config) if ckpt is None else []
-    inner = inner.to(dist.device)
-    if config.channels_last_on:
-        inner = inner.to(memory_format=torch.channels_last)
-    # The loss terms the flags ask for, checked before any write: the gate losses (none for a
-    # plain backbone), then distillation from a dense teacher.
+    # 2. The model (warm-started unless resumed) and the loss terms the flags ask for, checked
+    # before any write: the gate losses (none for a plain backbone), then distillation from a
+    # dense teacher.
+    inner, warm = _build_model(config, data, dist, build, warm=ckpt is None)
     terms = [] if config.no_gate else gate_terms(config, inner, data.image_size, dist.device)
     teacher = distillation_term(config, len(data.classes), dist.device)
     losses = Losses([*terms, *([teacher] if teacher is not None else [])])
@@ -190,37 +167,19 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
     # Per-rank random streams (gate noise) differ; weights are synchronised by DDP.
     torch.manual_seed(config.seed + 1000003 * dist.rank)
-
-    start_epoch, best = 0, 0.0
+    run = Run(inner, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
+              losses, config.log_every, budgets=config.budgets)
     metrics = MetricsLog(out_dir / "metrics.jsonl")
-    if ckpt is not None:
-        _restore(ckpt, resume, inner, optimizer, scheduler, scaler, data, dist)
-        start_epoch, best = ckpt["epoch"], ckpt.get("best_acc", 0.0)
-        if dist.is_main:
-            metrics.truncate_after(start_epoch)
-            print(f"resumed from {resume} at epoch {start_epoch}", flush=True)
+    start_epoch, best = _restore(ckpt, resume, run, data, metrics) if ckpt is not None else (0, 0.0)
+    run.step = start_epoch * steps_per_epoch
     if dist.is_main:
         for line in warm:
             print(line, flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(config.record(), indent=1, default=str))
-
-    model: nn.Module = inner
-    if dist.enabled:
-        model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
-    if config.compile:
-        model = torch.compile(model, mode=config.compile_mode)
-    run = Run(model, inner, optimizer, scheduler, scaler, dist, amp_dtype, config.label_smoothing,
-              losses, config.log_every, step=start_epoch * steps_per_epoch,
-              budgets=(None if config.budget_range is None
-                       else dataclasses.replace(config.budget_range, ends=config.budget_ends)))
+    run.model = _wrap(inner, config, dist)
     if dist.is_main:
-        kind = "plain" if config.no_gate else f"gated by {config.gater} ({inner.num_gates} gates)"
-        print(f"{config.arch} {kind}, {models.count_params(inner):,} parameters; "
-              f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
-              f"{len(data.classes)} classes; {dist.world_size} process(es) on {dist.device.type}, "
-              f"{precision}{', channels_last' if config.channels_last_on else ''}"
-              f"{', compiled' if config.compile else ''}", flush=True)
+        print(_summary(config, run, data, precision), flush=True)
 
     # 4 and 5. The epochs: train, evaluate, checkpoint.
     epoch_seconds = []
@@ -228,23 +187,15 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
         t0 = time.perf_counter()
         data.train.set_epoch(epoch)
         train_numbers = train_one_epoch(run, data.train, epoch, config.epochs)
-        if cuda:
+        if dist.device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
         val = evaluate(run, data.val, desc=f"epoch {epoch + 1}/{config.epochs} eval")
         best = max(best, val["acc"])
         seconds = time.perf_counter() - t0
         epoch_seconds.append(train_seconds)
-        states = dist.gather_objects({"rng": checkpoint.rng_state(), "data": data.train.state_dict()})
+        _save_checkpoint(run, data, config, ckpt_config, ckpt_path, epoch + 1, best)
         if dist.is_main:
-            checkpoint.save_atomic({
-                "format": checkpoint.FORMAT, "config": ckpt_config,
-                "args": _plain(config.record()),
-                "epoch": epoch + 1, "step": run.step, "best_acc": best,
-                "model": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "world_size": dist.world_size, "rank_states": states,
-            }, ckpt_path)
             metrics.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
                            "lr": optimizer.param_groups[0]["lr"],
                            **{f"train_{k}": v for k, v in train_numbers.items()},
@@ -260,6 +211,37 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     # 6. The gate statistics, FLOPs and results.json.
     return _final_report(config, run, data, out_dir, metrics, best, epoch_seconds,
                          time.perf_counter() - start, build)
+
+
+def _build_model(config: RunConfig, data: Data, dist: Dist, build: Backbone | None, *,
+                 warm: bool) -> tuple[nn.Module, list[str]]:
+    """The run's model on its device: the backbone (``--arch``, or the script's ``build``),
+    gated by the gater trunk unless ``--no-gate``; with ``warm``, warm-started as the flags ask
+    (:func:`warm_start`, whose lines to print it returns too).
+
+    Seeded here, after the data are loaded (whose decoding may or may not draw random numbers:
+    a cache hit draws none), so that the initial weights depend on the seed alone, the same on
+    every rank."""
+    random.seed(config.seed + dist.rank)
+    torch.manual_seed(config.seed)
+    backbone = (build.build(config, len(data.classes)) if build is not None
+                else models.classifier(config.arch, len(data.classes)))
+    inner = backbone if config.no_gate else gated(backbone, config)
+    # Warm start before anything is written: a file that does not fit fails the run here.
+    lines = warm_start(inner, config) if warm else []
+    inner = inner.to(dist.device)
+    if config.channels_last_on:
+        inner = inner.to(memory_format=torch.channels_last)
+    return inner, lines
+
+
+def gated(backbone: nn.Module, config: RunConfig) -> gatekit.GaterNet:
+    """``backbone`` gated as the flags say, by the gater trunk they name
+    (:func:`models.gater_trunk`); :mod:`.rebuild` makes a trained run's model with it too."""
+    return gatekit.gate_model(
+        backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
+        bottleneck=config.bottleneck, group_size=config.group_size, init_bias=config.init_bias,
+        budget_input=config.budgets is not None)
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
@@ -385,6 +367,51 @@ def _paths(config: RunConfig) -> tuple[Path, Path, Path | None]:
     return out_dir, ckpt_path, resume
 
 
+def _precision(config: RunConfig, dist: Dist) -> str:
+    """``--precision``, with ``auto`` resolved: bf16 on GPU, fp32 on CPU."""
+    cuda = dist.device.type == "cuda"
+    if cuda:
+        # Shapes are fixed from step to step, so cuDNN's measured choice of conv algorithm
+        # pays off; its heuristic choice can be several times slower for small CIFAR convs.
+        torch.backends.cudnn.benchmark = True
+    return config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
+
+
+def _wrap(inner: nn.Module, config: RunConfig, dist: Dist) -> nn.Module:
+    """What the training step calls: ``inner`` in DDP across ranks, compiled if asked."""
+    model: nn.Module = inner
+    if dist.enabled:
+        cuda = dist.device.type == "cuda"
+        model = nn.parallel.DistributedDataParallel(inner, device_ids=[dist.device.index] if cuda else None)
+    if config.compile:
+        model = torch.compile(model, mode=config.compile_mode)
+    return model
+
+
+def _summary(config: RunConfig, run: Run, data: Data, precision: str) -> str:
+    kind = "plain" if config.no_gate else f"gated by {config.gater} ({run.inner.num_gates} gates)"
+    return (f"{config.arch} {kind}, {models.count_params(run.inner):,} parameters; "
+            f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
+            f"{len(data.classes)} classes; {run.dist.world_size} process(es) on "
+            f"{run.dist.device.type}, {precision}{', channels_last' if config.channels_last_on else ''}"
+            f"{', compiled' if config.compile else ''}")
+
+
+def _save_checkpoint(run: Run, data: Data, config: RunConfig, ckpt_config: dict[str, Any],
+                     path: Path, epochs: int, best: float) -> None:
+    """The checkpoint after ``epochs`` epochs, written by rank 0 with every rank's random
+    streams and data order (``--resume`` continues each rank where it was)."""
+    states = run.dist.gather_objects({"rng": checkpoint.rng_state(), "data": data.train.state_dict()})
+    if run.dist.is_main:
+        checkpoint.save_atomic({
+            "format": checkpoint.FORMAT, "config": ckpt_config, "args": _plain(config.record()),
+            "epoch": epochs, "step": run.step, "best_acc": best,
+            "model": run.inner.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "world_size": run.dist.world_size, "rank_states": states,
+        }, path)
+
+
 def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
     gated = not config.no_gate
@@ -396,20 +423,24 @@ def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
             "group_size": config.group_size if gated else None,
             "gater_resolution": config.gater_resolution if gated else None,
             "freeze_gater": (config.freeze_gater or None) if gated else None,
-            "budget_input": (config.budget_range is not None) or None if gated else None,
+            "budget_input": (config.budgets is not None) or None if gated else None,
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
-def _restore(ckpt: dict[str, Any], path: Path, inner: nn.Module, optimizer: Any, scheduler: Any,
-             scaler: Any, data: Data, dist: Dist) -> None:
+def _restore(ckpt: dict[str, Any], path: Path, run: Run, data: Data,
+             metrics: MetricsLog) -> tuple[int, float]:
+    """Continue from a checkpoint: weights, optimiser, schedule and, written by as many
+    processes, each rank's random streams and data order; returns the epochs done and the best
+    accuracy so far.  Metrics of later epochs (a run that died before its checkpoint) go."""
+    dist = run.dist
     try:
-        inner.load_state_dict(ckpt["model"])
+        run.inner.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise GatekitError(f"checkpoint {path} does not fit this model "
                            f"({str(e).splitlines()[0]}); resume with the flags it was written with") from None
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
     states = ckpt["rank_states"]
     if ckpt.get("world_size") == dist.world_size:
         checkpoint.set_rng_state(states[dist.rank]["rng"])
@@ -418,6 +449,11 @@ def _restore(ckpt: dict[str, Any], path: Path, inner: nn.Module, optimizer: Any,
         print(f"warning: {path} was written by {ckpt.get('world_size')} processes, this run has "
               f"{dist.world_size}; weights and optimiser are restored, random streams start anew",
               file=sys.stderr)
+    epochs = ckpt["epoch"]
+    if dist.is_main:
+        metrics.truncate_after(epochs)
+        print(f"resumed from {path} at epoch {epochs}", flush=True)
+    return epochs, ckpt.get("best_acc", 0.0)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
