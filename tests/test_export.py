@@ -294,7 +294,7 @@ def test_every_kind_of_model_exports_to_onnx(estimator, group_size, budget, site
             net.head.budget_scale.fill_(3.0)
         if budget == "calibrated":
             calibrated(net)
-        # On a knot, between knots, below the first and at the top.
+        # For the calibrated map (KNOTS): on a knot, between two, below the first, the top.
         calls = [torch.tensor([0.3, 0.6]), torch.tensor([0.05, 1.0])]
     assert (getattr(net.head, "budget_map", None) is not None) == (budget == "calibrated")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
