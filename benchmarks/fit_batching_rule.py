@@ -28,8 +28,8 @@ import torch
 
 import gatekit
 from benchmarks.cpu_timing import build_model, random_gates  # end_to_end_cpu's models and gates
-from gatekit.inference._batching import BATCHINGS, GateCounts, candidates
 from gatekit.inference._rule import THREAD_SCALING, BatchingRule, ModeCost, conv_geometry
+from gatekit.inference.batching import BATCHINGS, GateCounts, candidates
 
 MODELS = {"resnet50": "resnet50", "resnet20": "resnet20", "resnet20_run": "resnet20"}
 

@@ -145,14 +145,19 @@ def _package(module: str, files: dict[str, Path]) -> str:
 
 def private_imports(root: Path = ROOT) -> list[str]:
     """Each use of a private name (a leading underscore, dunders aside) that one gatekit
-    module takes from a module of another gatekit package: ``from ..inference._skip import
-    _rewrite``, or ``_skip._rewrite`` on a module imported from there.  A public name in a
-    private module (``from ..inference._skip import rewrite``) is fine, and so is anything
-    within one package."""
+    module takes from outside its reach: a private name of a module of another package
+    (``from ..inference.skip import _rewrite``, or ``skip._rewrite`` on a module imported
+    from there), or anything from a private module of another package (``from
+    ..inference._skip import rewrite``).  A package's private modules are for it and its
+    subpackages: ``gatekit._errors`` serves every package of gatekit, and
+    ``gatekit.inference._skip`` only ``gatekit.inference``."""
     files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
 
     def private(name: str) -> bool:
         return name.startswith("_") and not name.startswith("__")
+
+    def outside(package: str, owner: str) -> bool:
+        return package != owner and not package.startswith(owner + ".")
 
     found: list[str] = []
     for name, path in files.items():
@@ -168,10 +173,14 @@ def private_imports(root: Path = ROOT) -> list[str]:
                 base = _resolve(name, path.name == "__init__.py", node.level, node.module)
                 if base not in files:
                     continue
+                base_private = private(base.rpartition(".")[2])
                 for alias in node.names:
                     if f"{base}.{alias.name}" in files:  # a module, not a name
                         modules[alias.asname or alias.name] = f"{base}.{alias.name}"
-                    elif private(alias.name) and _package(base, files) != package:
+                        if private(alias.name) and outside(package, base):
+                            found.append(f"{name}: from {base} import {alias.name}")
+                    elif ((private(alias.name) or base_private)
+                          and outside(package, _package(base, files))):
                         found.append(f"{name}: from {base} import {alias.name}")
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
@@ -200,12 +209,20 @@ def test_the_checker_sees_private_imports(tmp_path: Path) -> None:
         (pkg / f).write_text("")
     (pkg / "inference" / "_skip.py").write_text("def _rewrite(): ...\ndef rewrite(): ...\n")
     (pkg / "inference" / "_conv.py").write_text("from ._skip import _rewrite\n")
+    (pkg / "inference" / "plan.py").write_text("def _walk(): ...\ndef walk(): ...\n")
+    (pkg / "_errors.py").write_text("class GatekitError(Exception): ...\n")
     (pkg / "export" / "_net.py").write_text(
         "from ..inference._skip import _rewrite, rewrite\n"
-        "from ..inference import _skip\n"
-        "_skip._rewrite, _skip.rewrite\n"
+        "from ..inference import _skip, plan\n"
+        "from ..inference.plan import _walk, walk\n"
+        "from .._errors import GatekitError\n"
+        "_skip._rewrite, _skip.rewrite, plan._walk, plan.walk\n"
     )
     assert private_imports(pkg) == [
         "gatekit.export._net: _skip._rewrite (from gatekit.inference._skip)",
+        "gatekit.export._net: from gatekit.inference import _skip",
         "gatekit.export._net: from gatekit.inference._skip import _rewrite",
+        "gatekit.export._net: from gatekit.inference._skip import rewrite",
+        "gatekit.export._net: from gatekit.inference.plan import _walk",
+        "gatekit.export._net: plan._walk (from gatekit.inference.plan)",
     ]

@@ -167,7 +167,7 @@ def test_union_batching_runs_one_pass(gated_nets):
         gatekit.skip_compute(net, batching="per_sample")
 
 
-class CountingChannels(gatekit.inference._batching.SharedChannels):
+class CountingChannels(gatekit.inference.batching.SharedChannels):
     """Shared channels that count the SkipConv calls they run."""
 
     calls = 0
@@ -177,7 +177,7 @@ class CountingChannels(gatekit.inference._batching.SharedChannels):
         return super().conv(conv, x, out_site, in_site, residual)
 
 
-class OneByOne(gatekit.inference._batching.Batching):
+class OneByOne(gatekit.inference.batching.Batching):
     """A batching mode written outside gatekit: each sample alone, with its own Channels."""
 
     name = "one_by_one"
@@ -193,13 +193,13 @@ class OneByOne(gatekit.inference._batching.Batching):
 def test_a_batching_mode_is_one_class(gated_nets, monkeypatch):
     # The seam: a Batching subclass (and, if it needs one, its Channels), listed by name.
     net, size = gated_nets("resnet20", "all", 4)
-    monkeypatch.setitem(gatekit.inference._batching.BATCHINGS, OneByOne.name, OneByOne)
+    monkeypatch.setitem(gatekit.inference.batching.BATCHINGS, OneByOne.name, OneByOne)
     fast = gatekit.skip_compute(net, batching="one_by_one")
     assert fast.backbone.batching == "one_by_one" and "batching='one_by_one'" in repr(fast)
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
     gates = random_gates(3, net.num_gates, seed=12)
     assert_close(fast(x, gates=gates), net(x, gates=gates))
-    skip_convs = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
+    skip_convs = [m for m in fast.modules() if isinstance(m, gatekit.inference.conv.SkipConv)]
     assert CountingChannels.calls == 3 * len(skip_convs)  # every SkipConv asks the run's Channels
 
 
@@ -586,7 +586,7 @@ def test_gather_weights_come_from_one_layout_per_conv(gated_nets):
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
     gates = differing_gates(net, 23)[:3]
     fast(x, gates=gates)
-    skips = [m for m in fast.modules() if isinstance(m, gatekit.inference._conv.SkipConv)]
+    skips = [m for m in fast.modules() if isinstance(m, gatekit.inference.conv.SkipConv)]
     layouts = {id(m): m._padded for m in skips}
     assert sum(lay is not None for lay in layouts.values()) == len(net.sites)  # site producers
     fast(x, gates=differing_gates(net, 24)[:3])
@@ -636,7 +636,7 @@ def _spy(monkeypatch) -> list[str]:
     """The names of the modes whose run_mixed runs, in order."""
     ran: list[str] = []
     for name in CANDIDATES:
-        cls = gatekit.inference._batching.BATCHINGS[name]
+        cls = gatekit.inference.batching.BATCHINGS[name]
         original = cls.run_mixed
         monkeypatch.setattr(cls, "run_mixed",
                             lambda self, *a, n=name, f=original: (ran.append(n), f(self, *a))[1])
@@ -765,7 +765,7 @@ def test_auto_chooses_per_budget_at_one_batch_shape(rule):
     unions = {}
     for b in (0.2, 1.0):
         gates = fast.estimator(fast.gate_logits(x, b))
-        counts = gatekit.inference._batching.GateCounts.of(fast.backbone, gates)
+        counts = gatekit.inference.batching.GateCounts.of(fast.backbone, gates)
         unions[b] = float(counts.union.sum())
     assert unions[0.2] < unions[1.0]
     # union costs its multiply-adds; masked a fixed amount, between union's at the two budgets
@@ -809,7 +809,7 @@ def test_tune_batching_measures_fits_and_applies_process_wide(gated_nets, monkey
     durations = {"pattern": iter([9.0, 3.0, 0.5, 3.0]), "union": iter([1.0] * 4),
                  "gather": iter([2.0] * 4), "masked": iter([1.5] * 4)}
     for name in CANDIDATES:
-        cls = gatekit.inference._batching.BATCHINGS[name]
+        cls = gatekit.inference.batching.BATCHINGS[name]
         original = cls.run_mixed
 
         def timed(self, *args, n=name, f=original):

@@ -18,7 +18,7 @@
 
 ``.. gatekit-batchings::``
     A table of :func:`gatekit.skip_compute`'s batching modes, read from their one registry
-    (``gatekit.inference._batching.BATCHINGS``): each mode's name, whether ``"auto"`` may
+    (``gatekit.inference.batching.BATCHINGS``): each mode's name, whether ``"auto"`` may
     choose it, its ``summary`` and, with ``:costs:``, the constants of the default rule
     (``gatekit.inference.BatchingRule().costs``), so a new mode appears on the page without
     anyone editing it.
@@ -435,12 +435,12 @@ class BatchingsDirective(SphinxDirective):
     option_spec: ClassVar[dict[str, Any]] = {"costs": directives.flag}
 
     def run(self) -> list[nodes.Node]:
-        from gatekit.inference import BatchingRule, _batching, _rule, skip_compute
+        from gatekit.inference import BatchingRule, batching, _rule, skip_compute
 
         default = inspect.signature(skip_compute).parameters["batching"].default
-        modes = list(_batching.BATCHINGS.items())
+        modes = list(batching.BATCHINGS.items())
         if not modes:
-            raise self.error("gatekit.inference._batching.BATCHINGS is empty: no mode registered")
+            raise self.error("gatekit.inference.batching.BATCHINGS is empty: no mode registered")
         # The candidates in the order registered, then the modes that choose among them.
         modes.sort(key=lambda item: not item[1].candidate)
         costs = "costs" in self.options

@@ -19,7 +19,7 @@ from torch import Tensor
 from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
-from ..inference._common import SiteRoute, check_eval_net
+from ..inference.common import SiteRoute, check_eval_net
 from ._net import DENSE_ABOVE, exportable
 
 __all__ = ["export_onnx", "export_program"]

@@ -38,7 +38,8 @@ from .._errors import GatekitError
 from ..costs import gate_costs
 from ..estimators import Gate
 from ..gater import GaterNet
-from ..inference._common import (
+from ..inference.batching import get_batching
+from ..inference.common import (
     DENSE,
     SCATTER,
     SLICED,
@@ -47,17 +48,16 @@ from ..inference._common import (
     gaternet_parts,
     per_channel,
 )
-from ..inference._conv import CONV_FUNCTIONS, FULL, SkipConv
-from ..inference._plan import plan_sites
-from ..inference._rewrite import rewrite
-from ..inference._union import UnionBatching
+from ..inference.conv import CONV_FUNCTIONS, FULL, SkipConv
+from ..inference.plan import plan_sites
+from ..inference.rewrite import rewrite
 from ..sites import GateSite
 from ._ops import conv_weights, sliced_conv
 
 __all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
 #: The batching every sliced or scatter site runs with in an exported graph.
-UNION = UnionBatching.name
+UNION = get_batching("union", "gatekit.exportable").name
 
 #: What a dense site's route adds to its reason in an exported graph.
 _DENSE_NOTE = "runs masked (every filter computed, closed ones multiplied by 0)"
@@ -81,7 +81,7 @@ class OpenChannels:
 
 
 class ExportConv(nn.Module):
-    """A :class:`gatekit.inference._conv.SkipConv` whose channels come as index tensors.
+    """A :class:`gatekit.inference.conv.SkipConv` whose channels come as index tensors.
 
     Holds the folded weight ``(out + 1, in + 1, *kernel)``: the extra output row (when its
     outputs are cut) and input column (when its input is a cut tensor) are zero, for the
@@ -93,29 +93,21 @@ class ExportConv(nn.Module):
 
     def __init__(self, skip: SkipConv):
         super().__init__()
-        out_c, in_c, kernel = skip.out_channels, skip.in_channels, skip.kernel_size
-        weight = skip.conv_weight()
         self.out_mode, self.in_sliced = skip.out_mode, skip.in_sliced
-        self.out_channels, self.in_channels = out_c, in_c
+        self.out_channels, self.in_channels = skip.out_channels, skip.in_channels
         self.stride, self.padding, self.dilation = skip.stride, skip.padding, skip.dilation
         self.groups = skip.groups
         self.cut_out = self.out_mode != FULL
-        pad_out, pad_in = int(self.cut_out), int(self.in_sliced)
-        padded = weight.new_zeros(out_c + pad_out, in_c + pad_in, *kernel)
-        padded[:out_c, :in_c] = weight
         # Gathers copy contiguous rows fast and scattered ones slowly (ONNX Runtime's Gather
         # copies one block per index: a 1x1 conv's input columns are single floats, 20x
         # slower at ResNet-50's last stage).  A conv whose input alone is cut keeps its
         # weight input-major, gathers rows and transposes them back.
         self.in_major = self.in_sliced and not self.cut_out
-        if self.in_major:
-            padded = padded.transpose(0, 1)
-        self.register_buffer("weight", padded.contiguous())
-        bias = skip.bias
-        if bias is not None and self.cut_out:
-            bias = torch.cat([bias, bias.new_zeros(1)])
+        weight, bias = skip.padded_weight(zero_out=self.cut_out, zero_in=self.in_sliced,
+                                          in_major=self.in_major)
+        self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self._conv = CONV_FUNCTIONS[len(kernel) - 1]
+        self._conv = CONV_FUNCTIONS[len(skip.kernel_size) - 1]
         #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
         self.opaque = False
 

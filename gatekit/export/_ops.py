@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._graph import conv_output_size
-from ..inference._conv import CONV_FUNCTIONS, gather_weight
+from ..inference.conv import CONV_FUNCTIONS, gather_weight
 
 __all__ = ["conv_weights", "sliced_conv", "sliced_conv_reference"]
 
@@ -27,7 +27,7 @@ def conv_weights(weight: Tensor, bias: Tensor | None, out_idx: Tensor | None,
 
     ``weight`` is ``(out, in, *kernel)``, or ``(in, out, *kernel)`` when ``in_major``
     (then only ``in_idx`` may be given: its rows are gathered, then transposed back).  The
-    gather is skip_compute's (``gather_weight`` in ``gatekit/inference/_conv.py``).
+    gather is skip_compute's (``gather_weight`` in ``gatekit/inference/conv.py``).
     """
     w, b = gather_weight(weight, bias, out_idx, in_idx, in_major=in_major)
     return (w.transpose(0, 1) if in_major else w), b

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._batching import BATCHINGS, Backbone, Batching, GateCounts, register
 from ._rule import BatchingChoice, ConvGeometry, conv_geometry, current_rule
+from .batching import BATCHINGS, Backbone, Batching, GateCounts, register
 
 __all__: list[str] = []
 

@@ -18,9 +18,9 @@ from .. import _graph
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..sites import GateSite
-from ._common import DENSE, FUSED, InferenceGaterNet, SiteRoute, check_eval_net, finish_graph
 from ._folding import batchnorm_scale_shift
-from ._plan import SitePlan, plan_sites
+from .common import DENSE, FUSED, InferenceGaterNet, SiteRoute, check_eval_net, finish_graph
+from .plan import SitePlan, plan_sites
 
 __all__ = ["FusedGatedConv2d", "fuse_gated_convs"]
 

@@ -10,10 +10,10 @@ convolution then runs once per site for the whole batch:
   side by side, ``N`` weight blocks stacked.
 
 Weights are gathered with one ``index_select`` of whole rows from the layout the conv
-keeps (:meth:`~._conv.SkipConv.padded_rows`): the folded weight with a row of zeros
+keeps (:meth:`~.conv.SkipConv.padded_rows`): the folded weight with a row of zeros
 appended, ``(out + 1, in * taps)``, also read as ``((out + 1) * in, taps)`` when both
 dimensions are gathered.  Every convolution runs through the conv's own
-:meth:`~._conv.SkipConv.convolve` (grouped, one group per sample).  A
+:meth:`~.conv.SkipConv.convolve` (grouped, one group per sample).  A
 padded output row reads the zero row (and a zero bias), so its output is exactly zero,
 stays zero through the ReLU/pooling chain, and contributes nothing where the consumer
 reads it: no masks.  At a scatter site the compact output is added straight into the
@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._batching import Backbone, Batching, GateCounts, Runs, register
-from ._common import SCATTER, channel_index, per_channel
-from ._conv import SkipConv, add_residual, memory_format
+from .batching import Backbone, Batching, GateCounts, Runs, register
+from .common import SCATTER, channel_index, per_channel
+from .conv import SkipConv, add_residual, memory_format
 
 __all__: list[str] = []
 
@@ -43,7 +43,7 @@ class Gathered(NamedTuple):
 
     ``idx`` ``(N, K)``: per sample, its open channels (ascending), then closed ones as
     padding (when ``K`` is every channel: all channels in order, closed ones the padding); ``rows`` ``(N, K)``: the same with padding replaced by ``out_channels`` (the
-    zero row of :meth:`~._conv.SkipConv.padded_rows`); ``k``: ``K``, the batch's largest open count.
+    zero row of :meth:`~.conv.SkipConv.padded_rows`); ``k``: ``K``, the batch's largest open count.
     """
 
     idx: Tensor

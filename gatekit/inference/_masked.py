@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 from ._union import masks
+from .batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 
 __all__: list[str] = []
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .._errors import GatekitError
-from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
+from .batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
 
 __all__: list[str] = []
 

@@ -1,8 +1,8 @@
 """How ``batching="auto"`` chooses: a rule over the gates, with constants that a tuning
 call may fit to this machine.
 
-For a batch, each candidate mode says what it computes (:meth:`._batching.Batching.runs`:
-its runs and, per run, the channels of each site, from :class:`._batching.GateCounts`,
+For a batch, each candidate mode says what it computes (:meth:`.batching.Batching.runs`:
+its runs and, per run, the channels of each site, from :class:`.batching.GateCounts`,
 one pass over the gates).  With the model's conv geometry (:class:`ConvGeometry`: per
 conv touching a site, which sites its output and input channels belong to and its
 multiply-adds per channel pair; read once per sample shape by a pass that convolves
@@ -43,12 +43,12 @@ from torch import Tensor
 
 from .._errors import GatekitError
 from .._graph import conv_output_size
-from ._batching import BATCHINGS, Backbone, GateCounts, Runs, candidates, one_pattern
-from ._conv import SkipConv, add_residual
 from ._gather import GatherBatching
 from ._masked import MaskedBatching
 from ._pattern import PatternBatching
 from ._union import UnionBatching
+from .batching import BATCHINGS, Backbone, GateCounts, Runs, candidates, one_pattern
+from .conv import SkipConv, add_residual
 
 __all__ = ["BatchingChoice", "BatchingRule", "ModeCost", "set_batching_rule", "tune_batching"]
 

@@ -1,13 +1,13 @@
 """skip_compute: run a GaterNet in eval mode computing only the filters whose gates are open.
 
 The dense gated model computes every filter and multiplies the closed ones by zero.
-:func:`skip_compute` rewrites the gated backbone's graph once (``_plan``, ``_rewrite``):
+:func:`skip_compute` rewrites the gated backbone's graph once (``plan``, ``rewrite``):
 every conv followed by an eval-mode BatchNorm gets the BatchNorm folded in, each gated conv
 computes only its open filters, and the conv that consumes a gated output reads only the
 matching input channels.  The result's backbone, a :class:`SkipBackbone`, takes ``(x, gates)`` like
 any gated backbone: it groups the samples by gate pattern (or takes the union of their
 open filters) and runs the rewritten graph once per group.  How it batches is a batching
-mode (``_batching``; one module per mode, registered in ``_batching.BATCHINGS``).
+mode (``batching``; one module per mode, registered in ``batching.BATCHINGS``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from .._checks import check_gates
 from ..gater import GaterNet
 from ..sites import GateSite
 from ._auto import AutoBatching
-from ._batching import Batching, get_batching, one_pattern
-from ._common import (
+from ._pattern import PatternBatching
+from ._rule import BatchingChoice
+from .batching import Batching, get_batching, one_pattern
+from .common import (
     DENSE,
     SCATTER,
     SLICED,
@@ -32,11 +34,9 @@ from ._common import (
     check_binary,
     check_eval_net,
 )
-from ._conv import Channels
-from ._pattern import PatternBatching
-from ._plan import plan_sites
-from ._rewrite import rewrite
-from ._rule import BatchingChoice
+from .conv import Channels
+from .plan import plan_sites
+from .rewrite import rewrite
 
 __all__ = ["SkipComputeNet", "skip_compute"]
 
@@ -53,7 +53,7 @@ class SkipBackbone(nn.Module):
     (:attr:`batching` is its name), which runs ``graph_module`` (the rewritten
     gated backbone, taking ``x``, ``gates`` and ``channels``) once for the batch when all
     samples share one gate pattern, else as the mode says: ``"pattern"`` once per group of
-    samples that share a pattern, and so on: each registered mode (``_batching.BATCHINGS``)
+    samples that share a pattern, and so on: each registered mode (``batching.BATCHINGS``)
     says what it does in its ``summary``.
     """
 

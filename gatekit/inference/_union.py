@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ._batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
-from ._common import per_channel
+from .batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
+from .common import per_channel
 
 __all__: list[str] = []
 

@@ -4,7 +4,7 @@ One module covers every case a conv is in after planning: its output filters com
 full, only the open ones (*sliced*), or only the open ones placed back into zeros
 (*scatter*); its input either full or the compact tensor of a previous site's open
 channels.  Which channels are open comes per run of the rewritten graph, as a
-:class:`Channels` object made by the batching mode (``_batching``); :meth:`SkipConv.forward`
+:class:`Channels` object made by the batching mode (``batching``); :meth:`SkipConv.forward`
 hands the work to it, and the modes whose samples share one set of channels per site run
 :meth:`SkipConv.run_shared`, built from the steps below.
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .._errors import GatekitError
 from .._graph import conv_output_size
-from ._common import SCATTER, SLICED
 from ._folding import fold_batchnorm
+from .common import SCATTER, SLICED
 
 __all__: list[str] = []
 
@@ -184,9 +184,34 @@ class SkipConv(nn.Module):
     def _k_out(self, w: Tensor) -> int:
         return w.shape[1] if self.transposed else w.shape[0]
 
+    def padded_weight(self, *, zero_out: bool = False, zero_in: bool = False,
+                      in_major: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The folded weight in conv layout and the bias, with a zero filter and a zero input
+        channel appended where asked: the one layout every per-call gather of padded indices
+        reads (``"gather"``'s per-sample rows, the export's convs).
+
+        ``zero_out``: a row ``out`` of zeros (and a zero bias entry), for an output index
+        that computes exactly zero; ``zero_in``: a column ``in`` of zeros, for an input
+        channel that reads nothing.  ``in_major``: the weight as ``(in, out, *kernel)``, so
+        that a gather of input channels copies whole rows.  A new tensor each call.
+
+        >>> skip = SkipConv(nn.Conv2d(2, 3, 3), None, out_mode="sliced", in_sliced=True)
+        >>> w, b = skip.padded_weight(zero_out=True, zero_in=True, in_major=True)
+        >>> tuple(w.shape), b.shape[0], bool(w[2].eq(0).all() and w[:, 3].eq(0).all())
+        ((3, 4, 3, 3), 4, True)
+        """
+        w = self.conv_weight()
+        out_c, in_c = w.shape[:2]
+        padded = w.new_zeros(out_c + int(zero_out), in_c + int(zero_in), *w.shape[2:])
+        padded[:out_c, :in_c] = w
+        bias = self.bias
+        if bias is not None and zero_out:
+            bias = torch.cat([bias, bias.new_zeros(1)])
+        return (padded.transpose(0, 1) if in_major else padded).contiguous(), bias
+
     def padded_rows(self) -> tuple[Tensor, Tensor | None]:
-        """The folded weight as rows by output channel, ``(out + 1, in * taps)``, the last
-        row zero, and the bias ``(out + 1,)`` with a zero appended (None without a bias).
+        """:meth:`padded_weight` with a zero filter, as rows by output channel:
+        ``(out + 1, in * taps)`` and the bias ``(out + 1,)`` (None without a bias).
 
         For gathering per-sample weight blocks with one ``index_select``: a padded output
         row reads the zero row and computes exactly zero.  Made once and kept (not a
@@ -201,9 +226,8 @@ class SkipConv(nn.Module):
         key = (w.data_ptr(), w._version, w.dtype, w.device, None if b is None else b._version)
         if self._padded is not None and self._padded[0] == key:
             return self._padded[1], self._padded[2]
-        rows = self.conv_weight().reshape(self.out_channels, -1)
-        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])]).contiguous()
-        bias = None if b is None else torch.cat([b, b.new_zeros(1)])
+        rows, bias = self.padded_weight(zero_out=True)
+        rows = rows.reshape(self.out_channels + 1, -1)
         self._padded = (key, rows, bias)
         return rows, bias
 

@@ -4,7 +4,7 @@ end with, the GaterNet they return (built from :func:`gaternet_parts`), and how 
 gates map to its channels (:func:`channel_index`, :func:`per_channel`).
 
 Each transform: ``check_eval_net(net)`` -> copy ``net.backbone`` -> plan the sites
-(:mod:`._plan`) -> rewrite the graph -> ``finish_graph`` -> :class:`InferenceGaterNet`
+(:mod:`.plan`) -> rewrite the graph -> ``finish_graph`` -> :class:`InferenceGaterNet`
 (or :class:`gatekit.SkipComputeNet`) with one :class:`SiteRoute` per site in ``routes``.
 """
 

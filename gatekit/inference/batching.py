@@ -1,13 +1,13 @@
 """The seam for batching modes: how a :class:`~gatekit.SkipComputeNet` runs a batch whose
 samples open different filters.
 
-The rewritten graph (``_skip``) runs with one :class:`~._conv.Channels` object per run,
-which says what every site computes and runs each :class:`~._conv.SkipConv`.  A batching
+The rewritten graph (``_skip``) runs with one :class:`~.conv.Channels` object per run,
+which says what every site computes and runs each :class:`~.conv.SkipConv`.  A batching
 mode is a :class:`Batching` subclass in its own module (``_pattern``, ``_union``,
 ``_gather``, ``_masked``, ``_auto``), registered once in :data:`BATCHINGS` with
 :func:`register`: it splits the batch into runs, makes each run's
-:class:`~._conv.Channels` and merges the outputs.  A mode whose samples compute different
-channels within one run brings its own :class:`~._conv.Channels` too.  :data:`BATCHINGS`
+:class:`~.conv.Channels` and merges the outputs.  A mode whose samples compute different
+channels within one run brings its own :class:`~.conv.Channels` too.  :data:`BATCHINGS`
 is the one list of modes: ``skip_compute`` takes its names, ``"auto"`` chooses among its
 candidates, and the docs print it (:func:`describe`).
 
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .._errors import GatekitError
 from ..sites import GateSite
-from ._conv import Channels, SkipConv
+from .conv import Channels, SkipConv
 
 __all__: list[str] = []
 

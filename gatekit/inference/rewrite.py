@@ -1,9 +1,9 @@
 """The graph rewrite that :func:`gatekit.skip_compute` and :func:`gatekit.exportable` share.
 
-Given the site plans (``_plan``), :func:`rewrite` replaces every conv that a site touches,
-or that an eval-mode BatchNorm follows, by a :class:`~._conv.SkipConv` with the BatchNorm
+Given the site plans (``plan``), :func:`rewrite` replaces every conv that a site touches,
+or that an eval-mode BatchNorm follows, by a :class:`~.conv.SkipConv` with the BatchNorm
 folded in (``_folding``), called as ``skip(x, channels, out_site, in_site)``: the run's
-:class:`~._conv.Channels` says which channels it computes.  A 1x1 conv whose output is
+:class:`~.conv.Channels` says which channels it computes.  A 1x1 conv whose output is
 added to a residual that nothing reads later accumulates into it (``residual=r``).
 skip_compute runs the result as it is; the export swaps each SkipConv for its own conv.
 """
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .. import _graph
-from ._common import DENSE, SLICED, finish_graph
-from ._conv import FULL, SkipConv
 from ._folding import foldable_batchnorm
-from ._plan import SitePlan
+from .common import DENSE, SLICED, finish_graph
+from .conv import FULL, SkipConv
+from .plan import SitePlan
 
 __all__: list[str] = []
 
@@ -52,7 +52,7 @@ def _single_bn_user(gm: fx.GraphModule, conv: fx.Node, calls: dict[str, int]) ->
 def rewrite(gm: fx.GraphModule, plans: list[SitePlan], *, layout: bool = True) -> None:
     """Replace convs (and their BatchNorms and gate multiplies) by :class:`SkipConv` calls.
 
-    The graph gets a ``channels`` argument (the run's :class:`._conv.Channels`); each
+    The graph gets a ``channels`` argument (the run's :class:`.conv.Channels`); each
     SkipConv is called as ``skip(x, channels, out_site, in_site)``, the site numbers
     constants of the graph.  ``layout``: the input first goes through
     :func:`channels_last` (False: left as it comes, for a graph whose layout is a

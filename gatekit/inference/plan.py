@@ -21,8 +21,8 @@ from torch import fx, nn
 
 from .. import _graph
 from ..sites import GateSite
-from ._common import DENSE, SCATTER, SLICED, SiteRoute
 from ._folding import foldable_batchnorm
+from .common import DENSE, SCATTER, SLICED, SiteRoute
 
 __all__: list[str] = []
 
