@@ -111,14 +111,8 @@ class ExportConv(nn.Module):
         #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
         self.opaque = False
 
-    def forward(
-        self,
-        x: Tensor,
-        channels: OpenChannels,
-        out_site: int | None = None,
-        in_site: int | None = None,
-        residual: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, channels: OpenChannels, out_site: int | None = None,
+                in_site: int | None = None, residual: Tensor | None = None) -> Tensor:
         # The rewrite passes out_site exactly when outputs are cut, in_site when the input is.
         out_idx = channels.index[out_site] if self.cut_out else None
         in_idx = channels.index[in_site] if self.in_sliced else None

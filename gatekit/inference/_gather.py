@@ -99,14 +99,8 @@ class GatherChannels:
     def __init__(self, sites: list[Gathered | None]):
         self.sites = sites
 
-    def conv(
-        self,
-        conv: SkipConv,
-        x: Tensor,
-        out_site: int | None,
-        in_site: int | None,
-        residual: Tensor | None,
-    ) -> Tensor:
+    def conv(self, conv: SkipConv, x: Tensor, out_site: int | None, in_site: int | None,
+             residual: Tensor | None) -> Tensor:
         out = None if out_site is None else self.sites[out_site]
         inp = None if in_site is None or not conv.in_sliced else self.sites[in_site]
         if out is None and inp is None:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._union import masks
-from .batching import Backbone, Batching, GateCounts, Runs, SharedChannels, register
+from ._union import one_pass
+from .batching import Backbone, Batching, GateCounts, Runs, register
 
 __all__: list[str] = []
 
@@ -45,6 +45,4 @@ class MaskedBatching(Batching):
         return Runs.one(counts.batch, counts.full, copies=0.0)
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
-        every = backbone.open_channels(torch.ones_like(gates[0]))
-        channels = SharedChannels([None] * len(every), masks(backbone, gates, every))
-        return backbone.run(x, gates, channels)
+        return one_pass(backbone, x, gates, torch.ones_like(gates[0]), sliced=False)

@@ -31,9 +31,17 @@ class UnionBatching(Batching):
         return Runs.one(counts.batch, counts.union)
 
     def run_mixed(self, backbone: Backbone, x: Any, gates: Tensor) -> Any:
-        idx = backbone.open_channels((gates != 0).any(0))
-        channels = SharedChannels(idx, masks(backbone, gates, idx))
-        return backbone.run(x, gates, channels)
+        return one_pass(backbone, x, gates, (gates != 0).any(0))
+
+
+def one_pass(backbone: Backbone, x: Any, gates: Tensor, computed: Tensor, *,
+             sliced: bool = True) -> Any:
+    """Run the batch once, computing at each site the channels of the gates ``computed``
+    (``(num_gates,)``) and zeroing each sample's closed ones among them.  ``sliced=False``:
+    every channel is computed (``computed`` should then be all ones)."""
+    idx = backbone.open_channels(computed)
+    channels = SharedChannels(idx if sliced else [None] * len(idx), masks(backbone, gates, idx))
+    return backbone.run(x, gates, channels)
 
 
 def masks(

@@ -117,14 +117,8 @@ class SharedChannels:
         self.open_channels = open_channels
         self.masks = masks
 
-    def conv(
-        self,
-        conv: SkipConv,
-        x: Tensor,
-        out_site: int | None,
-        in_site: int | None,
-        residual: Tensor | None,
-    ) -> Tensor:
+    def conv(self, conv: SkipConv, x: Tensor, out_site: int | None, in_site: int | None,
+             residual: Tensor | None) -> Tensor:
         out_idx = None if out_site is None else self.open_channels[out_site]
         in_idx = None if in_site is None else self.open_channels[in_site]
         mask = None if out_site is None or self.masks is None else self.masks[out_site]

@@ -42,14 +42,8 @@ class Channels(Protocol):
     """What one run of the rewritten graph computes at each site, made per run by the
     batching mode: it runs every :class:`SkipConv` of that run."""
 
-    def conv(
-        self,
-        conv: SkipConv,
-        x: Tensor,
-        out_site: int | None,
-        in_site: int | None,
-        residual: Tensor | None,
-    ) -> Tensor:
+    def conv(self, conv: SkipConv, x: Tensor, out_site: int | None, in_site: int | None,
+             residual: Tensor | None) -> Tensor:
         """``conv``'s output for ``x``; ``out_site``/``in_site``: the site whose open
         channels it computes / ``x`` holds (None: all channels)."""
         ...
@@ -110,14 +104,8 @@ class SkipConv(nn.Module):
         self.taps = int(torch.tensor(self.kernel_size).prod())
         self._padded: tuple | None = None  # padded_rows()'s cache
 
-    def forward(
-        self,
-        x: Tensor,
-        channels: Channels,
-        out_site: int | None = None,
-        in_site: int | None = None,
-        residual: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, channels: Channels, out_site: int | None = None,
+                in_site: int | None = None, residual: Tensor | None = None) -> Tensor:
         """The conv's output for this run (``residual``: see :meth:`run_shared`)."""
         return channels.conv(self, x, out_site, in_site, residual)
 
