@@ -127,6 +127,17 @@ def test_a_gated_model_outside_the_flops_window_is_not_compared(arms, tmp_path: 
     assert lines[0].startswith("MISSED") and "no gated model within 0.02" in lines[0]
 
 
+def test_the_best_dedicated_budget_within_the_window_is_compared(arms, tmp_path: Path) -> None:
+    m = _module()
+    # Two dedicated recipes near static's 0.565: a worse one nearer (0.565 total) and a
+    # better one farther (0.580, still within 0.02): the better is the best gated model.
+    runs = [*arms["dedicated"], _dedicated(tmp_path, "0.555", 0, 0.139, 0.555, 5),
+            _dedicated(tmp_path, "0.57", 0, 0.133, 0.570, 5)]
+    lines = m.targets(m.summarise(arms["plain"], arms["static"], arms["any_budget"], runs))
+    assert lines[3].startswith("MET") and "dedicated (budget 0.57, 1 seeds), 13.30%" in lines[3]
+    assert "one model 13.80% <= dedicated 13.30% + 0.2" in lines[4] and lines[4].startswith("MISSED")
+
+
 def test_targets_missed_by_a_small_gain(arms, tmp_path: Path) -> None:
     m = _module()
     # dedicated at 0.4 only 0.2 below static: not the 0.3 asked
