@@ -361,6 +361,78 @@ def test_fewer_open_gates_run_fewer_conv_flops():
             assert_close(branched(x, b), eager(net, x, b)[0])
 
 
+def test_the_dense_branch_runs_only_above_its_share():
+    # The comparison is strict, at both ends of the range dense_above takes: with 0.0 a
+    # batch with every gate closed (kept share 0) still runs sliced, any open gate dense;
+    # with 1.0 nothing runs dense.
+    net = build("resnet8", "inner")
+    x = torch.randn(1, 3, 32, 32)
+    sliced_flops = {}
+    for value in (-1e4, 1e4):  # every gate closed, every gate open
+        with torch.no_grad():
+            net.head.fc2.weight.zero_()
+            net.head.fc2.bias.fill_(value)
+        plain = gatekit.export_program(net, x, dense_above=None).module()
+        sliced_flops[value] = executed_conv_flops(lambda p=plain: p(x))
+    dense_flops = sliced_flops[1e4]  # all open: the sliced graph computes every filter
+    assert sliced_flops[-1e4] < dense_flops
+    for dense_above, value, expected in ((0.0, -1e4, sliced_flops[-1e4]), (0.0, 1e4, dense_flops),
+                                         (1.0, -1e4, sliced_flops[-1e4])):
+        with torch.no_grad():
+            net.head.fc2.bias.fill_(value)
+        ready = gatekit.exportable(net, x, dense_above=dense_above)
+        program = gatekit.export_program(net, x, dense_above=dense_above).module()
+        with torch.no_grad():
+            assert abs(ready.kept_share(eager(net, x)[1]).item() - (value > 0)) < 1e-6
+            assert executed_conv_flops(lambda p=program: p(x)) == expected, (dense_above, value)
+            assert_close(program(x), eager(net, x)[0])
+
+
+def test_static_batch_of_several_images_zeroes_each_ones_closed_filters():
+    # dynamic_batch=False at batch 4: the union runs, each image's closed filters zeroed
+    # (only a batch of one drops that multiply).
+    net = build("resnet20", "inner")
+    x = torch.randn(4, 3, 32, 32)
+    expected, gates = eager(net, x)
+    assert distinct_patterns(gates) == 4
+    program = gatekit.export_program(net, x, dynamic_batch=False, dense_above=None)
+    with torch.no_grad():
+        assert_close(program.module()(x), expected)
+    assert gatekit.exportable(net, x, batch_one=False).net.backbone.masked
+
+
+def test_a_batch_of_one_runs_no_gate_multiply():
+    # Binary gates at batch 1: a sliced site computes exactly the open filters, so the
+    # export drops the per-sample multiply there (not for estimators outside the Gate
+    # contract, whose eval-mode values need not be 0 or 1).
+    net = build("resnet20", "inner")
+    x = torch.randn(1, 3, 32, 32)
+
+    def muls(**kw):
+        program = gatekit.export_program(net, x, dense_above=None, **kw)
+        return sum(n.target is torch.ops.aten.mul.Tensor for n in program.graph.nodes)
+
+    assert muls(dynamic_batch=False) + len(net.sites) <= muls(dynamic_batch=True)
+    assert not gatekit.exportable(net, batch_one=True).net.backbone.masked
+
+
+def test_a_conv_whose_input_alone_is_cut_gathers_rows():
+    # ONNX Runtime's Gather copies one block per index: a consumer conv (input cut, output
+    # full) keeps its weight input-major so that its gather copies whole rows; a conv whose
+    # output is cut keeps its filters as rows.
+    from gatekit.export import ExportGaterNet  # noqa: F401  (the public module)
+    ready = gatekit.exportable(build("resnet20", "inner"))
+    convs = {n: m for n, m in ready.net.backbone.graph_module.named_modules()
+             if type(m).__name__ == "ExportConv"}
+    consumers = [m for m in convs.values() if m.in_sliced and not m.cut_out]
+    producers = [m for m in convs.values() if m.cut_out]
+    assert consumers and producers
+    for m in consumers:
+        assert m.in_major and m.weight.shape[:2] == (m.in_channels + 1, m.out_channels)
+    for m in producers:
+        assert not m.in_major and m.weight.shape[0] == m.out_channels + 1
+
+
 def test_kept_share_is_the_cost_weighted_union():
     net = build("resnet20", "all")
     x = torch.randn(4, 3, 32, 32)
@@ -435,6 +507,8 @@ def test_errors(monkeypatch, tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(gatekit.GatekitError, match=r"eval mode.*call net\.eval\(\)"):
         gatekit.export_program(net.train(), x)
+    with pytest.raises(gatekit.GatekitError, match=r"gatekit\.exportable.*eval mode"):
+        gatekit.exportable(net.train())
     net.eval()
     with pytest.raises(gatekit.GatekitError, match=r"expects a GaterNet.*got ResNet"):
         gatekit.export_onnx(torchvision.models.resnet18(), x, tmp_path / "m.onnx")
