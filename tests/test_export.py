@@ -462,26 +462,29 @@ def test_branch_weights_move_into_their_if_branch():
                                  [helper.make_tensor_value_info(f"{name}_out", f32, [2])])
 
     # w_then: only the then branch; w_else: only the else branch; shared: both branches;
-    # top: a main-graph node and a branch; c: the condition.
-    if_node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then", ["w_then", "shared"]),
+    # top: a main-graph node and a branch; out: the then branch and a graph output; c: the
+    # condition.
+    if_node = helper.make_node("If", ["c"], ["y"],
+                               then_branch=branch("then", ["w_then", "shared", "out"]),
                                else_branch=branch("else", ["w_else", "shared", "top"]))
     top_node = helper.make_node("Identity", ["top"], ["t"])
     graph = helper.make_graph(
         [if_node, top_node], "g", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("t", f32, [2])],
-        [const(n) for n in ("w_then", "w_else", "shared", "top")])
+        [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("t", f32, [2]),
+         helper.make_tensor_value_info("out", f32, [2])],
+        [const(n) for n in ("w_then", "w_else", "shared", "top", "out")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     from gatekit.export._api import move_branch_initializers
 
     assert move_branch_initializers(model) == 2
     onnx.checker.check_model(model)
     names = lambda g: sorted(t.name for t in g.initializer)  # noqa: E731
-    assert names(model.graph) == ["shared", "top"]
+    assert names(model.graph) == ["out", "shared", "top"]
     branches = {a.name: a.g for a in model.graph.node[0].attribute}
     assert names(branches["then_branch"]) == ["w_then"]
     assert names(branches["else_branch"]) == ["w_else"]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for cond, total in ((True, 2.0), (False, 3.0)):
+    for cond, total in ((True, 3.0), (False, 3.0)):
         y = session.run(["y"], {"c": torch.tensor(cond).numpy()})[0]
         assert y.tolist() == [total, total]
 
