@@ -466,27 +466,41 @@ def test_branch_weights_move_into_their_if_branch():
     # condition.
     if_node = helper.make_node("If", ["c"], ["y"],
                                then_branch=branch("then", ["w_then", "shared", "out"]),
-                               else_branch=branch("else", ["w_else", "shared", "top"]))
+                               else_branch=branch("else", ["w_else", "shared", "top", "loop_w"]))
     top_node = helper.make_node("Identity", ["top"], ["t"])
+    # loop_w: the else branch and the body of a Loop in the main graph (a subgraph that is
+    # not an If branch reads it, so it stays outside).
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v", "loop_w"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", f32, [2])],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", f32, [2])])
+    loop_node = helper.make_node("Loop", ["trips", "", "top"], ["looped"], body=body)
+    trips = onnx.numpy_helper.from_array(torch.tensor(1).numpy(), "trips")
     graph = helper.make_graph(
-        [if_node, top_node], "g", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [if_node, top_node, loop_node], "g",
+        [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("t", f32, [2]),
-         helper.make_tensor_value_info("out", f32, [2])],
-        [const(n) for n in ("w_then", "w_else", "shared", "top", "out")])
+         helper.make_tensor_value_info("out", f32, [2]),
+         helper.make_tensor_value_info("looped", f32, [2])],
+        [const(n) for n in ("w_then", "w_else", "shared", "top", "out", "loop_w")] + [trips])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     from gatekit.export._api import move_branch_initializers
 
     assert move_branch_initializers(model) == 2
     onnx.checker.check_model(model)
     names = lambda g: sorted(t.name for t in g.initializer)  # noqa: E731
-    assert names(model.graph) == ["out", "shared", "top"]
+    assert names(model.graph) == ["loop_w", "out", "shared", "top", "trips"]
     branches = {a.name: a.g for a in model.graph.node[0].attribute}
     assert names(branches["then_branch"]) == ["w_then"]
     assert names(branches["else_branch"]) == ["w_else"]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for cond, total in ((True, 3.0), (False, 3.0)):
-        y = session.run(["y"], {"c": torch.tensor(cond).numpy()})[0]
-        assert y.tolist() == [total, total]
+    for cond, total in ((True, 3.0), (False, 4.0)):
+        y, looped = session.run(["y", "looped"], {"c": torch.tensor(cond).numpy()})
+        assert y.tolist() == [total, total] and looped.tolist() == [2.0, 2.0]
 
 
 def test_onnx_dense_branch_holds_its_weights(tmp_path):
