@@ -416,6 +416,27 @@ def test_a_batch_of_one_runs_no_gate_multiply():
     assert not gatekit.exportable(net, batch_one=True).net.backbone.masked
 
 
+def test_a_dense_site_computes_no_channel_index():
+    # A site that cannot be sliced (a depthwise conv) runs masked: the graph picks no
+    # channels for it (one nonzero per skipping site), and the output still equals eager.
+    torch.manual_seed(0)
+
+    def block(i, o, **kw):
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(o), nn.ReLU()]
+
+    backbone = nn.Sequential(*block(3, 8), *block(8, 8, groups=8), *block(8, 16),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    net = randomise(gatekit.gate_model(backbone, conv_gater(), sites="all"))
+    x = torch.randn(3, 3, 32, 32)
+    program = gatekit.export_program(net, x[:1], dense_above=None)
+    routes = gatekit.exportable(net).routes
+    skipping = sum(r.mode != "dense" for r in routes)
+    assert 0 < skipping < len(routes)
+    assert sum(n.target is torch.ops.aten.nonzero.default for n in program.graph.nodes) == skipping
+    with torch.no_grad():
+        assert_close(program.module()(x), eager(net, x)[0])
+
+
 def test_a_conv_whose_input_alone_is_cut_gathers_rows():
     # ONNX Runtime's Gather copies one block per index: a consumer conv (input cut, output
     # full) keeps its weight input-major so that its gather copies whole rows; a conv whose
