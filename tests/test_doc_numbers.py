@@ -385,6 +385,19 @@ def dedicated_at(p: Any, budget: float) -> list[dict]:
     return [d for d in p["dedicated"] if d["budget"] == budget]
 
 
+def reaches(p: Any, error: float) -> float:
+    """The total FLOPs at which the dedicated runs' curve (seed means by budget, linear
+    between neighbours) first reaches ``error``."""
+    by_budget: dict[float, list[dict]] = {}
+    for d in p["dedicated"]:
+        by_budget.setdefault(d["budget"], []).append(d)
+    curve = sorted((mean(rs, TOTAL), mean(rs)) for rs in by_budget.values())
+    for (f0, e0), (f1, e1) in itertools.pairwise(curve):
+        if e1 <= error < e0:
+            return f0 + (f1 - f0) * (e0 - error) / (e0 - e1)
+    raise LookupError(f"no segment of {curve} reaches {error}")
+
+
 def one_model_at(p: Any, budget: float, key: str = "test_error") -> float:
     """The one model's mean over seeds at requested (calibrated) budget ``budget``."""
     found = [pt for r in p["any_budget"] for pt in r["points"] if pt["budget"] == budget]
@@ -498,10 +511,13 @@ README = [
            "counted), {} points", PARETO, lambda p: (
                pct(kept(p, 0.4), 0), pct(mean(dedicated_at(p, 0.386))), pct(static_mean(p, 0.4)),
                f"{points(static_mean(p, 0.4), mean(dedicated_at(p, 0.386))):.2f}")),
-    readme("level at {} (one seed); earlier recipe {} against {} at {}", (PARETO, VS_STATIC),
-           lambda p, v: (pct(mean(dedicated_at(p, 0.3045), TOTAL), 0), pct(mean(v["budget"])),
-                         pct(mean(v["static"])),
-                         pct(mean(v["static"], "backbone_flops_fraction"), 0))),
+    readme("level at {} ({} against {}); at {} the earlier recipe {} against {}, the ranking "
+           "start {} (one seed)", (PARETO, VS_STATIC),
+           lambda p, v: (pct(mean(dedicated_at(p, 0.3045), TOTAL), 0),
+                         pct(mean(dedicated_at(p, 0.3045))), pct(static_mean(p, 0.3)),
+                         pct(mean(v["static"], "backbone_flops_fraction"), 0),
+                         pct(mean(v["budget"])), pct(mean(v["static"])),
+                         pct(mean(dedicated_at(p, 0.554))))),
     # "Can one model serve any budget?" (pareto.json: new runs change the numbers)
     readme("within {} of every requested FLOPs fraction from {} to {}", PARETO,
            lambda p: (within(worst_flops_miss(p)), *span(budgets(p), ".1f"))),
@@ -678,12 +694,43 @@ RESULTS_PAGE = [
                        f"{mean(dedicated_at(p, 0.386), TOTAL):.3f}", pct(static_mean(p, 0.4)),
                        *(pct(r["test_error"]) for r in static_runs(p, 0.4)), f"{kept(p, 0.4):.3f}",
                        f"{points(static_mean(p, 0.4), mean(dedicated_at(p, 0.386))):.2f}")),
-    results("it is level: {} at {} of the FLOPs against {} at {}.", PARETO, lambda p: (
-        pct(mean(dedicated_at(p, 0.3045))), f"{mean(dedicated_at(p, 0.3045), TOTAL):.3f}",
-        pct(static_mean(p, 0.3)), f"{kept(p, 0.3):.3f}")),
-    results("input-dependent at 0.40 ({}, mean of the seeds), a quarter at 0.30 ({})", PARETO,
-            lambda p: tuple(f"{100 * mean(dedicated_at(p, b), 'input_dependent_fraction_1_99'):.0f}%"
-                            for b in (0.386, 0.3045))),
+    results("it is level: {} (seeds {} and {}) at {} of the FLOPs against {} at {}.", PARETO,
+            lambda p: (pct(mean(dedicated_at(p, 0.3045))),
+                       *(pct(d["test_error"]) for d in dedicated_at(p, 0.3045)),
+                       f"{mean(dedicated_at(p, 0.3045), TOTAL):.3f}", pct(static_mean(p, 0.3)),
+                       f"{kept(p, 0.3):.3f}")),
+    results("the ranking start (budget 0.554) gives {} at {}, behind both static pruning ({}) "
+            "and the earlier recipe that learnt its gates from all open ({}, two seeds at {})",
+            PARETO, lambda p: (pct(mean(dedicated_at(p, 0.554))),
+                               f"{mean(dedicated_at(p, 0.554), TOTAL):.3f}",
+                               pct(static_mean(p, 0.565)), pct(mean(dedicated_at(p, 0.56))),
+                               f"{mean(dedicated_at(p, 0.56), TOTAL):.3f}")),
+    results("input-dependent at 0.40 ({}, mean of the seeds), a quarter at 0.30 ({}), {} at 0.56",
+            PARETO, lambda p: tuple(
+                f"{100 * mean(dedicated_at(p, b), 'input_dependent_fraction_1_99'):.0f}%"
+                for b in (0.386, 0.3045, 0.554))),
+    results("earlier one model where it was trained: {} at 0.56 of the FLOPs (the earlier one "
+            "model: {}) and {} at 0.75. But it never learnt the low budgets: at head input 0.3 it "
+            "keeps {} of the FLOPs", (run("anyb_rank_s0_calibrated"), PARETO, run("anyb_rank_s0")),
+            lambda c, p, r: (pct(at(before(c), 0.565)["test_error"]), pct(one_model_at(p, 0.565)),
+                             pct(at(before(c), 0.75)["test_error"]),
+                             f"{at(before(r), 0.3)['backbone_flops_fraction']:.3f}")),
+    results("the gated models reach static's error at 0.40 with {} of the FLOPs", PARETO,
+            lambda p: (f"{reaches(p, static_mean(p, 0.4)):.3f}",)),
+    results("**missed** at 0.30 ({} against {}), at 0.40 ({} against {}: {} below) and at 0.565 "
+            "(the earlier recipe's {} against {}: {} below)", PARETO, lambda p: (
+                pct(mean(dedicated_at(p, 0.3045))), pct(static_mean(p, 0.3)),
+                pct(mean(dedicated_at(p, 0.386))), pct(static_mean(p, 0.4)),
+                f"{points(static_mean(p, 0.4), mean(dedicated_at(p, 0.386))):.2f}",
+                pct(mean(dedicated_at(p, 0.56))), pct(static_mean(p, 0.565)),
+                f"{points(static_mean(p, 0.565), mean(dedicated_at(p, 0.56))):.2f}")),
+    results("**met** at 0.30 ({} against {}), **missed** at 0.40 ({} against {}) and 0.565 ({} "
+            "against {})", PARETO, lambda p: (
+                pct(one_model_beside(p, 0.3)), pct(mean(dedicated_at(p, 0.3045))),
+                pct(one_model_beside(p, 0.4)), pct(mean(dedicated_at(p, 0.386))),
+                pct(one_model_beside(p, 0.565)), pct(mean(dedicated_at(p, 0.56))))),
+    results("collapses: {} at 0.40 and {} at 0.30", run("anyb_rank_s0_calibrated"),
+            lambda c: (pct(at(before(c), 0.4)["test_error"]), pct(at(before(c), 0.3)["test_error"]))),
     results("(the same two-conv gater, {} and {}) is {} points better there than the one model",
             PARETO, lambda p: (*(pct(d["test_error"]) for d in dedicated_at(p, 0.56)),
                                f"{points(one_model_at(p, 0.565), mean(dedicated_at(p, 0.56))):.1f}")),
