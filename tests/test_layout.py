@@ -3,6 +3,9 @@
 - Each training flag is named in at most 3 files of ``examples/``: its declaration (a field of
   ``gaternet_training.config``) and the modules that use it.
 - No script edits ``sys.path``, and none imports a private name from another script.
+
+(That gatekit's docstring names every name of ``__all__`` is checked by
+``tests/test_docs.py::test_package_docstring_names_every_public_name``.)
 """
 
 from __future__ import annotations
@@ -269,31 +272,3 @@ def test_no_gatekit_package_imports_a_private_name_of_another() -> None:
     assert not found, (f"private names of another gatekit package: {found}; import the public "
                        "name the package exports instead")
 
-
-# --------------------------------------------------------------------------------------
-# the package docstring lists the whole public surface
-# --------------------------------------------------------------------------------------
-
-
-def documented_names(doc: str) -> set[str]:
-    """The names a docstring points at with Sphinx roles (``:func:`gate_model```,
-    ``:mod:`gatekit.plots```: ``plots``)."""
-    roles = re.findall(r":(?:func|class|mod|data|exc|meth|attr):`~?([\w.]+)`", doc)
-    return {name.rpartition(".")[2] for name in roles}
-
-
-def test_the_package_docstring_names_every_public_name() -> None:
-    import gatekit
-
-    listed = documented_names(gatekit.__doc__ or "")
-    missing = sorted(set(gatekit.__all__) - listed)
-    extra = sorted(name for name in listed - set(gatekit.__all__)
-                   if not hasattr(gatekit, name))
-    assert not missing, (f"gatekit/__init__.py's docstring omits {missing} of __all__; add each "
-                         "to the list of the public surface (as :func:`name` or :class:`Name`)")
-    assert not extra, f"gatekit/__init__.py's docstring names {extra}, which gatekit lacks"
-
-
-def test_documented_names_reads_the_roles() -> None:
-    doc = ":func:`gate_model` and :class:`~gatekit.GaterNet`; :mod:`gatekit.plots`, `plain`"
-    assert documented_names(doc) == {"gate_model", "GaterNet", "plots"}
