@@ -878,7 +878,7 @@ def _fake_clock(monkeypatch, seconds: dict[str, float]) -> list[str]:
     clock, ran = [0.0], []
     monkeypatch.setattr(gatekit.inference._rule.time, "perf_counter", lambda: clock[0])
     for name in CANDIDATES:
-        cls = gatekit.inference._batching.BATCHINGS[name]
+        cls = gatekit.inference.batching.BATCHINGS[name]
         original = cls.run_mixed
 
         def timed(self, *args, n=name, f=original):

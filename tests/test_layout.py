@@ -5,7 +5,8 @@
 - No script edits ``sys.path``, and none imports a private name from another script.
 
 (That gatekit's docstring names every name of ``__all__`` is checked by
-``tests/test_docs.py::test_package_docstring_names_every_public_name``.)
+``tests/test_docs.py::test_package_docstring_names_every_public_name``, and that no gatekit
+module imports another package's private module by ``tests/test_import_graph.py``.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 from gaternet_training import config as config_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,44 +231,3 @@ def test_the_import_scan_sees_sys_path_edits_and_private_imports() -> None:
     assert private_imports(source, "benchmarks.c", scripts) == [
         "benchmarks.a._load", "benchmarks.b._x", "gaternet_training.train._train"]
     assert private_imports("from benchmarks.a import _load\n", "benchmarks.a", scripts) == []
-
-
-def gatekit_private_imports(root: Path = ROOT / "gatekit") -> list[str]:
-    """``file: target`` for each private name (a ``_x`` part) that a module of gatekit imports
-    from a subpackage other than its own (``gatekit.export`` from ``gatekit.inference._skip``).
-    The top-level package's private modules (``gatekit._checks``) are shared by all."""
-    subpackages = {p.parent.name for p in root.glob("*/__init__.py")}
-
-    def subpackage(parts: list[str]) -> str | None:
-        inside = len(parts) > 1 and parts[0] == "gatekit" and parts[1] in subpackages
-        return parts[1] if inside else None
-
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        parts = ["gatekit", *path.relative_to(root).with_suffix("").parts]
-        here = parts[:-1]  # the package the module is in (an __init__ is its package)
-        parts = here if parts[-1] == "__init__" else parts
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            base = node.module or ""
-            if node.level:
-                up = here[: len(here) - (node.level - 1)]
-                base = ".".join([*up, base] if base else up)
-            for alias in node.names:
-                target = f"{base}.{alias.name}".split(".")
-                sub = subpackage(target)
-                if sub is not None and sub != subpackage(parts) and any(
-                        p.startswith("_") for p in target[2:]):
-                    found.append(f"{path.relative_to(ROOT)}: {'.'.join(target)}")
-    return found
-
-
-@pytest.mark.xfail(reason="gatekit/export imports private modules of gatekit/inference; the "
-                   "export is being rebuilt on public names of one module (issue 35)",
-                   strict=True)
-def test_no_gatekit_package_imports_a_private_name_of_another() -> None:
-    found = gatekit_private_imports()
-    assert not found, (f"private names of another gatekit package: {found}; import the public "
-                       "name the package exports instead")
-
