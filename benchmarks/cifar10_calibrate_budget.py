@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             model = model.to(memory_format=torch.channels_last)
         probe = models.probe(loaded.image_size)
         costs = gatekit.gate_costs(model, probe, downstream=config.count_downstream)
-        dense = flop_counts(model, loaded.image_size, None, budget=1.0)["backbone_dense"]
+        dense = flop_counts(model, loaded.image_size, None, config, budget=1.0)["backbone_dense"]
         calib = calibration_batches(config, args.images, args.seed, dist)
         m = gatekit.calibrate_budget(model, calib, costs, dense_flops=dense)
         args.out.parent.mkdir(parents=True, exist_ok=True)

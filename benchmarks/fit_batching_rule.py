@@ -11,11 +11,13 @@ backbone time (its skip variant's median less the gater's) is then fitted as::
            + multiply_adds * mac_s / threads ** THREAD_SCALING
 
 by non-negative least squares on relative error, one mode at a time.  Prints the
-constants (``gatekit/inference/_rule.py``'s ``DEFAULT_COSTS`` holds them) and, per point,
-the rule's choice against the measured best.  Times nothing::
+constants to three significant digits and, per point, the rule's choice against the
+measured best.  Times nothing.  On the committed files (:data:`COMMITTED`, the default:
+84 points, an AMD EPYC's and an Intel Xeon's) it prints the default rule's constants,
+:class:`gatekit.inference.BatchingRule`'s ``costs`` (``tests/test_rule_fit.py`` checks it)::
 
     python -m benchmarks.fit_batching_rule benchmarks/results/end_to_end_cpu.json \\
-        benchmarks/results/end_to_end_cpu_conv_gater.json
+        benchmarks/results/end_to_end_cpu_conv_gater.json benchmarks/results/end_to_end_cpu_grid.json
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from gatekit.inference._rule import THREAD_SCALING, BatchingRule, ModeCost, conv
 from gatekit.inference.batching import BATCHINGS, GateCounts, candidates
 
 MODELS = {"resnet50": "resnet50", "resnet20": "resnet20", "resnet20_run": "resnet20"}
+RESULTS = Path(__file__).resolve().parent / "results"
+# The measurements the default rule's constants were fitted to.
+COMMITTED = tuple(RESULTS / name for name in (
+    "end_to_end_cpu.json", "end_to_end_cpu_conv_gater.json", "end_to_end_cpu_grid.json"))
 
 
 def features(path: Path) -> list[dict]:
@@ -87,16 +93,23 @@ def fit(points: list[dict]) -> dict[str, ModeCost]:
     return costs
 
 
+def rounded(cost: ModeCost) -> ModeCost:
+    """``cost`` to three significant digits, as printed (and as ``DEFAULT_COSTS`` holds it)."""
+    return ModeCost(*(float(f"{v:.3g}") for v in cost))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, nargs="+")
+    parser.add_argument("results", type=Path, nargs="*", default=list(COMMITTED),
+                        help="end_to_end_cpu.py results files (default: the committed ones "
+                             "the default rule was fitted to)")
     args = parser.parse_args()
     points = [p for path in args.results for p in features(path)]
     costs = fit(points)
     print("DEFAULT_COSTS = {")
     for name, c in costs.items():
-        print(f'    "{name}": ModeCost({c.call_s:.3g}, {c.conv_s:.3g}, {c.copy_s:.3g}, {c.mac_s:.3g}),')
+        print(f'    "{name}": ModeCost({", ".join(f"{v:.3g}" for v in rounded(c))}),')
     print("}")
     rule = BatchingRule(costs=costs)
     within = 0

@@ -46,21 +46,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=None,
                    help="the run's results JSON (default: WEIGHTS with suffix .json)")
     p.add_argument("--data", type=Path, default=None,
-                   help="the CIFAR data (default: the --data of the run's recorded command, "
-                        "from the repository root)")
+                   help="the CIFAR data (default: the data path of the run's recorded "
+                        "command, from the repository root)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--images", type=int, default=200, help="test images to check and time")
     p.add_argument("--budget", type=float, default=1.0,
                    help="a budget-input run: the budget to check and time at")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (both runtimes)")
     return p
-
-
-def recorded_data(results: dict) -> Path:
-    words = results["command"].split()
-    if "--data" not in words:
-        raise gatekit.GatekitError("the run's command records no --data; pass --data")
-    return (ROOT / words[words.index("--data") + 1]).resolve()
 
 
 def median_ms(fn, inputs: list) -> float:
@@ -80,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. rebuild the run
     results_path = args.results or args.weights.with_suffix(".json")
     results = load_results(results_path, ROOT)
-    data = args.data or recorded_data(results)
-    config = run_config(results, data, args.cache_dir)
+    config = run_config(results, args.data, args.cache_dir, ROOT)
     loaded = load_data(config, setup("cpu"))
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     net = rebuild(results, config, state, len(loaded.classes)).eval()

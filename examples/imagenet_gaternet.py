@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from gaternet_training import cli
-from gaternet_training.config import ImageNetConfig
+from gaternet_training.config import IMAGENET_DEFAULTS, STANDIN_DEFAULTS, ImageNetConfig
 from gaternet_training.distributed import Dist
 from gaternet_training.image_folder import (
     LoaderBatches,
@@ -29,25 +29,12 @@ from gaternet_training.image_folder import (
 from gaternet_training.main import main
 from gaternet_training.standin import CLASSES, make_standin
 from gaternet_training.tensor_data import TensorBatches
-from gaternet_training.train import Data, fixed_subset
+from gaternet_training.train import Data, batch_options, fixed_subset
 from torch.utils.data import Subset
 
-# The flags whose default is this script's (the rest: gaternet_training.config), with --data:
-IMAGENET = dict(
-    arch="resnet50", gater="resnet18", epochs=90, batch_size=64, weight_decay=1e-4,
-    warmup_epochs=5, label_smoothing=0.1, image_size=224, workers=8, log_every=100,
-    name="imagenet_gaternet",
-)
-# On the stand-in the gates start open and batch shaping keeps each gate's decisions spread
-# over the batch, so the gates end up depending on the image (see docs: recipe).
-STANDIN_INIT_BIAS, STANDIN_BATCH_SHAPING = 1.5, 2.0
-# The stand-in is 32x32: the CIFAR ResNet-20 suits it (torchvision's ResNet-18 stem shrinks
-# it to 8x8 and barely learns in the ~300 steps a 3-minute CPU budget allows).
-STANDIN = dict(
-    arch="resnet20", gater="resnet20", epochs=4, batch_size=32, warmup_epochs=0.5,
-    label_smoothing=0.1, init_bias=STANDIN_INIT_BIAS, batch_shaping=STANDIN_BATCH_SHAPING,
-    image_size=32, workers=0, log_every=20, name="imagenet_gaternet-standin",
-)
+# The defaults of the flags whose default is this script's: with --data (IMAGENET) and on the
+# stand-in (STANDIN); both are declared in gaternet_training.config.
+IMAGENET, STANDIN = IMAGENET_DEFAULTS, STANDIN_DEFAULTS
 
 
 def _both(key: str) -> str:
@@ -78,8 +65,7 @@ def load_data(config: ImageNetConfig, dist: Dist) -> Data:
         train = Subset(train, keep.tolist())
     if (keep := fixed_subset(len(val), config.limit_val)) is not None:
         val = Subset(val, keep.tolist())
-    kw = dict(workers=config.workers, dist=dist, seed=config.seed,
-              channels_last=config.channels_last_on)
+    kw = dict(workers=config.workers, **batch_options(config, dist))
     return Data(
         train=LoaderBatches(train, batch_size=config.batch_size, train=True, **kw),
         val=LoaderBatches(val, batch_size=config.batch_size, train=False, **kw),
@@ -98,8 +84,7 @@ def _standin(config: ImageNetConfig, dist: Dist) -> Data:
     x, y = make_standin(n_train, size, seed=1)
     xv, yv = make_standin(n_val, size, seed=2)
     # Statistics of the stand-in's colours (uniform colours on uniform backgrounds).
-    kw = dict(dist=dist, mean=(0.5, 0.5, 0.5), std=(0.3, 0.3, 0.3), seed=config.seed,
-              channels_last=config.channels_last_on)
+    kw = dict(mean=(0.5, 0.5, 0.5), std=(0.3, 0.3, 0.3), **batch_options(config, dist))
     return Data(
         train=TensorBatches(x, y, batch_size=config.batch_size, train=True,
                             pad=max(1, size // 8), **kw),

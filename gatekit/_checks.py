@@ -59,6 +59,14 @@ def _batch(x: Any) -> int | None:
     return x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else None
 
 
+def _check_rows(t: Tensor, x: Any, message: str) -> None:
+    """One row of ``t`` per sample of ``x`` (when ``x`` is a tensor); ``message`` says what
+    was got, with ``{rows}`` and ``{batch}``."""
+    batch = _batch(x)
+    if batch is not None and t.shape[0] != batch:
+        raise GatekitError(message.format(rows=t.shape[0], batch=batch))
+
+
 def check_input(spec: InputSpec | None, x: Any) -> None:
     """An input the backbone's first conv can read (rank and channels), when one conv reads it."""
     if spec is None or not isinstance(x, Tensor):
@@ -94,12 +102,8 @@ def check_features(features: Any, x: Any, in_features: int, num_gates: int,
             f"Fix: make the gater end in a (N, D) feature vector (pool and flatten, no "
             f"classifier) and pass gater_features=D to gate_model if D changed"
         )
-    batch = _batch(x)
-    if batch is not None and features.shape[0] != batch:
-        raise GatekitError(
-            f"the gater returned {features.shape[0]} feature rows for a batch of {batch} "
-            f"inputs; expected one row per sample; check the gater's reshapes"
-        )
+    _check_rows(features, x, "the gater returned {rows} feature rows for a batch of {batch} "
+                "inputs; expected one row per sample; check the gater's reshapes")
 
 
 def check_logits(logits: Tensor) -> None:
@@ -126,12 +130,8 @@ def check_gates(gates: Any, x: Any, num_gates: int, sites: Sequence[GateSite]) -
             f"gates must have shape {expected}, got {tuple(gates.shape)}; "
             f"model.sites lists each site's offset and size"
         )
-    batch = _batch(x)
-    if batch is not None and gates.shape[0] != batch:
-        raise GatekitError(
-            f"gates has {gates.shape[0]} rows for a batch of {batch} inputs; "
-            f"expected one row of gates per sample"
-        )
+    _check_rows(gates, x, "gates has {rows} rows for a batch of {batch} inputs; expected one "
+                "row of gates per sample")
     if not gates.is_floating_point():
         raise GatekitError(
             f"gates must be floating point (like the activations they scale), got "

@@ -163,20 +163,12 @@ class BudgetHead(GaterHead):
 
     budget_map: BudgetMap | None
 
-    def __init__(
-        self,
-        in_features: int,
-        num_gates: int,
-        bottleneck: int = 8,
-        *,
-        batchnorm: bool = False,
-        init_bias: float = 0.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__(in_features, num_gates, bottleneck, batchnorm=batchnorm,
-                         init_bias=init_bias, device=device, dtype=dtype)
-        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+    def __init__(self, in_features: int, num_gates: int, bottleneck: int = 8, **options: Any):
+        """``options``: the keyword arguments of :class:`~gatekit.head.GaterHead`
+        (``batchnorm``, ``init_bias``, ``device``, ``dtype``)."""
+        super().__init__(in_features, num_gates, bottleneck, **options)
+        weight = self.fc2.weight  # the budget's layers live where the head's do
+        kw: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
         self.budget_embed = nn.Linear(1, bottleneck, **kw)
         self.budget_gate = nn.Linear(1, num_gates, bias=False, **kw)
         self.budget_scale = nn.Parameter(torch.zeros((), **kw))

@@ -684,10 +684,11 @@ def test_batching_choice_of_a_fixed_mode_and_of_one_pattern(gated_nets):
         fast.batching_choice(x, gates * 0.5)
 
 
-def _hand_work(net, gates: torch.Tensor, size: int, reduce: str) -> float:
+def _hand_work(net, gates: torch.Tensor, size: int, reduce: str, weights: bool = False) -> float:
     """Multiply-adds of the convs that read or write a site's channels, counted by hand from
     the dense model's conv shapes (hooks), each site's channels reduced over the batch
-    (``"union"``, ``"max"``, ``"all"``) and the batch counted N times."""
+    (``"union"``, ``"max"``, ``"all"``) and the batch counted N times; with ``weights``, the
+    weight elements of those channels instead (no pixels, once for the batch)."""
     shapes = {}
     hooks = [m.register_forward_hook(lambda m, a, y, name=name: shapes.__setitem__(name, y.shape))
              for name, m in net.backbone.named_modules() if isinstance(m, torch.nn.Conv2d)]
@@ -709,11 +710,11 @@ def _hand_work(net, gates: torch.Tensor, size: int, reduce: str) -> float:
         k_out, k_in = counts.get(name), counts.get(("in", name))
         if k_out is None and k_in is None:
             continue
-        pixels = shapes[name][2] * shapes[name][3]
+        pixels = 1 if weights else shapes[name][2] * shapes[name][3]
         k_out = m.out_channels if k_out is None else k_out  # 0: a site every sample closes
         k_in = m.in_channels if k_in is None else k_in
         total += k_out * k_in * m.kernel_size[0] * m.kernel_size[1] * pixels
-    return gates.shape[0] * total
+    return total if weights else gates.shape[0] * total
 
 
 def test_the_rule_counts_each_mode_s_work_as_counted_by_hand(gated_nets, rule):
@@ -848,3 +849,112 @@ def test_bad_tune_batching_arguments(gated_nets, kwargs, match):
         gatekit.tune_batching(fast, **kwargs)
     with pytest.raises(gatekit.GatekitError, match="skip_compute"):
         gatekit.tune_batching(net, fix="union")
+
+
+# --------------------------------------------------------------------------------------
+# The rule's blind spots found by the mutation pass over _rule.py (issue 35): each test
+# below failed with one change of the rule's code that the tests above let through.
+
+
+def test_the_rule_counts_the_weights_each_mode_copies(gated_nets, rule):
+    # copy_s alone: union cuts the union's weights once, masked copies none, pattern once
+    # per pattern (all three differ here), gather once per sample, padded to the batch's
+    # largest open count per site; counted by hand.
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    rule(gatekit.inference.BatchingRule(
+        costs={n: gatekit.inference.ModeCost(0.0, 0.0, 1.0, 0.0) for n in CANDIDATES}))
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 43)[:3]
+    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    per_sample = sum(_hand_work(net, gates[i : i + 1], size, "max", weights=True) for i in range(3))
+    assert est == pytest.approx({"union": _hand_work(net, gates, size, "union", weights=True),
+                                 "masked": 0.0, "pattern": per_sample,
+                                 "gather": 3 * _hand_work(net, gates, size, "max", weights=True)})
+
+
+def _fake_clock(monkeypatch, seconds: dict[str, float]) -> list[str]:
+    """Each mode's run takes ``seconds[mode]`` on a fake clock; returns the runs, in order."""
+    clock, ran = [0.0], []
+    monkeypatch.setattr(gatekit.inference._rule.time, "perf_counter", lambda: clock[0])
+    for name in CANDIDATES:
+        cls = gatekit.inference.batching.BATCHINGS[name]
+        original = cls.run_mixed
+
+        def timed(self, *args, n=name, f=original):
+            ran.append(n)
+            clock[0] += seconds[n]
+            return f(self, *args)
+
+        monkeypatch.setattr(cls, "run_mixed", timed)
+    return ran
+
+
+def test_tune_batching_warms_each_mode_up_once_then_times_it_repeats_times(
+        gated_nets, monkeypatch, rule):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    ran = _fake_clock(monkeypatch, dict.fromkeys(CANDIDATES, 1.0))
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gatekit.tune_batching(fast, x, differing_gates(net, 46)[:3], repeats=2, apply=False)
+    # each mode three times in a row (a warm-up, then two timed), every mode once
+    assert [ran[i : i + 3] for i in range(0, len(ran), 3)] == [[n] * 3 for n in ran[::3]]
+    assert sorted(ran[::3]) == sorted(CANDIDATES)
+    with pytest.raises(gatekit.GatekitError, match="repeats"):
+        gatekit.tune_batching(fast, x, differing_gates(net, 46)[:3], repeats=True)
+
+
+def test_tune_batching_with_apply_false_leaves_the_process_rule(gated_nets, monkeypatch, rule):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    _fake_clock(monkeypatch, dict.fromkeys(CANDIDATES, 1.0))
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    default = gatekit.inference._rule.current_rule()
+    assert gatekit.tune_batching(fast, x, differing_gates(net, 46)[:3], apply=False).measured
+    assert gatekit.tune_batching(fast, fix="gather", apply=False).fixed == "gather"
+    assert gatekit.inference._rule.current_rule() is default
+
+
+def test_tuning_after_a_fixed_mode_chooses_by_estimate_again(gated_nets, monkeypatch, rule):
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    gates = differing_gates(net, 46)[:3]
+    gatekit.tune_batching(fast, fix="gather")
+    _fake_clock(monkeypatch, {"pattern": 4.0, "union": 1.0, "gather": 3.0, "masked": 2.0})
+    tuned = gatekit.tune_batching(fast, x, gates)
+    assert tuned.fixed is None
+    assert fast.backbone.mode.choose(fast.backbone, x, gates).mode == "union"
+
+
+def test_tuning_scales_the_rule_in_force_and_keeps_a_mode_estimated_at_zero(
+        gated_nets, monkeypatch, rule):
+    # From a rule set by hand (multiply-adds only; masked free), each mode's constants are
+    # scaled by measured / estimated: what the rule did not count stays uncounted, and a
+    # mode it estimates at zero keeps its constants.
+    net, size = gated_nets("resnet20", "all", 4)
+    fast = gatekit.skip_compute(net, batching="auto")
+    mine = {n: gatekit.inference.ModeCost(0.0, 0.0, 0.0, 1e-9) for n in CANDIDATES}
+    mine["masked"] = gatekit.inference.ModeCost(0.0, 0.0, 0.0, 0.0)
+    rule(gatekit.inference.BatchingRule(costs=mine))
+    _fake_clock(monkeypatch, dict.fromkeys(CANDIDATES, 1.0))
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    tuned = gatekit.tune_batching(fast, x, differing_gates(net, 46)[:3])
+    assert tuned.costs["masked"] == mine["masked"]
+    for name in ("pattern", "union", "gather"):
+        call_s, conv_s, copy_s, mac_s = tuned.costs[name]
+        assert (call_s, conv_s, copy_s) == (0.0, 0.0, 0.0) and mac_s > 0, name
+
+
+def test_set_batching_rule_takes_a_rule_or_none():
+    for wrong in ("union", {"union": gatekit.inference.ModeCost(0.0, 0.0, 0.0, 0.0)}):
+        with pytest.raises(gatekit.GatekitError, match="a BatchingRule or None"):
+            gatekit.inference.set_batching_rule(wrong)
+
+
+def test_tune_batching_needs_both_parts_of_a_skip_compute_backbone():
+    from types import SimpleNamespace
+
+    for backbone in (SimpleNamespace(run=None), SimpleNamespace(open_channels=None)):
+        with pytest.raises(gatekit.GatekitError, match="skip_compute"):
+            gatekit.tune_batching(SimpleNamespace(backbone=backbone), fix="union")

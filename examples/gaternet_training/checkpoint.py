@@ -67,7 +67,7 @@ def _as_tuple(x: Any) -> Any:
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_atomic`; clear errors for anything else."""
     if not path.is_file():
-        raise GatekitError(f"checkpoint {path} does not exist; check --resume/--output-dir")
+        raise GatekitError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError...

@@ -25,13 +25,13 @@ from torch import Tensor
 
 from gatekit import GatekitError
 
+from . import models
 from .checkpoint import save_atomic
 from .config import CifarConfig
 from .distributed import Dist
 from .image_folder import IMAGE_EXTENSIONS, check_image_folder, load_image
-from .models import CIFAR_DEPTHS
 from .tensor_data import TensorBatches
-from .train import Data, fixed_subset
+from .train import Data, batch_options, fixed_subset
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -165,9 +165,7 @@ def load_cifar(data: Path, *, dataset: str, cache_dir: Path, download: bool, wor
 def load_data(config: CifarConfig, dist: Dist) -> Data:
     """The CIFAR split of ``--data`` for :func:`train`: on the device, augmented there (random
     crop with 4-pixel padding, horizontal flip), ``--limit``/``--limit-val`` applied."""
-    if config.arch not in CIFAR_DEPTHS:
-        raise GatekitError(f"--arch {config.arch!r} is not a CIFAR ResNet; expected one of "
-                           f"{', '.join(CIFAR_DEPTHS)}")
+    models.check_cifar(config)
     cache_dir = config.cache_dir or default_cache_dir()
     # Rank 0 extracts and decodes; the others wait and then read the cache.
     if dist.is_main:
@@ -186,8 +184,7 @@ def load_data(config: CifarConfig, dist: Dist) -> Data:
         xv, yv = xv[keep], yv[keep]
     if x.shape[1:3] != (32, 32):
         print(f"note: images are {x.shape[1]}x{x.shape[2]}, not CIFAR's 32x32", file=sys.stderr)
-    kw = dict(dist=dist, mean=CIFAR_MEAN, std=CIFAR_STD, seed=config.seed,
-              channels_last=config.channels_last_on)
+    kw = dict(mean=CIFAR_MEAN, std=CIFAR_STD, **batch_options(config, dist))
     return Data(
         train=TensorBatches(x, y, batch_size=config.batch_size, train=True, pad=4, **kw),
         val=TensorBatches(xv, yv, batch_size=1000, train=False, **kw),

@@ -323,6 +323,10 @@ class RunConfig:
                     raise GatekitError(f"{cli_name(f.name)} changes the gater, but --no-gate "
                                        "trains none; drop one of the two flags")
 
+    def on_all_images(self) -> RunConfig:
+        """These settings without ``--limit`` and ``--limit-val``: every image of both splits."""
+        return dataclasses.replace(self, limit=None, limit_val=None)
+
     def record(self) -> dict[str, Any]:
         """Every setting, and the resolved ``channels_last_on``: what ``args.json`` and the
         checkpoint record."""
@@ -373,6 +377,24 @@ class ImageNetConfig(RunConfig):
         "IMAGENET1K_V2 or DEFAULT (downloaded by torchvision on first use into "
         "$TORCH_HOME/hub/checkpoints/; offline, copy the file there or use --init-from)", None,
         metavar="NAME")
+
+
+# The ImageNet runs' defaults of the flags whose default is the script's
+# (examples/imagenet_gaternet.py): with --data,
+IMAGENET_DEFAULTS: dict[str, Any] = dict(
+    arch="resnet50", gater="resnet18", epochs=90, batch_size=64, weight_decay=1e-4,
+    warmup_epochs=5, label_smoothing=0.1, image_size=224, workers=8, log_every=100,
+    name="imagenet_gaternet",
+)
+# and on the built-in stand-in.  There the gates start open and batch shaping keeps each gate's
+# decisions spread over the batch, so the gates end up depending on the image (see docs:
+# recipe).  The stand-in is 32x32: the CIFAR ResNet-20 suits it (torchvision's ResNet-18 stem
+# shrinks it to 8x8 and barely learns in the ~300 steps a 3-minute CPU budget allows).
+STANDIN_DEFAULTS: dict[str, Any] = dict(
+    arch="resnet20", gater="resnet20", epochs=4, batch_size=32, warmup_epochs=0.5,
+    label_smoothing=0.1, init_bias=1.5, batch_shaping=2.0, image_size=32, workers=0,
+    log_every=20, name="imagenet_gaternet-standin",
+)
 
 
 def cli_name(field_name: str) -> str:

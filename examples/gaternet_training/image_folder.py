@@ -21,10 +21,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def check_image_folder(root: Path, split: str) -> list[str]:
     """Check that ``root/split`` is an ImageFolder tree; return its class names (sorted)."""
     if not root.exists():
-        raise GatekitError(f"data directory {root} does not exist; pass --data DIR with "
+        raise GatekitError(f"data directory {root} does not exist; pass a directory DIR with "
                            f"DIR/{split}/<class>/<image> files")
     if not root.is_dir():
-        raise GatekitError(f"--data {root} is not a directory (expected an ImageFolder tree)")
+        raise GatekitError(f"data path {root} is not a directory (expected an ImageFolder tree)")
     split_dir = root / split
     if not any(root.iterdir()):
         raise GatekitError(f"data directory {root} is empty; expected an ImageFolder tree "

@@ -37,8 +37,6 @@ def main(parse: Callable[[list[str] | None], RunConfig], load_data: Callable[...
     except GatekitError as e:
         print(f"error: {_error_text(e)}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is intact (--resume)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # train said what is left
         return 130
     return 0

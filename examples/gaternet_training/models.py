@@ -1,4 +1,6 @@
-"""Backbones and gater trunks by name: gatekit's CIFAR ResNets and torchvision's classifiers.
+"""Backbones and gater trunks by name: gatekit's CIFAR ResNets and torchvision's classifiers,
+and the run's model as its config says (:func:`check_names`, :func:`backbone`, :func:`gated`,
+:func:`model`, :func:`identity`): the one module that reads the flags naming the model.
 
 A gater trunk is a classifier with its last classification layer replaced by
 ``nn.Identity``, so it maps images to a feature vector ``(N, D)``.  Nothing here loads
@@ -6,6 +8,8 @@ pretrained weights (``weights=None``): nothing is downloaded.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +46,72 @@ def check_name(name: str, what: str) -> None:
             f"({len(names)} available: `python -c \"import torchvision; "
             f"print(torchvision.models.list_models(module=torchvision.models))\"`)"
         )
+
+
+def check_names(config: RunConfig) -> None:
+    """Check the backbone's name and, for a gated run, the gater trunk's, before any work."""
+    check_name(config.arch, "model")
+    if not config.no_gate:
+        check_name(config.gater, "gater")
+
+
+def check_cifar(config: RunConfig) -> None:
+    """Check that the backbone is a CIFAR ResNet (the CIFAR script's data need one)."""
+    if config.arch not in CIFAR_DEPTHS:
+        raise GatekitError(f"--arch {config.arch!r} is not a CIFAR ResNet; expected one of "
+                           f"{', '.join(CIFAR_DEPTHS)}")
+
+
+def backbone(config: RunConfig, num_classes: int) -> nn.Module:
+    """The run's randomly initialised backbone (``--arch``) with ``num_classes`` outputs."""
+    return classifier(config.arch, num_classes)
+
+
+def label(config: RunConfig, role: str = "backbone") -> str:
+    """How messages name a model of the backbone's architecture: ``teacher (resnet20)``."""
+    return f"{role} ({config.arch})"
+
+
+def gated(backbone: nn.Module, config: RunConfig) -> gatekit.GaterNet:
+    """``backbone`` gated as the flags say, by the gater trunk they name
+    (:func:`gater_trunk`); :mod:`.rebuild` makes a trained run's model with it too."""
+    return gatekit.gate_model(
+        backbone, gater_trunk(config), sites=config.sites, estimator=config.estimator,
+        bottleneck=config.bottleneck, group_size=config.group_size, init_bias=config.init_bias,
+        budget_input=config.budgets is not None)
+
+
+def model(backbone: nn.Module, config: RunConfig) -> nn.Module:
+    """The run's model: ``backbone`` gated (:func:`gated`), or alone for a plain run."""
+    return backbone if config.no_gate else gated(backbone, config)
+
+
+def names(config: RunConfig) -> dict[str, Any]:
+    """The model's names as ``results.json`` records them: ``arch``, ``gated``, ``gater``."""
+    is_gated = not config.no_gate
+    return {"arch": config.arch, "gated": is_gated, "gater": config.gater if is_gated else None}
+
+
+def identity(config: RunConfig) -> dict[str, Any]:
+    """The settings that shape the model's weights: what a checkpoint and the run resuming it
+    must agree on (with the data's classes and image size)."""
+    out = names(config)
+    is_gated = out["gated"]
+    return {**out,
+            "sites": config.sites if is_gated else None,
+            "estimator": config.estimator if is_gated else None,
+            "bottleneck": config.bottleneck if is_gated else None,
+            "group_size": config.group_size if is_gated else None,
+            "gater_resolution": config.gater_resolution if is_gated else None,
+            "freeze_gater": (config.freeze_gater or None) if is_gated else None,
+            "budget_input": (config.budgets is not None) or None if is_gated else None}
+
+
+def describe(config: RunConfig, model: nn.Module) -> str:
+    """``resnet20 gated by resnet20 (9 gates)``, or ``resnet20 plain``."""
+    kind = (f"gated by {config.gater} ({model.num_gates} gates)"
+            if isinstance(model, gatekit.GaterNet) else "plain")
+    return f"{config.arch} {kind}"
 
 
 def classifier(name: str, num_classes: int) -> nn.Module:

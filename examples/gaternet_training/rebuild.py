@@ -30,7 +30,7 @@ import gatekit
 from . import cli, models
 from .config import CIFAR_DEFAULTS, CifarConfig
 from .report import flop_counts
-from .train import Data, gated
+from .train import Data
 
 
 def load_results(path: Path, root: Path) -> dict[str, Any]:
@@ -46,16 +46,19 @@ def load_results(path: Path, root: Path) -> dict[str, Any]:
     return {**run, "budget_input": results["budget_input"]}
 
 
-def run_config(results: dict[str, Any], data: Path, cache_dir: Path | None) -> CifarConfig:
+def run_config(results: dict[str, Any], data: Path | None, cache_dir: Path | None,
+               root: Path = Path(".")) -> CifarConfig:
     """The run's config, its recorded flags parsed as ``examples/cifar_gaternet.py`` parses
     them (flags of another script built on it, such as the static-pruning baseline's, are
-    left out), with this machine's data path and the whole test split."""
+    left out), with this machine's data path (``data``; None: the recorded one, relative to
+    ``root``, the directory the run was started from) and the whole test split."""
     argv = shlex.split(results["command"])[1:]
     if not results["gated"] and "--no-gate" not in argv:
         argv.append("--no-gate")  # the static-pruning baseline adds it without recording it
     args, _ = cli.parser(CifarConfig, "", CIFAR_DEFAULTS).parse_known_args(argv)
     config = cli.run_config(CifarConfig, args, CIFAR_DEFAULTS)
-    return dataclasses.replace(config, data=data, cache_dir=cache_dir, limit=None, limit_val=None)
+    data = data if data is not None else (Path(root) / config.data).resolve()
+    return dataclasses.replace(config.on_all_images(), data=data, cache_dir=cache_dir)
 
 
 def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -84,10 +87,10 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 def rebuild(results: dict[str, Any], config: CifarConfig, state: dict[str, torch.Tensor],
             num_classes: int) -> nn.Module:
     """The run's model with its weights (``load_state_dict`` strict)."""
-    backbone = models.classifier(config.arch, num_classes)
+    backbone = models.backbone(config, num_classes)
     if "backbone_build" in results:
         backbone = _resize_to(backbone, state)
-    model = gated(backbone, config) if results["gated"] else backbone
+    model = models.gated(backbone, config) if results["gated"] else backbone
     model.load_state_dict(state)
     return model
 
@@ -112,8 +115,8 @@ def evaluate_with_stats(model: nn.Module, results: dict[str, Any], config: Cifar
             count += labels.shape[0]
             if stats is not None:
                 stats.update(model.last_gates, labels)
-    flops = flop_counts(model, loaded.image_size, stats, downstream=config.count_downstream,
-                        dense_backbone=models.classifier(config.arch, len(loaded.classes))
+    flops = flop_counts(model, loaded.image_size, stats, config,
+                        dense_backbone=models.backbone(config, len(loaded.classes))
                         if "backbone_build" in results else None, budget=budget)
     fraction = flops.get("backbone_fraction", 1.0)
     total = flops.get("at_open_fraction", flops["dense"]) / flops.get("backbone_dense", flops["dense"])

@@ -13,10 +13,11 @@ import gatekit
 import gatekit.plots
 
 from . import models
+from .config import RunConfig
 
 
-def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None, *,
-                downstream: bool = False, dense_backbone: nn.Module | None = None,
+def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | None,
+                config: RunConfig, *, dense_backbone: nn.Module | None = None,
                 budget: float | None = None) -> dict[str, Any]:
     """FLOPs per image, counted by ``FlopCounterMode`` on a CPU copy in eval mode.
 
@@ -24,7 +25,7 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
     ``at_open_fraction`` subtracts, for every gate, what closing it removes from its conv's
     output channels (:func:`gatekit.gate_costs`) times the fraction of the evaluation images
     for which it was closed: what skipping closed filters' outputs saves (the convs reading
-    an inner gate save more: ``downstream=True`` counts that too, as
+    an inner gate save more: ``--count-downstream`` counts that too, as
     ``gate_costs(downstream=True)`` does, and ``downstream`` records it).  ``backbone_fraction`` is the
     backbone's share at that open fraction, ``(at_open_fraction - gater) / backbone_dense``.
 
@@ -46,6 +47,7 @@ def flop_counts(model: nn.Module, image_size: int, stats: gatekit.GateStats | No
         out["gater"] = _count(lambda x: cpu.gate_logits(x, **kw), x)
         out["backbone_dense"] = out["dense"] - out["gater"]
         if stats is not None and stats.num_samples:
+            downstream = config.count_downstream
             costs = gatekit.gate_costs(cpu, x, downstream=downstream)
             out["downstream"] = downstream
             saved = float((costs * (1.0 - stats.open_fraction.double())).sum())

@@ -56,7 +56,7 @@ class TensorBatches:
             self.steps = -(-self.num_total // batch_size)
         if self.steps == 0:
             raise ValueError(f"{self.num_total} samples make no batch of {batch_size} "
-                             f"on {dist.world_size} process(es); lower --batch-size")
+                             f"on {dist.world_size} process(es); lower the batch size")
         self.num_samples = self.steps * batch_size if train else self.num_total
 
     def __len__(self) -> int:

@@ -117,6 +117,11 @@ class Backbone:
     info: dict[str, Any] = field(default_factory=dict)  # what build did, for results.json
 
 
+def batch_options(config: RunConfig, dist: Dist) -> dict[str, Any]:
+    """What a script's batches take from the run: its processes, seed and memory format."""
+    return {"dist": dist, "seed": config.seed, "channels_last": config.channels_last_on}
+
+
 def train(config: RunConfig, load_data: Callable[[Any, Dist], Data],
           backbone: Backbone | None = None) -> dict[str, Any] | None:
     """Train as ``config`` says; returns the results dict on rank 0 (None on other ranks).
@@ -124,7 +129,12 @@ def train(config: RunConfig, load_data: Callable[[Any, Dist], Data],
     ``load_data(config, dist)`` is the script's loader; it reads the script's own fields."""
     dist = setup(config.device)
     try:
-        results = _train(config, dist, load_data, backbone)
+        try:
+            results = _train(config, dist, load_data, backbone)
+        except KeyboardInterrupt:
+            print("interrupted; the last completed epoch's checkpoint is intact (--resume)",
+                  file=sys.stderr)
+            raise
         # Every rank leaves together: a rank that destroys the gloo group while another
         # still writes its report can abort the process ("terminate called without an
         # active exception").
@@ -143,9 +153,7 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     # 1. The data.
-    for name, what in ((config.arch, "model"), (None if config.no_gate else config.gater, "gater")):
-        if name is not None:
-            models.check_name(name, what)
+    models.check_names(config)
     data = load_data(config, dist)
     ckpt_config = _checkpoint_config(config, data)
     if ckpt is not None:
@@ -155,7 +163,8 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     # before any write: the gate losses (none for a plain backbone), then distillation from a
     # dense teacher.
     inner, warm = _build_model(config, data, dist, build, warm=ckpt is None)
-    terms = [] if config.no_gate else gate_terms(config, inner, data.image_size, dist.device)
+    terms = (gate_terms(config, inner, data.image_size, dist.device)
+             if isinstance(inner, gatekit.GaterNet) else [])
     teacher = distillation_term(config, len(data.classes), dist.device)
     losses = Losses([*terms, *([teacher] if teacher is not None else [])])
 
@@ -225,23 +234,14 @@ def _build_model(config: RunConfig, data: Data, dist: Dist, build: Backbone | No
     random.seed(config.seed + dist.rank)
     torch.manual_seed(config.seed)
     backbone = (build.build(config, len(data.classes)) if build is not None
-                else models.classifier(config.arch, len(data.classes)))
-    inner = backbone if config.no_gate else gated(backbone, config)
+                else models.backbone(config, len(data.classes)))
+    inner = models.model(backbone, config)
     # Warm start before anything is written: a file that does not fit fails the run here.
     lines = warm_start(inner, config) if warm else []
     inner = inner.to(dist.device)
     if config.channels_last_on:
         inner = inner.to(memory_format=torch.channels_last)
     return inner, lines
-
-
-def gated(backbone: nn.Module, config: RunConfig) -> gatekit.GaterNet:
-    """``backbone`` gated as the flags say, by the gater trunk they name
-    (:func:`models.gater_trunk`); :mod:`.rebuild` makes a trained run's model with it too."""
-    return gatekit.gate_model(
-        backbone, models.gater_trunk(config), sites=config.sites, estimator=config.estimator,
-        bottleneck=config.bottleneck, group_size=config.group_size, init_bias=config.init_bias,
-        budget_input=config.budgets is not None)
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor]], epoch: int,
@@ -359,6 +359,8 @@ def _paths(config: RunConfig) -> tuple[Path, Path, Path | None]:
     resume = None
     if config.resume is not None:
         resume = ckpt_path if config.resume == "auto" else Path(config.resume)
+        if not resume.is_file():
+            raise GatekitError(f"checkpoint {resume} does not exist; check --resume/--output-dir")
     elif ckpt_path.exists():
         raise GatekitError(
             f"{ckpt_path} already exists; pass --resume to continue that run, or choose another "
@@ -389,8 +391,7 @@ def _wrap(inner: nn.Module, config: RunConfig, dist: Dist) -> nn.Module:
 
 
 def _summary(config: RunConfig, run: Run, data: Data, precision: str) -> str:
-    kind = "plain" if config.no_gate else f"gated by {config.gater} ({run.inner.num_gates} gates)"
-    return (f"{config.arch} {kind}, {models.count_params(run.inner):,} parameters; "
+    return (f"{models.describe(config, run.inner)}, {models.count_params(run.inner):,} parameters; "
             f"{data.train.dataset_size} training / {data.val.dataset_size} evaluation images of "
             f"{len(data.classes)} classes; {run.dist.world_size} process(es) on "
             f"{run.dist.device.type}, {precision}{', channels_last' if config.channels_last_on else ''}"
@@ -414,16 +415,7 @@ def _save_checkpoint(run: Run, data: Data, config: RunConfig, ckpt_config: dict[
 
 def _checkpoint_config(config: RunConfig, data: Data) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
-    gated = not config.no_gate
-    return {"arch": config.arch, "gated": gated,
-            "gater": config.gater if gated else None,
-            "sites": config.sites if gated else None,
-            "estimator": config.estimator if gated else None,
-            "bottleneck": config.bottleneck if gated else None,
-            "group_size": config.group_size if gated else None,
-            "gater_resolution": config.gater_resolution if gated else None,
-            "freeze_gater": (config.freeze_gater or None) if gated else None,
-            "budget_input": (config.budgets is not None) or None if gated else None,
+    return {**models.identity(config),
             "num_classes": len(data.classes), "image_size": data.image_size}
 
 
@@ -481,7 +473,7 @@ def _budget_points(config: RunConfig, inner: nn.Module, data: Data,
     dense backbone, and of the plain model with the gater included) and 1%/99% statistics."""
     points = []
     for b, numbers, stats in at_budgets:
-        f = flop_counts(inner, data.image_size, stats, downstream=config.count_downstream, budget=b)
+        f = flop_counts(inner, data.image_size, stats, config, budget=b)
         s = gate_report_1_99(stats)
         points.append({"budget": b, "test_error": 1.0 - numbers["acc"],
                        "backbone_flops_fraction": f["backbone_fraction"],
@@ -517,7 +509,7 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
         return None
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "arch": config.arch, "gated": run.gated, "gater": config.gater if run.gated else None,
+        **models.names(config),
         "data": data.source, "classes": data.classes, "epochs": config.epochs,
         "seed": config.seed,
         "world_size": dist.world_size, "device": str(dist.device),
@@ -540,8 +532,7 @@ def _final_report(config: RunConfig, run: Run, data: Data, out_dir: Path, metric
         "init_gater": config.init_gater, "backbone_weights": config.backbone_weights,
         "init_gates": config.init_gates}
     mid = run.budgets.midpoint if run.budgets is not None else None
-    results["flops"] = flop_counts(inner, data.image_size, stats,
-                                   downstream=config.count_downstream,
+    results["flops"] = flop_counts(inner, data.image_size, stats, config,
                                    dense_backbone=build.dense(len(data.classes)) if build else None,
                                    budget=mid)
     if run.budgets is not None:

@@ -162,8 +162,8 @@ def _load_weights(model: nn.Module, config: RunConfig) -> list[str]:
                            "pass one of them")
     gated = isinstance(model, gatekit.GaterNet)
     if init_gater and not gated:
-        raise GatekitError("--init-gater loads the gater trunk, but --no-gate trains no gater; "
-                           "drop one of the two flags")
+        raise GatekitError("--init-gater loads the gater trunk, but the model is plain (it has "
+                           "no gater); drop --init-gater or gate the model")
     if init_from is not None:
         backbone_state, gater_state = read_state_dict(Path(init_from))
         source = f"--init-from {init_from}"
@@ -172,7 +172,7 @@ def _load_weights(model: nn.Module, config: RunConfig) -> list[str]:
         source = f"--backbone-weights {weights}"
     target = model.backbone if gated else model
     lines = []
-    n = load_into(target, backbone_state, what=f"backbone ({config.arch})", source=source)
+    n = load_into(target, backbone_state, what=models.label(config), source=source)
     lines.append(f"warm start: backbone from {source} ({n} tensors)")
     if init_gater:
         if gater_state is None:

@@ -13,6 +13,7 @@ straight-through estimators train on this gradient).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,33 +28,24 @@ def _group_sum(per_channel: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def gated_conv2d_backward(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gate: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    in_gate: torch.Tensor | None,
-    activation: str,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    needs: tuple[bool, ...],
+    grad: torch.Tensor, args: Sequence[Any], needs: tuple[bool, ...]
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of the gated convolution wrt ``(x, weight, gate, bias, scale, shift, in_gate)``.
 
-    ``needs`` says which of the seven are wanted (the others come back as ``None``).
+    ``args``: the op's twelve arguments, in the order of ``gatekit::gated_conv2d_reference``
+    (``x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
+    groups``).  ``needs`` says which of the seven tensors' gradients are wanted (the others
+    come back as ``None``).
 
     >>> import torch.nn.functional as F
     >>> x, w, g = torch.randn(1, 2, 4, 4), torch.randn(3, 2, 1, 1), torch.ones(1, 3)
     >>> dy = torch.randn(1, 3, 4, 4)
-    >>> dx, *_ = gated_conv2d_backward(dy, x, w, g, None, None, None, None, "none",
-    ...                                [1, 1], [0, 0], [1, 1], 1, (True,) + (False,) * 6)
+    >>> args = (x, w, g, None, None, None, None, "none", [1, 1], [0, 0], [1, 1], 1)
+    >>> dx, *_ = gated_conv2d_backward(dy, args, (True,) + (False,) * 6)
     >>> torch.allclose(dx, F.conv_transpose2d(dy, w))
     True
     """
+    x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation, groups = args
     need_x, need_w, need_gate, need_bias, need_scale, need_shift, need_in_gate = needs
     c_in, c_out = x.shape[1], weight.shape[0]
     x_gated = x
@@ -99,9 +91,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
     tensors = ctx.saved_tensors
-    grads = gated_conv2d_backward(
-        grad, *tensors, *ctx.conv_args, needs=tuple(ctx.needs_input_grad[:7])
-    )
+    grads = gated_conv2d_backward(grad, (*tensors, *ctx.conv_args), tuple(ctx.needs_input_grad[:7]))
     return (*grads, None, None, None, None, None)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -295,28 +296,15 @@ def _gated_conv2d_triton(
     Inputs are used in channels-last layout (converted if they are not) and the output is
     channels-last.  Call it through :func:`gatekit.ops.gated_conv2d`, which validates.
     """
-    return _gated_conv2d(
-        x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation,
-        groups, wrap=_WRAP,
+    return _launch(
+        _WRAP, x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding,
+        dilation, groups,
     )
 
 
-def _gated_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    gate: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    in_gate: torch.Tensor | None,
-    activation: str,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    *,
-    wrap: Callable,
-) -> torch.Tensor:
+def _launch(wrap: Callable, *args: Any) -> torch.Tensor:
+    """Launch the kernels with ``wrap`` (``wrap_triton`` or none) on the op's arguments."""
+    x, weight, gate, bias, scale, shift, in_gate, activation, stride, padding, dilation, groups = args
     # Sizes become kernel constants and launch sizes: plain ints (symbolic sizes specialise).
     n, c_in, h, w = (int(v) for v in x.shape)
     c_out, c_in_pg, kh, kw = (int(v) for v in weight.shape)
@@ -382,7 +370,7 @@ def _gated_conv2d(
 # What the dispatcher calls in eager mode when no gradient is needed: the kernels launched
 # directly, without the custom op's dispatch (no autograd, no tracing), which saves the op's
 # per-call overhead, large next to the kernels of small layers.  Arguments as the op's.
-gated_conv2d_triton_eager = functools.partial(_gated_conv2d, wrap=_no_wrap)
+gated_conv2d_triton_eager = functools.partial(_launch, _no_wrap)
 
 
 if not _INTERPRET:
