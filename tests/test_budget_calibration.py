@@ -229,10 +229,32 @@ def test_a_model_without_a_budget_input_is_refused() -> None:
     ([0.5, 0.4], [0.1, 0.2], "strictly increasing"),
     ([0.4, 0.5], [0.3, 0.2], "never decrease"),
     ([0.4, float("nan")], [0.3, 0.4], "finite"),
+    ([0.5, 0.5], [0.1, 0.2], "strictly increasing"),  # a repeated budget: two knobs for one
+    ([0.0, 0.5], [0.1, 0.2], r"in \(0, 1\]"),  # budget 0 keeps nothing: not a budget
+    ([0.5, 1.0], [0.1, 0.2], None),  # the ends of the range are budgets
 ])
 def test_bad_budget_maps(requested, knob, match) -> None:
+    if match is None:
+        BudgetMap(torch.tensor(requested), torch.tensor(knob))
+        return
     with pytest.raises(GatekitError, match=match):
         BudgetMap(torch.tensor(requested), torch.tensor(knob))
+
+
+@pytest.mark.parametrize("achieved, ok", [
+    ([0.0, 1.0], True), ([0.2, 1.0 + 1e-7], True),  # float error at the ends allowed
+    ([-0.01, 0.5], False), ([0.5, 1.01], False)])
+def test_achieved_fractions_are_fractions(achieved, ok) -> None:
+    # Without achieved fractions, the map records the requested ones (an exact map).
+    requested = torch.tensor([0.25, 0.5, 1.0])
+    assert torch.equal(BudgetMap(requested, torch.tensor([0.0, 0.3, 0.9])).achieved, requested)
+    make = lambda: BudgetMap(torch.tensor([0.4, 0.8]), torch.tensor([0.1, 0.2]),  # noqa: E731
+                             torch.tensor(achieved))
+    if ok:
+        assert torch.equal(make().achieved, torch.tensor(achieved))
+    else:
+        with pytest.raises(GatekitError, match=r"achieved fractions in \[0, 1\]"):
+            make()
 
 
 # ---- loading a calibrated state, and the map in training mode -------------------------
@@ -242,6 +264,20 @@ def _calibrated(budgets: torch.Tensor | None = None, seed: int = 0) -> gatekit.G
     costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32))
     gatekit.calibrate_budget(net, [torch.randn(8, 3, 32, 32)], costs, budgets=budgets)
     return net
+
+
+def test_a_map_loaded_into_an_eval_model_is_in_eval_mode() -> None:
+    # Loading makes the map: it takes the head's mode, so an eval-mode model that loads a
+    # calibrated state is ready for the transforms that refuse any module in training mode.
+    calibrated = _calibrated(torch.tensor([0.3, 0.6, 1.0]))
+    fresh = _net(seed=1).eval()
+    fresh.load_state_dict(calibrated.state_dict())
+    assert not any(m.training for m in fresh.modules())
+    fast = gatekit.skip_compute(fresh)
+    x, b = torch.randn(2, 3, 32, 32), torch.tensor([0.4, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, budget=b), calibrated.eval()(x, budget=b),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_a_map_of_another_knot_count_loads_and_replaces_the_map() -> None:
