@@ -20,7 +20,7 @@ from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference.common import SiteRoute, check_eval_net
-from ._net import DENSE_ABOVE, exportable
+from ._net import BATCHING, DENSE_ABOVE, UNION, check_batching, exportable
 
 __all__ = ["export_onnx", "export_program"]
 
@@ -32,6 +32,9 @@ ROUTES_KEY = "gatekit.routes"
 
 #: Where :func:`export_onnx` records ``dense_above`` (JSON: a number or null).
 DENSE_ABOVE_KEY = "gatekit.dense_above"
+
+#: Where :func:`export_onnx` records the ``batching`` the file runs (JSON: a string).
+BATCHING_KEY = "gatekit.batching"
 
 _INSTALL = 'pip install "gatekit[export]"'
 
@@ -84,6 +87,7 @@ def export_program(
     dynamic_batch: bool = True,
     for_inductor: bool = False,
     dense_above: float | None = DENSE_ABOVE,
+    batching: str | None = None,
 ) -> torch.export.ExportedProgram:
     """Export an eval-mode GaterNet with :func:`torch.export.export`, skipping per image.
 
@@ -124,17 +128,21 @@ def export_program(
     True
     """
     return _export(net, example, budget, dynamic_batch, "gatekit.export_program",
-                   opaque_convs=for_inductor, dense_above=dense_above)[0]
+                   opaque_convs=for_inductor, dense_above=dense_above, batching=batching)[0]
 
 
 def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *,
-            opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE
-            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
+            opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE,
+            batching: str | None = None
+            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...], str]:
     _check_net(net, fn)
+    if batching is None:
+        batching = UNION if opaque_convs else BATCHING
+    check_batching(batching, fn, opaque_convs=opaque_convs)
     args = _example_args(net, example, budget, fn)
     batch_one = not dynamic_batch and example.shape[0] == 1
     ready = exportable(net, example, batch_one=batch_one, opaque_convs=opaque_convs,
-                       dense_above=dense_above)
+                       dense_above=dense_above, batching=batching)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] == 1:
@@ -144,7 +152,7 @@ def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *
         names = ("x", "budget")[: len(args)]
         dynamic_shapes = {name: {0: batch} for name in names}
     program = torch.export.export(ready, args, dynamic_shapes=dynamic_shapes, strict=False)
-    return program, ready.routes
+    return program, ready.routes, ready.batching
 
 
 def _require(modules: tuple[str, ...], fn: str) -> None:
@@ -167,6 +175,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int = OPSET,
     dense_above: float | None = DENSE_ABOVE,
+    batching: str | None = None,
 ) -> tuple[SiteRoute, ...]:
     """Export an eval-mode GaterNet to an ONNX file that still skips per image.
 
@@ -201,7 +210,8 @@ def export_onnx(
     """
     fn = "gatekit.export_onnx"
     _require(("onnx", "onnxscript"), fn)
-    program, routes = _export(net, example, budget, dynamic_batch, fn, dense_above=dense_above)
+    program, routes, batching = _export(net, example, budget, dynamic_batch, fn,
+                                        dense_above=dense_above, batching=batching)
     names = ["image", "budget"] if net.budget_input else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
@@ -209,6 +219,7 @@ def export_onnx(
     )
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
     onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
+    onnx_program.model.metadata_props[BATCHING_KEY] = json.dumps(batching)
     onnx_program.save(os.fspath(path))
     if dense_above is not None:
         import onnx
