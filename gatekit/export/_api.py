@@ -96,17 +96,22 @@ def export_program(
     gater, the head, the eval-mode hard gates and each site's channel choice run in the
     graph (see :func:`gatekit.exportable`): nothing of ``example`` but its shape is kept.
 
-    Batch: with ``dynamic_batch=True`` (default) the batch dimension is dynamic and a
-    batch computes, per site, the filters open in *any* of its samples (the union), then
-    zeroes each sample's own closed ones: a batch whose samples disagree computes more
-    than each sample alone would, up to every filter.  Batch 1 computes exactly its own.
+    Batch: with ``dynamic_batch=True`` (default) the batch dimension is dynamic.
+    ``batching`` says how a batch whose samples open different filters runs:
+    ``"union"`` computes, per site, the filters open in *any* of its samples, then
+    zeroes each sample's own closed ones (up to every filter when samples disagree);
+    ``"gather"`` computes each sample's own, padded to the batch's largest open count
+    (one batched ``MatMul`` per conv); ``"auto"`` picks the cheaper of the two per call
+    in the graph (see :class:`gatekit.export.ExportGaterNet`).  Default (None):
+    :data:`gatekit.export.BATCHING`, or ``"union"`` with ``for_inductor=True``, the only
+    mode that runs there.  Batch 1 computes exactly its own filters.
     ``dynamic_batch=False`` fixes the batch to ``example``'s (at batch 1 the per-sample
     multiply is dropped).
 
-    Dense branch: a call whose batch union keeps more than ``dense_above`` (default
+    Dense branch: a call whose sliced path keeps more than ``dense_above`` (default
     0.75) of the FLOPs the gates can skip runs the dense gated backbone instead (every
     filter, closed ones multiplied by 0; one :func:`torch.cond`), since a nearly open
-    union costs more sliced than dense.  ``dense_above=None`` exports the sliced
+    batch costs more sliced than dense.  ``dense_above=None`` exports the sliced
     backbone alone (a smaller program: the branch holds a second copy of the weights).
 
     Run it with ``program.module()(x)``; save it with ``torch.export.save(program,
@@ -183,7 +188,8 @@ def export_onnx(
     ``NonZero``, ``Gather`` and ``Conv`` on the gathered weights, which ONNX Runtime runs
     per input.  Inputs are named ``"image"`` (and ``"budget"``, ``(N,)`` float32, for a
     budget-input model), the output ``"output"``; batches behave as in
-    :func:`export_program`.  Returns the routes (one
+    :func:`export_program` (``batching``; recorded in the file's metadata under
+    ``"gatekit.batching"``).  Returns the routes (one
     :class:`gatekit.inference.SiteRoute` per site: what each site became and why), also
     written as JSON into the file's metadata under ``"gatekit.routes"``.  Needs onnx and
     onnxscript (``pip install "gatekit[export]"``; ONNX Runtime to run the file).

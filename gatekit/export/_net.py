@@ -55,7 +55,7 @@ from ..sites import GateSite
 from ._gather import per_image_conv, per_image_weight, site_masks, site_rows
 from ._ops import conv_weights, sliced_conv
 
-__all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "ExportGaterNet", "exportable"]
 
 #: The batchings an exported graph runs (the ``batching`` argument of
 #: :func:`gatekit.exportable`, :func:`gatekit.export_program`, :func:`gatekit.export_onnx`):
@@ -334,8 +334,16 @@ class ExportGaterNet(nn.Module):
             return self._union(x, gates)
         if self.batching == GATHER:
             return self._gather(x, gates)
-        cheaper = self.gather_cost * self.per_image_share(gates) < self.kept_share(gates)
-        return torch.cond(cheaper, self._gather, self._union, (x, gates))
+        return torch.cond(self.per_image_cheaper(gates), self._gather, self._union, (x, gates))
+
+    def per_image_cheaper(self, gates: Tensor) -> Tensor:
+        """Whether ``"auto"`` runs a batch per image: ``gather_cost`` times
+        :meth:`per_image_share` below the union's share, both counted per site (open gates
+        times one gate's share), so that a batch of one, whose counts are equal, ties
+        exactly and runs the union."""
+        is_open = (gates != 0).to(self.site_gates.dtype)
+        union = (is_open.amax(0) @ self.site_gates) @ self.site_share
+        return self.gather_cost * self.per_image_share(gates) < union
 
     def _union(self, x: Tensor, gates: Tensor) -> Any:
         return self.net.backbone(x, gates)
