@@ -8,8 +8,13 @@ one variant's idle threads do not slow the next one's call):
 - ``onnx_plain``: the plain backbone exported with ``torch.onnx.export(dynamo=True)`` at
   the same opset, run with the same session options (what gating has to beat);
 - ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included, with
-  its dense branch above ``--dense-above`` (each row records the batch's kept share of
-  the skippable FLOPs and the branch it took);
+  its dense branch above ``--dense-above`` and ``--batching`` (default the export's
+  default, ``"auto"``: per call the union or the per-image path, whichever keeps the
+  smaller share of the skippable FLOPs); each row records the batch's kept shares (union
+  and per-image) and the branch it took;
+- ``onnx_union`` and ``onnx_gather`` (``--compare``): the same export with
+  ``batching="union"`` (what every batch ran before the per-image path) and with
+  ``batching="gather"`` (every batch per image), each still with its dense branch;
 - ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet with
   ``batching="pattern"`` (the default when the committed results were measured), gater
   included;
@@ -28,7 +33,11 @@ Cases:
   (``vs_budget_conv_s0.pt``) on the first CIFAR-10 test images of ``--cifar-data``, with
   its own gates, batches ``--cifar-batches`` (1 and 32).
 
-Rows record the open fraction the gates had (per image, and the batch's union).  Output:
+Rows record the open fraction the gates had (per image, and the batch's union).
+``--profile`` instead profiles ``onnx_plain`` and ``onnx_gaternet`` at one point (the first
+``--open`` fraction, the first batch, the first thread count; ``SessionOptions.enable_profiling``,
+node times summed by op type and averaged over ``--repeats`` runs) into
+``--out`` (default ``benchmarks/results/export_cpu_profile.json``).  Output:
 JSON (``--out``, rewritten after every row, with the machine, the command and the load
 average) and a table on stdout.  Timings need a quiet machine.  The full measurement::
 
@@ -79,6 +88,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-above", type=lambda v: None if v == "none" else float(v),
                    default=gatekit.export.DENSE_ABOVE,
                    help="export_onnx's dense_above (default %(default)s; 'none': no dense branch)")
+    p.add_argument("--batching", default=None, choices=["union", "gather", "auto"],
+                   help="export_onnx's batching (default: the export's default)")
+    p.add_argument("--onnx-dir", type=Path, default=None,
+                   help="keep the exported ONNX files here and reuse those already there "
+                        "(default: a temporary folder, exported afresh)")
+    p.add_argument("--export-only", action="store_true",
+                   help="export the files (into --onnx-dir) and time nothing")
+    p.add_argument("--compare", nargs="*", default=["union", "gather"],
+                   choices=["union", "gather", "auto"],
+                   help="also time the GaterNet exported with these batchings (onnx_union, "
+                        "onnx_gather; default %(default)s; none: --compare alone)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one point (see the description) instead of timing the grid")
     p.add_argument("--cifar-run", type=Path, default=DEFAULT_RUN)
     p.add_argument("--cifar-data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     p.add_argument("--seed", type=int, default=0)
@@ -146,14 +168,91 @@ def open_fractions(net: gatekit.GaterNet, x: torch.Tensor) -> dict[str, float]:
     return {"per_image": gates.mean().item(), "union": (gates != 0).any(0).float().mean().item()}
 
 
+def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
+                    args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The ONNX files of one model: plain, the GaterNet as asked, and (unless that is the
+    union already) the GaterNet with union batching; the routes and the exportable.  With
+    ``--onnx-dir``, files already there are reused (exporting ResNet-50 takes minutes)."""
+    batching = args.batching or gatekit.export.BATCHING
+    folder = tmp if args.onnx_dir is None else args.onnx_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_{tag}_{example.shape[-1]}px_opset{args.opset}_dense{args.dense_above}"
+    paths = {"onnx_plain": folder / f"{stem}_plain.onnx",
+             "onnx_gaternet": folder / f"{stem}_{batching}.onnx"}
+    for mode in args.compare:
+        if mode != batching:
+            paths[f"onnx_{mode}"] = folder / f"{stem}_{mode}.onnx"
+    if not paths["onnx_plain"].is_file():
+        sibling = next(iter(sorted(folder.glob(f"{name}_*_{stem.split('_', 2)[2]}_plain.onnx"))),
+                       None) if args.onnx_dir is not None and name == "resnet50" else None
+        if sibling is not None:  # the same seed, the same plain ResNet-50 at every --open
+            import onnx
+
+            onnx.save(onnx.load(str(sibling)), str(paths["onnx_plain"]), save_as_external_data=True,
+                      location=paths["onnx_plain"].name + ".data")
+        else:
+            export_plain(plain, example, paths["onnx_plain"], args.opset)
+    for key, mode in (("onnx_gaternet", batching), ("onnx_union", "union"),
+                      ("onnx_gather", "gather"), ("onnx_auto", "auto")):
+        if key in paths and not paths[key].is_file():
+            sibling = next(iter(sorted(folder.glob(f"{name}_*_{stem.split('_', 2)[2]}_{mode}.onnx"))),
+                           None) if args.onnx_dir is not None else None
+            if sibling is not None and name == "resnet50":
+                rebias(sibling, paths[key], net)
+            else:
+                gatekit.export_onnx(net, example, paths[key], opset=args.opset,
+                                    dense_above=args.dense_above, batching=mode)
+    import onnx
+
+    stored = {p.key: p.value for p in onnx.load(str(paths["onnx_gaternet"])).metadata_props}
+    routes = [gatekit.inference.SiteRoute(**r) for r in json.loads(stored["gatekit.routes"])]
+    ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0,
+                               batching=batching)
+    return {"paths": paths, "routes": routes, "ready": ready, "batching": batching}
+
+
+def rebias(source: Path, target: Path, net: gatekit.GaterNet) -> None:
+    """``source`` (the same ResNet-50 GaterNet exported at another ``--open``) with the
+    head's last bias set to ``net``'s: :func:`set_open_fraction` changes nothing else, so
+    the graph is the one ``export_onnx`` would write, without minutes of exporting.  The
+    rows' ``max_abs_diff_*`` check the result against eager."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    bias = net.head.fc2.bias.detach().numpy()
+    found = [t for t in model.graph.initializer if "fc2" in t.name and "bias" in t.name
+             and tuple(t.dims) == bias.shape]
+    if len(found) != 1:
+        raise SystemExit(f"{source}: expected one head fc2 bias initializer, found "
+                         f"{[t.name for t in found]}; export afresh (no --onnx-dir)")
+    found[0].CopyFrom(numpy_helper.from_array(bias, found[0].name))
+    onnx.save(model, str(target), save_as_external_data=True,
+              location=target.name + ".data")
+
+
+def branch_taken(ready: Any, gates: torch.Tensor, dense_above: float | None) -> dict[str, Any]:
+    """The kept shares of a batch and the branch the exported graph runs for it."""
+    with torch.no_grad():
+        union, per_image = ready.kept_share(gates).item(), ready.per_image_share(gates).item()
+        sliced = ready.sliced_share(gates).item()
+    if dense_above is not None and sliced > dense_above:
+        branch = "dense"
+    elif ready.batching == "gather" or (
+            ready.batching == "auto" and bool(ready.per_image_cheaper(gates))):
+        branch = "gather"
+    else:
+        branch = "union"
+    return {"kept_share": union, "per_image_share": per_image, "onnx_branch": branch}
+
+
 def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], label: Any,
             args: argparse.Namespace, tmp: Path, rows: list[dict], report: dict) -> None:
     example = x_all[:1]
-    plain_path, gated_path = tmp / f"{name}_plain.onnx", tmp / f"{name}_gaternet.onnx"
-    export_plain(plain, example, plain_path, args.opset)
-    routes = gatekit.export_onnx(net, example, gated_path, opset=args.opset,
-                                 dense_above=args.dense_above)
-    ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0)
+    exported = export_variants(name, label, plain, net, example, args, tmp)
+    if args.export_only:
+        return
+    routes, ready = exported["routes"], exported["ready"]
     fast = gatekit.skip_compute(net, batching="pattern")
     compiled = None
     if args.aoti:
@@ -164,30 +263,32 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
         compiled = torch._inductor.aoti_load_package(package)
     for threads in args.threads:
         torch.set_num_threads(threads)
-        plain_s, gated_s = session(plain_path, threads), session(gated_path, threads)
+        sessions = {k: session(p, threads) for k, p in exported["paths"].items()}
         for batch in batches:
             x = x_all[:batch].contiguous()
             feed = {"image": x.numpy()}
             with torch.no_grad():
-                check = (torch.from_numpy(gated_s.run(None, feed)[0]) - net(x)).abs().max().item()
-                variants = {
-                    "onnx_plain": lambda s=plain_s, f=feed: s.run(None, f),
-                    "onnx_gaternet": lambda s=gated_s, f=feed: s.run(None, f),
-                    "eager_skip": lambda x=x: fast(x),
-                }
+                expected = net(x)
+                checks = {k: (torch.from_numpy(sessions[k].run(None, feed)[0]) - expected)
+                          .abs().max().item() for k in sessions if k != "onnx_plain"}
+                variants = {k: (lambda s=s, f=feed: s.run(None, f)) for k, s in sessions.items()}
+                variants["eager_skip"] = lambda x=x: fast(x)
                 if compiled is not None:
                     variants["aoti_gaternet"] = lambda x=x: compiled(x)
-                    aoti_check = (compiled(x) - net(x)).abs().max().item()
+                    aoti_check = (compiled(x) - expected).abs().max().item()
                 medians = time_variants(variants, args.repeats)
-            with torch.no_grad():
-                kept = ready.kept_share(net.estimator(net.gate_logits(x))).item()
-            branch = "dense" if args.dense_above is not None and kept > args.dense_above else "sliced"
+                gates = net.estimator(net.gate_logits(x))
             row = {"model": name, "open": label, "batch": batch, "threads": threads,
-                   "open_fraction": open_fractions(net, x), "kept_share": kept,
-                   "onnx_branch": branch, "median_ms": medians,
+                   "open_fraction": open_fractions(net, x),
+                   "batching": exported["batching"],
+                   **branch_taken(ready, gates, args.dense_above),
+                   "median_ms": medians,
                    "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
                    "onnx_gaternet_vs_eager_skip": medians["eager_skip"] / medians["onnx_gaternet"],
-                   "max_abs_diff_onnx_vs_eager": check,
+                   "max_abs_diff_onnx_vs_eager": checks["onnx_gaternet"],
+                   "output_scale": expected.abs().max().item(),
+                   **{f"max_abs_diff_{k}_vs_eager": v for k, v in checks.items()
+                      if k != "onnx_gaternet"},
                    **({"max_abs_diff_aoti_vs_eager": aoti_check} if compiled is not None else {}),
                    "sites": {m: sum(r.mode == m for r in routes) for m in ("sliced", "scatter", "dense")}}
             rows.append(row)
@@ -195,12 +296,70 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
             write(args, report)
 
 
+def profile(name: str, plain, net, x_all: torch.Tensor, args: argparse.Namespace, tmp: Path,
+            report: dict) -> None:
+    """Per op type, the mean ms per run of ``onnx_plain`` and ``onnx_gaternet`` at one point."""
+    import onnxruntime as ort
+
+    batch, threads = args.batches[0], args.threads[0]
+    example, x = x_all[:1], x_all[:batch].contiguous()
+    exported = export_variants(name, args.open[0], plain, net, example, args, tmp)
+    feed = {"image": x.numpy()}
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        gates = net.estimator(net.gate_logits(x))
+    for key in ("onnx_plain", "onnx_gaternet"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(tmp / key)
+        s = ort.InferenceSession(str(exported["paths"][key]), options,
+                                 providers=["CPUExecutionProvider"])
+        s.run(None, feed)
+        s.end_profiling()  # drop the first run (allocation, prepacking)
+        options.profile_file_prefix = str(tmp / f"{key}_timed")
+        s = ort.InferenceSession(str(exported["paths"][key]), options,
+                                 providers=["CPUExecutionProvider"])
+        s.run(None, feed)
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            s.run(None, feed)
+        wall = (time.perf_counter() - start) / args.repeats
+        events = json.loads(Path(s.end_profiling()).read_text())
+        by_op: dict[str, float] = {}
+        runs = 0
+        for e in events:
+            if e.get("cat") == "Session" and e.get("name") == "model_run":
+                runs += 1
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                op = e.get("args", {}).get("op_name", "?")
+                by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3
+        runs = max(runs, 1)
+        # An If node's time holds the nodes its branches ran, which are listed themselves.
+        branches = by_op.pop("If", 0.0)
+        out[key] = {"ms_per_run_profiled": 1e3 * wall, "runs": runs,
+                    "if_nodes_ms_per_run_incl_branch_nodes": branches / runs,
+                    "node_ms_per_run_by_op": dict(sorted(
+                        ((k, v / runs) for k, v in by_op.items()), key=lambda kv: -kv[1]))}
+        print(key, f"{1e3 * wall:.2f} ms per run (profiled)")
+        for op, ms in list(out[key]["node_ms_per_run_by_op"].items())[:12]:
+            print(f"  {op:>28} {ms:8.2f} ms")
+    report["profile"] = {"model": name, "batch": batch, "threads": threads,
+                         "open_fraction": open_fractions(net, x),
+                         **branch_taken(exported["ready"], gates, args.dense_above), **out}
+    write(args, report)
+
+
 def print_row(row: dict) -> None:
     med, sp = row["median_ms"], row["speedup_vs_onnx_plain"]
     opened = row["open"] if isinstance(row["open"], str) else f"{row['open']:.2f}"
     print(f"{row['model']:>12} t{row['threads']} b{row['batch']:<3} open {opened:>7} "
           f"(union {row['open_fraction']['union']:.2f}, {row['onnx_branch']}): onnx plain {med['onnx_plain']:.2f} ms, "
-          f"onnx gaternet {med['onnx_gaternet']:.2f} ms ({sp['onnx_gaternet']:.2f}x), eager skip "
+          f"onnx gaternet {med['onnx_gaternet']:.2f} ms ({sp['onnx_gaternet']:.2f}x), "
+          + "".join(f"{k[5:]} {med[k]:.2f} ms ({sp[k]:.2f}x), "
+                    for k in ("onnx_union", "onnx_gather", "onnx_auto") if k in med)
+          + f"eager skip "
           f"{med['eager_skip']:.2f} ms ({sp['eager_skip']:.2f}x)"
           + (f", aoti gaternet {med['aoti_gaternet']:.2f} ms ({sp['aoti_gaternet']:.2f}x)"
              if "aoti_gaternet" in med else "")
@@ -219,8 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         args.size, args.gater_size, args.threads, args.open = 64, 32, [1], [0.5]
         args.batches, args.cifar_batches, args.repeats = [1, 2], [1, 2], 3
     if args.out is None:
-        args.out = (Path(tempfile.gettempdir()) / "export_cpu_quick.json" if args.quick
-                    else ROOT / "benchmarks" / "results" / "export_cpu.json")
+        stem = "export_cpu_profile" if args.profile else "export_cpu"
+        args.out = (Path(tempfile.gettempdir()) / f"{stem}_quick.json" if args.quick
+                    else ROOT / "benchmarks" / "results" / f"{stem}.json")
     import onnxruntime as ort
 
     rows: list[dict] = []
@@ -248,9 +408,12 @@ def main(argv: list[str] | None = None) -> None:
                     net = gatekit.gate_model(plain, gater, sites="inner").eval()
                     set_open_fraction(net, fraction, args.size, args.seed)
                     x = torch.randn(max(args.batches), 3, args.size, args.size, generator=gen)
+                    if args.profile:
+                        profile(model, plain.eval(), net, x, args, Path(tmp), report)
+                        break
                     measure(model, plain.eval(), net, x, args.batches, fraction, args,
                             Path(tmp), rows, report)
-            else:
+            elif not args.profile:
                 plain, net, config = cpu_timing.build_run(args.cifar_run)
                 x = cpu_timing.test_images(config, args.cifar_data, max(args.cifar_batches), gen)
                 measure(model, plain, net, x, args.cifar_batches, "trained", args, Path(tmp),

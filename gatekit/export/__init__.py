@@ -4,12 +4,14 @@
   are tensor operations (see :class:`ExportGaterNet`);
 - :func:`export_program`: that module through :func:`torch.export.export`, an
   :class:`~torch.export.ExportedProgram` with a dynamic batch (save it with
-  :func:`torch.export.save` as ``.pt2``);
+  :func:`torch.export.save` as ``.pt2``) whose images keep different filters on the
+  union path, per image, or whichever is cheaper per call (``batching``);
 - :func:`export_onnx`: the program as an ONNX file for ONNX Runtime
   (``pip install "gatekit[export]"``).
 """
 
 from ._api import export_onnx, export_program
-from ._net import DENSE_ABOVE, ExportGaterNet, exportable
+from ._net import BATCHING, BATCHINGS, DENSE_ABOVE, GATHER_COST, ExportGaterNet, exportable
 
-__all__ = ["DENSE_ABOVE", "ExportGaterNet", "export_onnx", "export_program", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "ExportGaterNet", "export_onnx",
+           "export_program", "exportable"]

@@ -20,7 +20,7 @@ from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference.common import SiteRoute, check_eval_net
-from ._net import DENSE_ABOVE, exportable
+from ._net import BATCHING, DENSE_ABOVE, UNION, check_batching, exportable
 
 __all__ = ["export_onnx", "export_program"]
 
@@ -32,6 +32,9 @@ ROUTES_KEY = "gatekit.routes"
 
 #: Where :func:`export_onnx` records ``dense_above`` (JSON: a number or null).
 DENSE_ABOVE_KEY = "gatekit.dense_above"
+
+#: Where :func:`export_onnx` records the ``batching`` the file runs (JSON: a string).
+BATCHING_KEY = "gatekit.batching"
 
 _INSTALL = 'pip install "gatekit[export]"'
 
@@ -84,6 +87,7 @@ def export_program(
     dynamic_batch: bool = True,
     for_inductor: bool = False,
     dense_above: float | None = DENSE_ABOVE,
+    batching: str | None = None,
 ) -> torch.export.ExportedProgram:
     """Export an eval-mode GaterNet with :func:`torch.export.export`, skipping per image.
 
@@ -92,17 +96,22 @@ def export_program(
     gater, the head, the eval-mode hard gates and each site's channel choice run in the
     graph (see :func:`gatekit.exportable`): nothing of ``example`` but its shape is kept.
 
-    Batch: with ``dynamic_batch=True`` (default) the batch dimension is dynamic and a
-    batch computes, per site, the filters open in *any* of its samples (the union), then
-    zeroes each sample's own closed ones: a batch whose samples disagree computes more
-    than each sample alone would, up to every filter.  Batch 1 computes exactly its own.
+    Batch: with ``dynamic_batch=True`` (default) the batch dimension is dynamic.
+    ``batching`` says how a batch whose samples open different filters runs:
+    ``"union"`` computes, per site, the filters open in *any* of its samples, then
+    zeroes each sample's own closed ones (up to every filter when samples disagree);
+    ``"gather"`` computes each sample's own, padded to the batch's largest open count
+    (one batched ``MatMul`` per conv); ``"auto"`` picks the cheaper of the two per call
+    in the graph (see :class:`gatekit.export.ExportGaterNet`).  Default (None):
+    :data:`gatekit.export.BATCHING`, or ``"union"`` with ``for_inductor=True``, the only
+    mode that runs there.  Batch 1 computes exactly its own filters.
     ``dynamic_batch=False`` fixes the batch to ``example``'s (at batch 1 the per-sample
     multiply is dropped).
 
-    Dense branch: a call whose batch union keeps more than ``dense_above`` (default
+    Dense branch: a call whose sliced path keeps more than ``dense_above`` (default
     0.75) of the FLOPs the gates can skip runs the dense gated backbone instead (every
     filter, closed ones multiplied by 0; one :func:`torch.cond`), since a nearly open
-    union costs more sliced than dense.  ``dense_above=None`` exports the sliced
+    batch costs more sliced than dense.  ``dense_above=None`` exports the sliced
     backbone alone (a smaller program: the branch holds a second copy of the weights).
 
     Run it with ``program.module()(x)``; save it with ``torch.export.save(program,
@@ -124,17 +133,21 @@ def export_program(
     True
     """
     return _export(net, example, budget, dynamic_batch, "gatekit.export_program",
-                   opaque_convs=for_inductor, dense_above=dense_above)[0]
+                   opaque_convs=for_inductor, dense_above=dense_above, batching=batching)[0]
 
 
 def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *,
-            opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE
-            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...]]:
+            opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE,
+            batching: str | None = None
+            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...], str]:
     _check_net(net, fn)
+    if batching is None:
+        batching = UNION if opaque_convs else BATCHING
+    check_batching(batching, fn, opaque_convs=opaque_convs)
     args = _example_args(net, example, budget, fn)
     batch_one = not dynamic_batch and example.shape[0] == 1
     ready = exportable(net, example, batch_one=batch_one, opaque_convs=opaque_convs,
-                       dense_above=dense_above)
+                       dense_above=dense_above, batching=batching)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] == 1:
@@ -144,7 +157,7 @@ def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *
         names = ("x", "budget")[: len(args)]
         dynamic_shapes = {name: {0: batch} for name in names}
     program = torch.export.export(ready, args, dynamic_shapes=dynamic_shapes, strict=False)
-    return program, ready.routes
+    return program, ready.routes, ready.batching
 
 
 def _require(modules: tuple[str, ...], fn: str) -> None:
@@ -167,6 +180,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int = OPSET,
     dense_above: float | None = DENSE_ABOVE,
+    batching: str | None = None,
 ) -> tuple[SiteRoute, ...]:
     """Export an eval-mode GaterNet to an ONNX file that still skips per image.
 
@@ -174,7 +188,8 @@ def export_onnx(
     ``NonZero``, ``Gather`` and ``Conv`` on the gathered weights, which ONNX Runtime runs
     per input.  Inputs are named ``"image"`` (and ``"budget"``, ``(N,)`` float32, for a
     budget-input model), the output ``"output"``; batches behave as in
-    :func:`export_program`.  Returns the routes (one
+    :func:`export_program` (``batching``; recorded in the file's metadata under
+    ``"gatekit.batching"``).  Returns the routes (one
     :class:`gatekit.inference.SiteRoute` per site: what each site became and why), also
     written as JSON into the file's metadata under ``"gatekit.routes"``.  Needs onnx and
     onnxscript (``pip install "gatekit[export]"``; ONNX Runtime to run the file).
@@ -201,7 +216,8 @@ def export_onnx(
     """
     fn = "gatekit.export_onnx"
     _require(("onnx", "onnxscript"), fn)
-    program, routes = _export(net, example, budget, dynamic_batch, fn, dense_above=dense_above)
+    program, routes, batching = _export(net, example, budget, dynamic_batch, fn,
+                                        dense_above=dense_above, batching=batching)
     names = ["image", "budget"] if net.budget_input else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
@@ -209,6 +225,7 @@ def export_onnx(
     )
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
     onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
+    onnx_program.model.metadata_props[BATCHING_KEY] = json.dumps(batching)
     onnx_program.save(os.fspath(path))
     if dense_above is not None:
         import onnx

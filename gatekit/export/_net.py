@@ -52,12 +52,26 @@ from ..inference.conv import CONV_FUNCTIONS, FULL, SkipConv
 from ..inference.plan import plan_sites
 from ..inference.rewrite import rewrite
 from ..sites import GateSite
+from ._gather import per_image_conv, per_image_weight, site_masks, site_rows
 from ._ops import conv_weights, sliced_conv
 
-__all__ = ["DENSE_ABOVE", "ExportGaterNet", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "ExportGaterNet", "exportable"]
 
-#: The batching every sliced or scatter site runs with in an exported graph.
+#: The batchings an exported graph runs (the ``batching`` argument of
+#: :func:`gatekit.exportable`, :func:`gatekit.export_program`, :func:`gatekit.export_onnx`):
+#: skip_compute's ``"union"`` and ``"gather"`` modes, and ``"auto"``, the cheaper of the
+#: two per call.
 UNION = get_batching("union", "gatekit.exportable").name
+GATHER = get_batching("gather", "gatekit.exportable").name
+AUTO = get_batching("auto", "gatekit.exportable").name
+BATCHINGS = (UNION, GATHER, AUTO)
+
+#: :func:`gatekit.export_onnx`'s and :func:`gatekit.export_program`'s default ``batching``.
+BATCHING = AUTO
+
+#: Under ``batching="auto"``, the per-image path's cost per FLOP against the union path's:
+#: the graph runs per image when ``GATHER_COST * per_image_share < kept_share``.
+GATHER_COST = 1.0
 
 #: What a dense site's route adds to its reason in an exported graph.
 _DENSE_NOTE = "runs masked (every filter computed, closed ones multiplied by 0)"
@@ -75,9 +89,12 @@ class OpenChannels:
     site run in full) and the samples' gates of those channels (``masks``, ``(N, k)``, None
     when no multiply is needed)."""
 
-    def __init__(self, index: list[Tensor | None], masks: list[Tensor | None]):
+    def __init__(self, index: list[Tensor | None], masks: list[Tensor | None],
+                 per_image: bool = False):
         self.index = index
         self.masks = masks
+        #: ``index[site]`` is ``(N, K)``, each image's own channels (see ``_gather``).
+        self.per_image = per_image
 
 
 class ExportConv(nn.Module):
@@ -116,6 +133,8 @@ class ExportConv(nn.Module):
         # The rewrite passes out_site exactly when outputs are cut, in_site when the input is.
         out_idx = channels.index[out_site] if self.cut_out else None
         in_idx = channels.index[in_site] if self.in_sliced else None
+        if channels.per_image and (out_idx is not None or in_idx is not None):
+            return self._per_image(x, channels, out_site, out_idx, in_idx, residual)
         if self.opaque:
             y = sliced_conv(x, self.weight, self.bias, out_idx, in_idx, list(self.stride),
                             list(self.padding), list(self.dilation), self.groups,
@@ -136,6 +155,29 @@ class ExportConv(nn.Module):
             return target.index_add(1, out_idx.clamp(max=self.out_channels - 1), y)
         return y if residual is None else residual + y
 
+    def _per_image(self, x: Tensor, channels: OpenChannels, out_site: int | None,
+                   out_rows: Tensor | None, in_rows: Tensor | None,
+                   residual: Tensor | None) -> Tensor:
+        """The per-image path: image ``n`` computes the output channels ``out_rows[n]``
+        (all when None) from its input channels ``in_rows[n]`` (see ``_gather``)."""
+        w, b = per_image_weight(self.weight, self.bias, out_rows, in_rows, self.in_major,
+                                x.shape[0])
+        y = per_image_conv(x, w, b, tuple(self.weight.shape[2:]), self.stride, self.padding,
+                           self.dilation)
+        if out_rows is None:
+            return y if residual is None else residual + y
+        mask = channels.masks[out_site]
+        if mask is not None:
+            y = y * mask.view(*mask.shape, *[1] * (y.ndim - 2))
+        if self.out_mode == SCATTER:
+            # Padded rows computed exact zeros: adding them to the last channel changes nothing.
+            index = out_rows.clamp(max=self.out_channels - 1)
+            index = index.view(*index.shape, *[1] * (y.ndim - 2)).expand_as(y)
+            target = residual if residual is not None else y.new_zeros(
+                y.shape[0], self.out_channels, *y.shape[2:])
+            return target.scatter_add(1, index, y)
+        return y if residual is None else residual + y
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size="
                 f"{tuple(self.weight.shape[2:])}, stride={self.stride}, "
@@ -148,13 +190,16 @@ class ExportBackbone(nn.Module):
     into each site's channel index (the union over the batch) in the graph and runs."""
 
     def __init__(self, graph_module: fx.GraphModule, sites: tuple[GateSite, ...],
-                 live: list[bool], *, union: bool, masked: bool):
+                 live: list[bool], *, union: bool, masked: bool, binary: bool = True):
         super().__init__()
         self.graph_module = graph_module
         self.sites = sites
         self.live = list(live)
         self.union = union
         self.masked = masked
+        #: The gates are exactly 0 or 1 (a :class:`~gatekit.estimators.Gate`'s): the
+        #: per-image path needs no multiply.
+        self.binary = binary
 
     def open_channels(self, gates: Tensor) -> OpenChannels:
         """Per live site, the channels open in any sample (union) and their gates."""
@@ -177,11 +222,26 @@ class ExportBackbone(nn.Module):
             masks.append(values.index_select(1, idx))
         return OpenChannels(index, masks)
 
+    def per_image_channels(self, gates: Tensor) -> OpenChannels:
+        """Per live site, each sample's own open channels, padded to the batch's largest
+        count (``(N, K)``, see ``_gather``), and their gates where not binary."""
+        index: list[Tensor | None] = []
+        masks: list[Tensor | None] = []
+        for site, live in zip(self.sites, self.live):
+            rows = site_rows(site, gates) if live else None
+            index.append(rows)
+            masks.append(None if rows is None or self.binary else site_masks(site, gates, rows))
+        return OpenChannels(index, masks, per_image=True)
+
     def forward(self, x: Tensor, gates: Tensor) -> Any:
         return self.graph_module(x, gates=gates, channels=self.open_channels(gates))
 
+    def per_image(self, x: Tensor, gates: Tensor) -> Any:
+        """The backbone with each sample computing its own open filters (``"gather"``)."""
+        return self.graph_module(x, gates=gates, channels=self.per_image_channels(gates))
+
     def extra_repr(self) -> str:
-        return f"union={self.union}, masked={self.masked}"
+        return f"union={self.union}, masked={self.masked}, binary={self.binary}"
 
 
 class ExportGaterNet(nn.Module):
@@ -189,71 +249,134 @@ class ExportGaterNet(nn.Module):
 
     Made by :func:`gatekit.exportable`.  ``forward(x)`` (``forward(x, budget)`` for a
     budget-input model, ``budget`` an ``(N,)`` tensor) runs the gater, the head and the
-    eval-mode gates, then the backbone computing, per site, only the filters open in some
-    sample of the batch; each sample's closed ones among them are zeroed.  Every choice is
-    a tensor operation, so :func:`torch.export.export` keeps it per input.  ``routes`` (one
-    :class:`gatekit.inference.SiteRoute` per site) says what each site became: ``"sliced"``
-    and ``"scatter"`` skip, ``"dense"`` runs masked (every filter computed, the closed ones
-    multiplied by 0), with the reason.  ``net`` holds the gater, head and estimator copies.
+    eval-mode gates, then the backbone computing only open filters, as ``batching`` says:
+
+    - ``"union"``: per site, the filters open in some sample of the batch; each sample's
+      closed ones among them are zeroed;
+    - ``"gather"``: each sample its own open filters, padded to the batch's largest open
+      count per site (one batched ``MatMul`` per conv, each sample on its own weights);
+    - ``"auto"``: per call, whichever of the two computes the smaller share of the
+      skippable FLOPs (:meth:`kept_share` against :meth:`per_image_share`, the latter
+      times ``gather_cost``; ties run the union, so a batch of one does).
+
+    Every choice is a tensor operation, so :func:`torch.export.export` keeps it per input.
+    ``routes`` (one :class:`gatekit.inference.SiteRoute` per site) says what each site
+    became: ``"sliced"`` and ``"scatter"`` skip, ``"dense"`` runs masked (every filter
+    computed, the closed ones multiplied by 0), with the reason.  ``net`` holds the gater,
+    head and estimator copies.
 
     With a dense branch (``dense_above`` not None), ``dense`` holds the eval-mode gated
-    backbone, which computes every filter and multiplies the closed ones by 0, and
-    ``share`` each gate's part of the FLOPs the gates can skip (from
-    :func:`gatekit.gate_costs` with ``downstream=True``, summing to 1).  A call whose
-    batch union keeps more than ``dense_above`` of them runs ``dense``, any other the
-    sliced backbone: one :func:`torch.cond`, an ``If`` node in ONNX.
+    backbone, which computes every filter and multiplies the closed ones by 0.  ``share``
+    holds each gate's part of the FLOPs the gates can skip (from :func:`gatekit.gate_costs`
+    with ``downstream=True``, summing to 1).  A call whose sliced path (the cheaper one
+    under ``"auto"``) keeps more than ``dense_above`` of them runs ``dense``: one
+    :func:`torch.cond` per choice, an ``If`` node in ONNX.
     """
 
     def __init__(self, net: GaterNet, routes: list[SiteRoute], *,
                  dense: nn.Module | None = None, share: Tensor | None = None,
-                 dense_above: float | None = None):
+                 dense_above: float | None = None, batching: str = UNION,
+                 gather_cost: float = 1.0):
         super().__init__()
         self.net = net
         self.routes = tuple(routes)
         self.budget_input = net.budget_input
         self.dense = dense
         self.dense_above = dense_above
+        self.batching = batching
+        self.gather_cost = float(gather_cost)
         self.register_buffer("share", share)
+        site_gates, site_share = None, None
+        if share is not None:
+            sites = net.sites
+            site_gates = torch.zeros(share.shape[0], len(sites), dtype=share.dtype)
+            for i, site in enumerate(sites):
+                site_gates[site.offset : site.stop, i] = 1
+            # Per site, the share of one open gate of the per-image path: the site's share
+            # over its gates (a per-image run computes K gates of each sample).
+            site_share = (share @ site_gates) / site_gates.sum(0)
+        self.register_buffer("site_gates", site_gates)
+        self.register_buffer("site_share", site_share)
 
     def forward(self, x: Tensor, budget: Tensor | None = None) -> Any:
         logits = self.net.gate_logits(x, budget)
         gates = self.net.estimator(logits)
         if self.dense is None:
-            return self.net.backbone(x, gates)
-        return torch.cond(self.kept_share(gates) > self.dense_above, self._dense,
+            return self._sliced(x, gates)
+        return torch.cond(self.sliced_share(gates) > self.dense_above, self._dense,
                           self._sliced, (x, gates))
 
     def kept_share(self, gates: Tensor) -> Tensor:
         """The share of the skippable FLOPs that a batch with ``gates`` computes on the
-        sliced branch (what ``forward`` compares with ``dense_above``)."""
+        union path: the cost-weighted union of its open gates."""
         return (gates != 0).any(0).to(self.share.dtype) @ self.share
+
+    def per_image_share(self, gates: Tensor) -> Tensor:
+        """The share of the skippable FLOPs that the per-image path computes per sample:
+        per site, the batch's largest open count times one gate's share of the site."""
+        counts = (gates != 0).to(self.site_gates.dtype) @ self.site_gates  # (N, sites)
+        return counts.amax(0) @ self.site_share
+
+    def sliced_share(self, gates: Tensor) -> Tensor:
+        """What ``forward`` compares with ``dense_above``: the kept share of the path that
+        ``batching`` runs (under ``"auto"``, the cheaper one, ``gather_cost`` applied)."""
+        if self.batching == UNION:
+            return self.kept_share(gates)
+        if self.batching == GATHER:
+            return self.per_image_share(gates)
+        return torch.minimum(self.kept_share(gates), self.gather_cost * self.per_image_share(gates))
 
     def _dense(self, x: Tensor, gates: Tensor) -> Any:
         return self.dense(x, gates=gates)
 
     def _sliced(self, x: Tensor, gates: Tensor) -> Any:
+        if self.batching == UNION:
+            return self._union(x, gates)
+        if self.batching == GATHER:
+            return self._gather(x, gates)
+        return torch.cond(self.per_image_cheaper(gates), self._gather, self._union, (x, gates))
+
+    def per_image_cheaper(self, gates: Tensor) -> Tensor:
+        """Whether ``"auto"`` runs a batch per image: ``gather_cost`` times
+        :meth:`per_image_share` below the union's share, both counted per site (open gates
+        times one gate's share), so that a batch of one, whose counts are equal, ties
+        exactly and runs the union."""
+        is_open = (gates != 0).to(self.site_gates.dtype)
+        union = (is_open.amax(0) @ self.site_gates) @ self.site_share
+        return self.gather_cost * self.per_image_share(gates) < union
+
+    def _union(self, x: Tensor, gates: Tensor) -> Any:
         return self.net.backbone(x, gates)
+
+    def _gather(self, x: Tensor, gates: Tensor) -> Any:
+        return self.net.backbone.per_image(x, gates)
 
     def extra_repr(self) -> str:
         counts = ", ".join(f"{m}={sum(r.mode == m for r in self.routes)}"
                            for m in (SLICED, SCATTER, DENSE))
-        return f"budget_input={self.budget_input}, {counts}, dense_above={self.dense_above}"
+        return (f"budget_input={self.budget_input}, {counts}, batching={self.batching!r}, "
+                f"dense_above={self.dense_above}")
 
 
 def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool = False,
-               opaque_convs: bool = False, dense_above: float | None = None) -> ExportGaterNet:
+               opaque_convs: bool = False, dense_above: float | None = None,
+               batching: str = UNION) -> ExportGaterNet:
     """A copy of an eval-mode ``net`` ready for :func:`torch.export.export`: the gater,
     head, hard gates and compute skipping all in the graph (see :class:`ExportGaterNet`).
 
-    A batch computes, per site, the union of its samples' open filters and zeroes each
-    sample's closed ones with a multiply; a batch of one computes exactly its own.
-    ``batch_one=True`` promises batch 1 only and drops that multiply where the gates are
-    binary.  ``opaque_convs=True`` runs every sliced conv as the custom op
-    ``gatekit::sliced_conv`` (what AOTInductor needs, see
-    :func:`gatekit.export_program`).  ``dense_above`` (a share in [0, 1], None: no
-    branch) adds the dense branch: a batch whose union keeps more than that share of the
-    skippable FLOPs runs every filter, masked; the shares are costed at ``example``'s
-    size, which it then needs.  ``net`` is not modified.
+    ``batching`` says how a batch whose samples open different filters runs:
+    ``"union"`` (default) computes, per site, the union of its samples' open filters and
+    zeroes each sample's closed ones with a multiply; ``"gather"`` computes each sample's
+    own, padded to the batch's largest count; ``"auto"`` picks the cheaper per call (see
+    :class:`ExportGaterNet`; it costs the gates at ``example``'s size, which it then
+    needs).  A batch of one computes exactly its own filters whatever the mode.
+    ``batch_one=True`` promises batch 1 only: it runs the union and drops the multiply
+    where the gates are binary.  ``opaque_convs=True`` runs every sliced conv as the
+    custom op ``gatekit::sliced_conv`` (what AOTInductor needs, see
+    :func:`gatekit.export_program`; union batching only).  ``dense_above`` (a share in
+    [0, 1], None: no branch) adds the dense branch: a batch whose sliced path keeps more
+    than that share of the skippable FLOPs runs every filter, masked; the shares are
+    costed at ``example``'s size, which it then needs.  ``net`` is not modified.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -264,11 +387,18 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     True
     >>> ready.routes[0]
     SiteRoute(site='stage1.block1.conv1', mode='sliced', consumer='stage1.block1.conv2', reason='', batching='union')
+    >>> per_image = gatekit.exportable(net, x[:1], batching="gather")
+    >>> torch.allclose(per_image(x), net(x), atol=1e-4)
+    True
     """
-    check_eval_net(net, "gatekit.exportable", "hard gates, BatchNorm folded with running statistics")
-    share = _dense_share(net, example, dense_above)
+    fn = "gatekit.exportable"
+    check_eval_net(net, fn, "hard gates, BatchNorm folded with running statistics")
+    batching = check_batching(batching, fn, opaque_convs=opaque_convs)
+    if batch_one:
+        batching = UNION  # one sample: every mode computes exactly its filters
+    share = _shares(net, example, dense_above, batching)
     graph = copy.deepcopy(net.backbone)
-    plans = plan_sites(graph, net.sites, "gatekit.exportable")
+    plans = plan_sites(graph, net.sites, fn)
     rewrite(graph, plans, layout=False)  # an exported graph's layout is the runtime's choice
     _to_export_convs(graph)
     for module in graph.modules():
@@ -276,30 +406,55 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
             module.opaque = opaque_convs
     live = [p.mode != DENSE for p in plans]
     # A Gate's eval-mode gates are exactly 0 or 1 (its contract: binarize): then a single
-    # image needs no gate multiply at a sliced site (its closed filters are not computed).
-    masked = not (batch_one and isinstance(net.estimator, Gate))
-    backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked)
+    # image needs no gate multiply at a sliced site (its closed filters are not computed),
+    # nor does the per-image path.
+    binary = isinstance(net.estimator, Gate)
+    masked = not (batch_one and binary)
+    backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked,
+                              binary=binary)
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
-    dense = None if share is None else copy.deepcopy(net.backbone).eval()
-    routes = [p.route(UNION, _DENSE_NOTE) for p in plans]
-    ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above)
+    dense = None if dense_above is None else copy.deepcopy(net.backbone).eval()
+    routes = [p.route(batching, _DENSE_NOTE) for p in plans]
+    ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above,
+                           batching=batching, gather_cost=GATHER_COST)
     return ready.eval()
 
 
-def _dense_share(net: GaterNet, example: Tensor | None, dense_above: float | None) -> Tensor | None:
-    """Each gate's share of the skippable FLOPs at ``example``'s size (None: no branch)."""
-    if dense_above is None:
-        return None
-    if isinstance(dense_above, bool) or not isinstance(dense_above, int | float) or not (
-            0.0 <= dense_above <= 1.0):
+def check_batching(batching: Any, fn: str, *, opaque_convs: bool = False) -> str:
+    """``batching`` if the export runs it (:data:`BATCHINGS`), else a :class:`GatekitError`
+    that says what is accepted."""
+    if not isinstance(batching, str) or batching not in BATCHINGS:
+        names = ", ".join(repr(b) for b in BATCHINGS)
+        raise GatekitError(
+            f"{fn} expects batching to be one of {names} (how a batch whose images open "
+            f"different filters runs), got {batching!r}; pass one of them")
+    if opaque_convs and batching != UNION:
+        raise GatekitError(
+            f"{fn} runs the opaque gatekit::sliced_conv (for_inductor=True) with batching="
+            f"{UNION!r} only (the op computes one set of channels per batch), got "
+            f"batching={batching!r}; pass batching={UNION!r} or for_inductor=False")
+    return batching
+
+
+def _shares(net: GaterNet, example: Tensor | None, dense_above: float | None,
+            batching: str) -> Tensor | None:
+    """Each gate's share of the skippable FLOPs at ``example``'s size (None: neither a
+    dense branch nor a per-call choice needs them)."""
+    if dense_above is not None and (isinstance(dense_above, bool) or not isinstance(
+            dense_above, int | float) or not 0.0 <= dense_above <= 1.0):
         raise GatekitError(f"gatekit.exportable expects dense_above as a share in [0, 1] of "
                            f"the skippable FLOPs (or None: no dense branch), got {dense_above!r}")
+    if dense_above is None and batching != AUTO:
+        return None
     if not isinstance(example, Tensor):
+        why = (f"dense_above={dense_above}" if dense_above is not None
+               else f"batching={AUTO!r}")
         raise GatekitError(
-            f"gatekit.exportable(net, example, dense_above={dense_above}) needs an example "
-            f"input to cost the gates for the dense branch, got {type(example).__name__}; "
-            f"pass an image batch like the ones the model runs on, or dense_above=None")
+            f"gatekit.exportable(net, example, {why}) needs an example input to cost the "
+            f"gates for the dense branch or the per-call choice, got "
+            f"{type(example).__name__}; pass an image batch like the ones the model runs "
+            f"on, or dense_above=None and batching={UNION!r}")
     costs = gate_costs(net, example[:1], downstream=True)
     return (costs / costs.sum()).float()
 
