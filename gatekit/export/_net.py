@@ -144,15 +144,23 @@ class ExportConv(nn.Module):
             y = self._conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         if out_idx is None:
             return y if residual is None else residual + y
-        mask = channels.masks[out_site]
+        # The extra index (no filter open) carries a zero channel: adding it to the last
+        # channel, closed as well then, changes nothing.
+        index = out_idx.clamp(max=self.out_channels - 1)
+        return self._finish(y, channels.masks[out_site], residual,
+                            lambda target, v: target.index_add(1, index, v))
+
+    def _finish(self, y: Tensor, mask: Tensor | None, residual: Tensor | None,
+                scatter: Any) -> Tensor:
+        """The computed channels ``y``: each image's gates applied (``mask``), placed into
+        zeros or the residual by ``scatter(target, y)`` for a scatter conv, the residual
+        added."""
         if mask is not None:
             y = y * mask.view(*mask.shape, *[1] * (y.ndim - 2))
         if self.out_mode == SCATTER:
-            # The extra index (no filter open) carries a zero channel: adding it to the last
-            # channel, closed as well then, changes nothing.
             target = residual if residual is not None else y.new_zeros(
                 y.shape[0], self.out_channels, *y.shape[2:])
-            return target.index_add(1, out_idx.clamp(max=self.out_channels - 1), y)
+            return scatter(target, y)
         return y if residual is None else residual + y
 
     def _per_image(self, x: Tensor, channels: OpenChannels, out_site: int | None,
@@ -166,17 +174,11 @@ class ExportConv(nn.Module):
                            self.dilation)
         if out_rows is None:
             return y if residual is None else residual + y
-        mask = channels.masks[out_site]
-        if mask is not None:
-            y = y * mask.view(*mask.shape, *[1] * (y.ndim - 2))
-        if self.out_mode == SCATTER:
-            # Padded rows computed exact zeros: adding them to the last channel changes nothing.
-            index = out_rows.clamp(max=self.out_channels - 1)
-            index = index.view(*index.shape, *[1] * (y.ndim - 2)).expand_as(y)
-            target = residual if residual is not None else y.new_zeros(
-                y.shape[0], self.out_channels, *y.shape[2:])
-            return target.scatter_add(1, index, y)
-        return y if residual is None else residual + y
+        # Padded rows computed exact zeros: adding them to the last channel changes nothing.
+        index = out_rows.clamp(max=self.out_channels - 1)
+        index = index.view(*index.shape, *[1] * (y.ndim - 2)).expand_as(y)
+        return self._finish(y, channels.masks[out_site], residual,
+                            lambda target, v: target.scatter_add(1, index, v))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size="
