@@ -8,8 +8,8 @@ one variant's idle threads do not slow the next one's call):
 - ``onnx_plain``: the plain backbone exported with ``torch.onnx.export(dynamo=True)`` at
   the same opset, run with the same session options (what gating has to beat);
 - ``onnx_gaternet``: :func:`gatekit.export_onnx` of the GaterNet, gater included, with
-  its dense branch above ``--dense-above`` and ``--batching`` (default the export's
-  default, ``"auto"``: per call the union or the per-image path, whichever keeps the
+  its dense branch above ``--dense-above`` and ``--batching`` (default
+  ``"auto"``: per call the union or the per-image path, whichever keeps the
   smaller share of the skippable FLOPs); each row records the batch's kept shares (union
   and per-image) and the branch it took;
 - ``onnx_union`` and ``onnx_gather`` (``--compare``): the same export with
@@ -88,8 +88,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-above", type=lambda v: None if v == "none" else float(v),
                    default=gatekit.export.DENSE_ABOVE,
                    help="export_onnx's dense_above (default %(default)s; 'none': no dense branch)")
-    p.add_argument("--batching", default=None, choices=["union", "gather", "auto"],
-                   help="export_onnx's batching (default: the export's default)")
+    p.add_argument("--batching", default="auto", choices=["union", "gather", "auto"],
+                   help="export_onnx's batching (default: auto, as the committed grid was "
+                        "measured)")
     p.add_argument("--onnx-dir", type=Path, default=None,
                    help="keep the exported ONNX files here and reuse those already there "
                         "(default: a temporary folder, exported afresh)")
