@@ -539,7 +539,7 @@ README = [
                                 "Xeon" if "Xeon" in d["machine"]["cpu"] else d["machine"]["cpu"])),
     # "Does the exported model still skip?" (one thread, against the plain model's ONNX)
     readme("ResNet-50 at batch 1 {} at 30% open, {} at 50%, {} at 70%; at batch 8 (a pattern "
-           "per image) {} at 50% open",
+           "per image, `\"auto\"`) {} at 50% open",
            EXPORT, lambda e: (r50(e, 0.3)[0], r50(e, 0.5)[0], r50(e, 0.7)[0],
                               r50(e, 0.5, batch=8)[0])),
     readme("the trained ResNet-20 {}, though {} faster than eager skipping at batch 1",
