@@ -388,6 +388,25 @@ class Gate(nn.Module):
         _check_logits(logits, type(self).__name__)
         return _binary(logits)
 
+    def hard_gates(self, logits: Tensor) -> Tensor:
+        """The gates eval mode gives, :meth:`binarize`, with the gradient of
+        :meth:`open_probability` (straight-through).
+
+        For a loss on the gates the trained model will run with: a FLOPs budget on these
+        counts what evaluation keeps, where the training gates (noisy, or soft) can meet the
+        budget in expectation while the eval gates keep more or less.  Exactly 0 or 1 in
+        the forward pass; float32 (float64 for float64 logits), as :meth:`open_probability`.
+
+        >>> import torch, gatekit
+        >>> logits = torch.tensor([0.5, -0.5], requires_grad=True)
+        >>> gates = gatekit.ImprovedSemHash().hard_gates(logits)
+        >>> gates
+        tensor([1., 0.], grad_fn=<_StraightThroughBackward>)
+        >>> gates.sum().backward(); logits.grad  # the normal pdf at +-0.5
+        tensor([0.3521, 0.3521])
+        """
+        return straight_through(self.open_probability(logits), self.binarize(logits))
+
     def open_probability(self, logits: Tensor) -> Tensor:
         """Probability that the training-mode hard gate is open, for these logits.
 

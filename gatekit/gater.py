@@ -118,6 +118,28 @@ class GaterNet(nn.Module):
         return self.estimator.open_probability(self.last_logits)
 
     @property
+    def last_eval_gates(self) -> Tensor | None:
+        """The gates eval mode would give for the last forward's logits, ``(N, num_gates)``,
+        exactly 0 or 1, with the open probabilities' gradient (``estimator.hard_gates``,
+        straight-through); None when that forward was given ``gates``.
+
+        In training mode ``last_gates`` are the estimator's noisy or soft gates: a FLOPs
+        budget on them holds in expectation, while the deterministic eval gates may keep
+        more or less.  A budget on these holds for the gates the model is evaluated with.
+
+        >>> import torch, gatekit
+        >>> from gatekit.models import resnet20, resnet20_gater
+        >>> net = gatekit.gate_model(resnet20(), resnet20_gater())
+        >>> _ = net(torch.randn(4, 3, 32, 32))
+        >>> eval_gates = net.last_eval_gates
+        >>> bool(((eval_gates == 0) | (eval_gates == 1)).all()), eval_gates.requires_grad
+        (True, True)
+        """
+        if self.last_logits is None:
+            return None
+        return self.estimator.hard_gates(self.last_logits)
+
+    @property
     def budget_input(self) -> bool:
         """Whether the gater's head reads a per-sample budget (``forward(x, budget=b)``)."""
         return isinstance(self.head, BudgetHead)

@@ -114,10 +114,19 @@ def _positive(config: Any, value: float, name: str) -> str | None:
     return None if value > 0 else f"{name} must be > 0, got {value}"
 
 
-def _needs_a_range(config: RunConfig, value: float, name: str) -> str | None:
-    if value and config.budget_range is None:
-        return (f"{name} {value:g} shapes the budgets that --budget-range draws; add "
+def _needs_a_range(config: RunConfig, value: float | Ramp, name: str) -> str | None:
+    active = value.active if isinstance(value, Ramp) else bool(value)
+    if active and config.budget_range is None:
+        shown = value if isinstance(value, Ramp) else f"{value:g}"
+        return (f"{name} {shown} acts on the budgets that --budget-range draws; add "
                 "--budget-range LO:HI[:K] or drop it")
+    return None
+
+
+def _counts_a_budget(config: RunConfig, value: str, name: str) -> str | None:
+    if value != "train" and config.budget is None and config.budget_range is None:
+        return (f"{name} {value} chooses the gates the budget loss counts, and there is no "
+                "budget: add --budget B (or --budget-range LO:HI) or drop it")
     return None
 
 
@@ -132,7 +141,7 @@ def _needs_a_budget(config: RunConfig, value: str | None, name: str) -> str | No
 RAMP_HELP = """
 
 Loss weights (--gate-loss-weight, --target-rate-weight, --budget-weight, --batch-shaping,
---distill-weight) and the budget itself (--budget) take a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
+--distill-weight, --inplace-distill) and the budget itself (--budget) take a constant W, or A:B to move linearly from A to B over the whole run, or A:B:K to move from A
 to B over the first K epochs (fractions allowed) and stay at B after: 0:2:3 ramps a weight up
 over three epochs, 1:0:5 anneals it to 0 over five; --budget 1:0.56:5 moves the budget from
 every FLOP to 56% over five epochs, as gradual pruning does.
@@ -227,6 +236,12 @@ class RunConfig:
         type=eval_budgets_arg, metavar="B,B,...")
     budget_weight: Ramp = flag("recipe", "weight of the budget loss (default: 1.0)", Ramp(1.0),
                                type=ramp_arg)
+    budget_gates: str = flag(
+        "recipe", "the gates the budget loss counts: train, the estimator's training gates "
+        "(GaterNet.last_gates), which may meet the budget only in expectation; eval, the hard "
+        "gates evaluation keeps (GaterNet.last_eval_gates, with the open probabilities' "
+        "gradient), so the budget holds as evaluated (default: train)", "train",
+        choices=("train", "eval", "both"), check=_counts_a_budget)
     count_downstream: bool = flag(
         "recipe", "count, in the budget and in the reported FLOPs, what a closed gate also saves "
         "in the ungated convs that read its channel (gatekit.gate_costs(downstream=True); exact "
@@ -251,6 +266,12 @@ class RunConfig:
     distill_temperature: float = flag("distillation", "softening temperature of the "
                                       "distillation loss (default: 4.0)", 4.0, type=float,
                                       metavar="T")
+    inplace_distill: Ramp = flag(
+        "distillation", "with --budget-range: in-place distillation (universally slimmable "
+        "networks): the model itself at the range's high end, in eval mode without gradients, "
+        "teaches every sample at its own budget (gatekit.distillation_loss at "
+        "--distill-temperature, beside any --distill-from teacher; default: 0, off)",
+        Ramp(0.0), type=ramp_arg, metavar="W", check=_needs_a_range)
     # run time
     device: str = flag("run time", "auto, cpu, cuda or cuda:N (default: auto)", "auto")
     precision: str = flag("run time", "autocast dtype; auto is bf16 on GPU, fp32 on CPU "

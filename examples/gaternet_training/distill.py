@@ -1,9 +1,16 @@
-"""Distillation from a trained dense teacher (``--distill-from``): one more loss term.
+"""Distillation from a trained dense teacher (``--distill-from``), and in-place distillation
+(``--inplace-distill``): one more loss term each.
 
 The teacher is the script's ``--arch`` with the weights of a run's ``checkpoint.pt`` (its
 backbone, for a gated run) or of a ``state_dict`` file, every key and shape checked as for
 ``--init-from``.  It runs in eval mode under ``torch.no_grad``; it is a training cost only,
 never part of the model whose FLOPs ``results.json`` reports.
+
+In-place distillation (universally slimmable networks, Yu & Huang 2019) serves a model with
+a budget input (``--budget-range``): the model itself at the range's high end teaches every
+sample at the budget it drew, on the same images.  The teacher pass runs in eval mode (the
+hard gates and the norms' running statistics, the model as it is evaluated at that budget)
+under ``torch.no_grad``, and leaves the step's ``last_gates`` alone.
 """
 
 from __future__ import annotations
@@ -51,3 +58,39 @@ def distillation_term(config: RunConfig, num_classes: int, device: torch.device)
     if config.channels_last_on:
         teacher = teacher.to(memory_format=torch.channels_last)
     return distillation(teacher, config.distill_weight, float(config.distill_temperature), str(path))
+
+
+def inplace_distillation(weight: Ramp, temperature: float, budget: float) -> Term:
+    """The term: :func:`gatekit.distillation_loss` of the model's logits against its own
+    logits at ``budget`` on the same images, in eval mode without gradients (the training
+    mode is restored after).  Reads the logits and gates through ``gate_logits`` and
+    ``backbone`` so that the step's ``last_gates`` stay those of the trained pass."""
+    def loss(step: Step) -> Tensor:
+        model = step.model
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                gates = model.estimator(model.gate_logits(step.images, budget=budget))
+                teacher_logits = model.backbone(step.images, gates=gates)
+        finally:
+            model.train(was_training)
+        return gatekit.distillation_loss(step.logits, teacher_logits, temperature)
+
+    return Term("inplace_distillation", weight, loss,
+                {"inplace_weight": str(weight), "inplace_budget": budget,
+                 "temperature": temperature}, section="distillation")
+
+
+def inplace_distillation_term(config: RunConfig) -> Term | None:
+    """The in-place distillation ``--inplace-distill`` asks for (None while its weight is 0
+    throughout); the config's checks require ``--budget-range``."""
+    if not config.inplace_distill.active:
+        return None
+    if config.budget_range is None:
+        raise GatekitError("--inplace-distill needs --budget-range LO:HI: its teacher is the "
+                           "model at the range's high end")
+    if not config.distill_temperature > 0:
+        raise GatekitError(f"--distill-temperature must be > 0, got {config.distill_temperature}")
+    return inplace_distillation(config.inplace_distill, float(config.distill_temperature),
+                                float(config.budget_range.high))

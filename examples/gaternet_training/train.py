@@ -41,7 +41,7 @@ from gatekit.stats import OPEN_THRESHOLD
 from . import checkpoint, models
 from .budgets import BudgetRange
 from .config import RunConfig
-from .distill import distillation_term
+from .distill import distillation_term, inplace_distillation_term
 from .distributed import Dist, setup, teardown
 from .losses import Losses, Step, gate_terms
 from .optim import make_optimizer, make_scheduler
@@ -166,7 +166,8 @@ def _train(config: RunConfig, dist: Dist, load_data: Callable[[Any, Dist], Data]
     terms = (gate_terms(config, inner, data.image_size, dist.device)
              if isinstance(inner, gatekit.GaterNet) else [])
     teacher = distillation_term(config, len(data.classes), dist.device)
-    losses = Losses([*terms, *([teacher] if teacher is not None else [])])
+    inplace = inplace_distillation_term(config)
+    losses = Losses([*terms, *(t for t in (teacher, inplace) if t is not None)])
 
     # 3. The optimiser and schedule, stepped every iteration.
     steps_per_epoch = len(data.train)
