@@ -53,6 +53,75 @@ def test_the_term_holds_each_sample_to_its_budget() -> None:
     assert losses.describe()["gate_losses"]["budget_range"] == "0.3:1"
 
 
+@pytest.mark.parametrize("which", ["eval", "both"])
+def test_the_budget_counts_the_gates_asked_for(which: str) -> None:
+    """``--budget-gates eval`` holds the gates evaluation keeps (the step of the logits) to
+    each sample's budget, ``both`` adds the training gates' term; the eval term's gradient
+    closes gates where a sample keeps more than its budget."""
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True)
+    config = _config(budget_range=BudgetRange(0.05, 1.0), budget_weight=Ramp(4.0),
+                     batch_shaping=Ramp(0.0), budget_gates=which)
+    losses = Losses(gate_terms(config, net, 32, torch.device("cpu")))
+    images, b = torch.randn(3, 3, 32, 32), torch.tensor([0.05, 0.06, 0.07])
+    logits = net(images, budget=b)
+    costs = gatekit.gate_costs(net, torch.zeros(1, 3, 32, 32)).float()
+    step = (net.last_logits.detach() > 0).float()  # what eval keeps
+    assert bool(((step @ costs) / costs.sum() > b).all())  # every sample over its budget
+    got = losses(Step(net, images, logits, 1.0, 10))
+    expected = 4.0 * gatekit.flops_budget_loss(step, costs, b)
+    if which == "both":
+        expected = expected + 4.0 * gatekit.flops_budget_loss(net.last_gates, costs, b)
+    torch.testing.assert_close(got, expected)
+    assert losses.describe()["gate_losses"]["budget_gates"] == which
+    if which == "eval":
+        (grad,) = torch.autograd.grad(got, net.last_logits)
+        assert bool((grad > 0).all())  # descending lowers every logit: fewer gates open
+
+
+def test_inplace_distillation_teaches_with_the_model_at_the_range_top() -> None:
+    """``--inplace-distill``: the teacher is the model itself in eval mode at the range's
+    high end, on the same images (oracle: a copy of the model evaluated so); the trained
+    pass's gates, the training mode and the norms' running statistics are left as they were,
+    and no gradient reaches the teacher's pass."""
+    import copy
+
+    from gaternet_training.distill import inplace_distillation_term
+
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), sites="inner", budget_input=True,
+                             init_bias=0.3)
+    config = _config(budget_range=BudgetRange(0.3, 0.9), inplace_distill=Ramp(2.0),
+                     distill_temperature=3.0)
+    term = inplace_distillation_term(config)
+    images, b = torch.randn(4, 3, 32, 32), torch.tensor([0.3, 0.5, 0.7, 0.9])
+    logits = net(images, budget=b)
+    gates = net.last_gates
+    frozen = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        teacher = frozen(images, budget=0.9)
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    got = Losses([term])(Step(net, images, logits, 1.0, 10))
+    torch.testing.assert_close(got, 2.0 * gatekit.distillation_loss(logits, teacher, 3.0))
+    assert net.training and net.last_gates is gates
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+    got.backward()
+    assert net.head.fc2.weight.grad.abs().sum() > 0  # through the student's logits
+    assert Losses([term]).describe()["distillation"] == {
+        "inplace_weight": "2", "inplace_budget": 0.9, "temperature": 3.0}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--budget-gates", "eval"], "--budget-gates eval chooses the gates the budget loss counts"),
+    (["--inplace-distill", "1"], "--inplace-distill 1 acts on the budgets that --budget-range"),
+])
+def test_options_that_need_a_budget(tmp_path: Path, capsys, argv, message) -> None:
+    out = tmp_path / "run"
+    status, err = _main(IMAGENET, [*TINY_STANDIN, *argv, "--output-dir", str(out)], capsys)
+    assert status == 2 and message in err, err
+    assert not out.exists()
+
+
 def test_a_run_reports_every_evaluation_budget(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     status, err = _main(IMAGENET, [*TINY_STANDIN, "--sites", "inner", "--count-downstream",

@@ -845,3 +845,45 @@ def test_base_class_open_probability_is_the_sigmoid_surrogate():
     torch.testing.assert_close(Step().open_probability(x), sigmoid64(x).float())
     with pytest.raises(GatekitError, match="floating"):
         Step().open_probability(torch.ones(2, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------------------
+# hard_gates: the eval gates, with the open probability's gradient
+# --------------------------------------------------------------------------------------
+
+
+def _open_probability_grad64(name: str, x: torch.Tensor) -> torch.Tensor:
+    """d P(open) / d logits in float64, from the closed forms of OPEN_CASES' oracles."""
+    x = x.double()
+    gate = ESTIMATORS[name]()
+    if isinstance(gate, gatekit.ImprovedSemHash):
+        s = gate.noise_std
+        return torch.exp(-0.5 * (x / s) ** 2) / (s * math.sqrt(2 * math.pi))
+    shift = 0.0
+    if isinstance(gate, gatekit.HardConcrete):
+        low, high = gate.stretch
+        shift = gate.tau * math.log(-low / high)
+    p = sigmoid64(x - shift)
+    return p * (1 - p)
+
+
+@given(data=st.data())
+def test_hard_gates_are_the_eval_gates_with_the_open_probability_gradient(dtype_case, data):
+    dtype = dtype_case.dtype
+    x = data.draw(finite_logits(dtype), label="logits")
+    for name, make in ESTIMATORS.items():
+        gate = make().train()  # the mode the gates are asked for in: training
+        xr = x.clone().requires_grad_()
+        out = gate.hard_gates(xr)
+        assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), name
+        assert torch.equal(out.double(), step(x).double()), name  # exactly 0 or 1, as eval
+        (g,) = torch.autograd.grad(out.sum(), xr)
+        assert g.dtype == dtype and torch.isfinite(g).all(), name
+        expected = _open_probability_grad64(name, x.double())
+        tol = {torch.float64: 1e-9, torch.float32: 1e-5}.get(dtype, 1e-2)
+        torch.testing.assert_close(g.double(), expected, rtol=tol, atol=tol, msg=name)
+
+
+def test_hard_gates_check_their_input():
+    with pytest.raises(GatekitError, match="floating"):
+        gatekit.ImprovedSemHash().hard_gates(torch.ones(2, dtype=torch.int64))

@@ -443,6 +443,25 @@ def test_last_probs_are_the_estimators_open_probability_with_a_gradient(estimato
     assert net.last_probs is None  # gates given: no logits, no probabilities
 
 
+@pytest.mark.parametrize("estimator", ["semhash", "st_sigmoid", "gumbel", "hard_concrete"])
+def test_last_eval_gates_are_the_step_of_the_logits_with_a_gradient(estimator):
+    from gatekit.models import resnet20, resnet20_gater
+
+    torch.manual_seed(0)
+    net = gatekit.gate_model(resnet20(), resnet20_gater(), estimator=estimator, init_bias=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    assert net.last_eval_gates is None  # nothing run yet
+    net(x)  # training mode: last_gates are the estimator's training gates
+    eval_gates = net.last_eval_gates
+    assert torch.equal(eval_gates, (net.last_logits.detach() > 0).float())
+    (grad,) = torch.autograd.grad(eval_gates.sum(), net.last_logits)
+    probs = net.estimator.open_probability(net.last_logits)
+    (expected,) = torch.autograd.grad(probs.sum(), net.last_logits)
+    torch.testing.assert_close(grad, expected)
+    net(x, gates=torch.ones(4, net.num_gates))
+    assert net.last_eval_gates is None  # gates given: no logits
+
+
 def test_budget_and_shaping_losses_compile_without_graph_breaks():
     torch._dynamo.reset()
     try:
