@@ -80,10 +80,11 @@ def test_the_budget_counts_the_gates_asked_for(which: str) -> None:
 
 
 def test_inplace_distillation_teaches_with_the_model_at_the_range_top() -> None:
-    """``--inplace-distill``: the teacher is the model itself in eval mode at the range's
-    high end, on the same images (oracle: a copy of the model evaluated so); the trained
-    pass's gates, the training mode and the norms' running statistics are left as they were,
-    and no gradient reaches the teacher's pass."""
+    """``--inplace-distill``: the teacher is the model itself at the range's high end, in
+    training mode with the hard gates evaluation gives, on the same images (oracle: a copy
+    of the model called with those gates); the trained pass's gates, the training mode and
+    every buffer (the norms' running statistics) are left as they were, and no gradient
+    reaches the teacher's pass."""
     import copy
 
     from gaternet_training.distill import inplace_distillation_term
@@ -97,18 +98,19 @@ def test_inplace_distillation_teaches_with_the_model_at_the_range_top() -> None:
     images, b = torch.randn(4, 3, 32, 32), torch.tensor([0.3, 0.5, 0.7, 0.9])
     logits = net(images, budget=b)
     gates = net.last_gates
-    frozen = copy.deepcopy(net).eval()
+    copied = copy.deepcopy(net)
     with torch.no_grad():
-        teacher = frozen(images, budget=0.9)
-    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+        hard = (copied.gate_logits(images, budget=0.9) > 0).float()
+        teacher = copied(images, gates=hard)
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    assert not all(torch.equal(v, dict(copied.named_buffers())[k]) for k, v in buffers.items())
     got = Losses([term])(Step(net, images, logits, 1.0, 10))
     torch.testing.assert_close(got, 2.0 * gatekit.distillation_loss(logits, teacher, 3.0))
     assert net.training and net.last_gates is gates
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+    assert all(torch.equal(v, dict(net.named_buffers())[k]) for k, v in buffers.items())
     got.backward()
     assert net.head.fc2.weight.grad.abs().sum() > 0  # through the student's logits
-    assert Losses([term]).describe()["distillation"] == {
-        "inplace_weight": "2", "inplace_budget": 0.9, "temperature": 3.0}
+    assert Losses([term]).describe()["distillation"]["inplace_budget"] == 0.9
 
 
 @pytest.mark.parametrize(("argv", "message"), [

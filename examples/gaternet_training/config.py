@@ -268,8 +268,8 @@ class RunConfig:
                                       metavar="T")
     inplace_distill: Ramp = flag(
         "distillation", "with --budget-range: in-place distillation (universally slimmable "
-        "networks): the model itself at the range's high end, in eval mode without gradients, "
-        "teaches every sample at its own budget (gatekit.distillation_loss at "
+        "networks): the model itself at the range's high end (training mode, hard gates, "
+        "without gradients) teaches every sample at its own budget (gatekit.distillation_loss at "
         "--distill-temperature, beside any --distill-from teacher; default: 0, off)",
         Ramp(0.0), type=ramp_arg, metavar="W", check=_needs_a_range)
     # run time
