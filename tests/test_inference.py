@@ -958,3 +958,46 @@ def test_tune_batching_needs_both_parts_of_a_skip_compute_backbone():
     for backbone in (SimpleNamespace(run=None), SimpleNamespace(open_channels=None)):
         with pytest.raises(gatekit.GatekitError, match="skip_compute"):
             gatekit.tune_batching(SimpleNamespace(backbone=backbone), fix="union")
+
+
+class _GroupedNet(nn.Module):
+    """Gated at every conv+BN (``"all"``), the middle conv grouped (skip_compute slices no
+    grouped conv: its site stays dense); ``tail=False`` ends at the grouped conv, and no
+    site is live."""
+
+    def __init__(self, tail: bool = True) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.tail = tail
+        self.conv3, self.bn3 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        if self.tail:
+            x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _grouped_net(tail: bool = True) -> gatekit.GaterNet:
+    torch.manual_seed(0)
+    net = gatekit.gate_model(_GroupedNet(tail), resnet20_gater(), sites="all")
+    randomise_batchnorm(net)
+    return net.double().eval()
+
+
+@pytest.mark.parametrize("batching", ["auto", *CANDIDATES])
+def test_a_model_with_nothing_to_skip_runs_in_every_mode(batching):
+    # the grouped conv's site feeds only the classifier: no live site; "auto" counted the
+    # gates of no column and failed in torch.unique before it was handled
+    net = _grouped_net(tail=False)
+    fast = gatekit.skip_compute(net, batching=batching)
+    assert not any(fast.backbone.live)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    gates = random_gates(3, net.num_gates, p=0.5, seed=7)  # three different patterns
+    assert len({tuple(g.tolist()) for g in gates}) == 3
+    torch.testing.assert_close(fast.backbone(x, gates=gates), net.backbone(x, gates=gates))
+    torch.testing.assert_close(fast(x), net(x))

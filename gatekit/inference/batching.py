@@ -157,7 +157,11 @@ class GateCounts(NamedTuple):
         site_of = torch.cat([torch.full((s.num_gates,), i) for i, s in enumerate(sites)]) \
             if sites else torch.zeros(0, dtype=torch.long)
         group = torch.tensor([float(s.group_size) for s in sites], dtype=torch.float64)
-        patterns, sizes = torch.unique(opened[:, columns], dim=0, return_counts=True)
+        if sites:
+            patterns, sizes = torch.unique(opened[:, columns], dim=0, return_counts=True)
+        else:  # nothing to skip: every sample runs one (empty) pattern; unique needs a column
+            patterns = torch.zeros(1, 0, dtype=torch.bool)
+            sizes = torch.tensor([gates.shape[0]])
 
         def per_site(rows: Tensor) -> Tensor:  # (R, gates of live sites) -> (R, S) channels
             out = torch.zeros(rows.shape[0], len(sites), dtype=torch.float64)
