@@ -939,7 +939,25 @@ OPS_PAGE = [
 deploying = on("docs/deploying.rst")
 R50_70 = {"batch": 1, "threads": 1, "open": 0.7}
 
+BLOCKED = "ort_blocked_conv.json"
+
+
+def blocked_span(b: Any, key: str, kernel: int | None = None) -> tuple[str, str]:
+    """The lowest and highest ``key`` ratio of the probe's rows (of one kernel size), as
+    ``1.23x``."""
+    values = [r[key] for r in b["rows"] if kernel is None or r["kernel"] == kernel]
+    return f"{min(values):.2f}x", f"{max(values):.2f}x"
+
+
 DEPLOYING_PAGE = [
+    deploying("medians of {}\ninterleaved calls", BLOCKED,
+              lambda b: (str(b["rounds"] * b["calls"]),)),
+    deploying("the blocked filter given at run time runs at {} to {} of the prepacked constant",
+              BLOCKED, lambda b: blocked_span(b, "blocked_dynamic_over_const")),
+    deploying("where today's gathered weight takes {} to {} of it\non the 3x3 convs and {} to "
+              "{} on the 1x1 convs", BLOCKED,
+              lambda b: (*blocked_span(b, "dynamic_over_const", 3),
+                         *blocked_span(b, "dynamic_over_const", 1))),
     deploying("(at batch 1, 70% open, the union kept {} and ran {} at {} of plain)", EXPORT_UNION,
               lambda e: (f"{row(e, model='resnet50', **R50_70)['kept_share']:.2f}",
                          row(e, model="resnet50", **R50_70)["onnx_branch"],
