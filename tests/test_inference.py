@@ -717,14 +717,23 @@ def _hand_work(net, gates: torch.Tensor, size: int, reduce: str, weights: bool =
     return total if weights else gates.shape[0] * total
 
 
-def test_the_rule_counts_each_mode_s_work_as_counted_by_hand(gated_nets, rule):
+def _one_term_estimates(gated_nets, rule, term: str, gates_of) -> tuple:
+    """The auto rule's estimates for ResNet-20 (every site, groups of 4) with one cost
+    term at 1 and the others 0 (``term``: a :class:`gatekit.inference.ModeCost` field);
+    ``gates_of(net)`` gives the batch's gates.  Returns (net, size, gates, estimates)."""
     net, size = gated_nets("resnet20", "all", 4)
     fast = gatekit.skip_compute(net, batching="auto")
-    mac = {n: gatekit.inference.ModeCost(0.0, 0.0, 0.0, 1.0) for n in CANDIDATES}
-    rule(gatekit.inference.BatchingRule(costs=mac))
-    x = torch.randn(3, 3, size, size, dtype=torch.float64)
-    gates = differing_gates(net, 43)[:3]
-    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    cost = gatekit.inference.ModeCost(**{f: float(f == term)
+                                         for f in gatekit.inference.ModeCost._fields})
+    rule(gatekit.inference.BatchingRule(costs={n: cost for n in CANDIDATES}))
+    gates = gates_of(net)
+    x = torch.randn(gates.shape[0], 3, size, size, dtype=torch.float64)
+    return net, size, gates, fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+
+
+def test_the_rule_counts_each_mode_s_work_as_counted_by_hand(gated_nets, rule):
+    net, size, gates, est = _one_term_estimates(gated_nets, rule, "mac_s",
+                                                lambda net: differing_gates(net, 43)[:3])
     threads = torch.get_num_threads() ** gatekit.inference._rule.THREAD_SCALING
     for mode, reduce in [("union", "union"), ("gather", "max"), ("masked", "all")]:
         assert est[mode] * threads == pytest.approx(_hand_work(net, gates, size, reduce)), mode
@@ -738,14 +747,11 @@ def test_the_rule_counts_each_mode_s_convolution_blocks(gated_nets, rule):
     # conv_s alone: each mode's estimate is its blocks per conv times the conv calls of a
     # pass, counted by hand: one block for union and masked, one per distinct pattern,
     # one group per sample for gather (its grouped convolutions).
-    net, size = gated_nets("resnet20", "all", 4)
-    fast = gatekit.skip_compute(net, batching="auto")
-    rule(gatekit.inference.BatchingRule(
-        costs={n: gatekit.inference.ModeCost(0.0, 1.0, 0.0, 0.0) for n in CANDIDATES}))
-    x = torch.randn(5, 3, size, size, dtype=torch.float64)
-    four = differing_gates(net, 43)
-    gates = torch.cat([four, four[3:]])  # 5 samples, 4 distinct patterns
-    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    def five(net):  # 5 samples, 4 distinct patterns
+        four = differing_gates(net, 43)
+        return torch.cat([four, four[3:]])
+
+    net, _, _, est = _one_term_estimates(gated_nets, rule, "conv_s", five)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.backbone.modules())
     blocks = {"union": 1, "masked": 1, "pattern": 4, "gather": 5}
     assert {m: est[m] for m in blocks} == pytest.approx({m: b * convs for m, b in blocks.items()})
@@ -860,13 +866,8 @@ def test_the_rule_counts_the_weights_each_mode_copies(gated_nets, rule):
     # copy_s alone: union cuts the union's weights once, masked copies none, pattern once
     # per pattern (all three differ here), gather once per sample, padded to the batch's
     # largest open count per site; counted by hand.
-    net, size = gated_nets("resnet20", "all", 4)
-    fast = gatekit.skip_compute(net, batching="auto")
-    rule(gatekit.inference.BatchingRule(
-        costs={n: gatekit.inference.ModeCost(0.0, 0.0, 1.0, 0.0) for n in CANDIDATES}))
-    x = torch.randn(3, 3, size, size, dtype=torch.float64)
-    gates = differing_gates(net, 43)[:3]
-    est = fast.backbone.mode.choose(fast.backbone, x, gates).estimates
+    net, size, gates, est = _one_term_estimates(gated_nets, rule, "copy_s",
+                                                lambda net: differing_gates(net, 43)[:3])
     per_sample = sum(_hand_work(net, gates[i : i + 1], size, "max", weights=True) for i in range(3))
     assert est == pytest.approx({"union": _hand_work(net, gates, size, "union", weights=True),
                                  "masked": 0.0, "pattern": per_sample,
