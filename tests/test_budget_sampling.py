@@ -64,5 +64,5 @@ def test_ends_without_a_range_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     status, err = _main(IMAGENET, [*TINY_STANDIN, "--budget-ends", "0.5",
                                    "--output-dir", str(out)], capsys)
-    assert status == 2 and "--budget-ends 0.5 shapes the budgets" in err, err
+    assert status == 2 and "--budget-ends 0.5 acts on the budgets" in err, err
     assert not out.exists()

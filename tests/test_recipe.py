@@ -202,6 +202,7 @@ def test_run_with_budget_and_batch_shaping_reports_weights_stats_and_flops(
     assert status == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["gate_losses"] == {"l1_weight": "0", "budget": 0.5, "budget_weight": "0:2",
+                                      "budget_gates": "train",
                                       "count_downstream": downstream,
                                       "batch_shaping_weight": "1:0:0.5",
                                       "batch_shaping_prior": [0.7, 0.3]}
