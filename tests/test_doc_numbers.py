@@ -562,6 +562,7 @@ LONG = runs("ablation10k_gated_initbias3_target50_15ep", "ablation10k_plain_15ep
 H100 = tuple(f"resnet20_{kind}_seed{s}" for kind in ("gated", "plain") for s in (0, 1))
 
 results = on("docs/results.rst")
+NESTED = runs("anyb_rank_s0", "anybe_s0", "anybei_s0")  # the one model from the nested ranking
 
 RESULTS_PAGE = [
     # CIFAR-10: gating that pays (the finetune10 runs)
@@ -737,6 +738,15 @@ RESULTS_PAGE = [
                 pct(one_model_beside(p, 0.3)), pct(mean(dedicated_at(p, 0.3045))),
                 pct(one_model_beside(p, 0.4)), pct(mean(dedicated_at(p, 0.386))),
                 pct(one_model_beside(p, 0.565)), pct(mean(dedicated_at(p, 0.56))))),
+    results("at head input 0.3 the three runs keep {} (the ranking start\nalone), {} (with the "
+            "hard-gate term) and {} (with in-place distillation as well) of\nthe backbone's "
+            "FLOPs", NESTED, lambda *rs: tuple(
+                f"{at(before(r), 0.3)['backbone_flops_fraction']:.3f}" for r in rs)),
+    results("({} to\n{} at 0.565, {} to {} at 0.75;", NESTED, lambda *rs: tuple(
+        pct(f(at(before(r), b)["test_error"] for r in rs)) for b in (0.565, 0.75)
+        for f in (min, max))),
+    results("almost no gate is input-dependent (at most {})", NESTED, lambda *rs: (
+        f"{100 * max(p['input_dependent_fraction_1_99'] for r in rs for p in before(r)):.0f}%",)),
     results("collapses: {} at 0.40 and {} at 0.30", run("anyb_rank_s0_calibrated"),
             lambda c: (pct(at(before(c), 0.4)["test_error"]), pct(at(before(c), 0.3)["test_error"]))),
     results("(the same two-conv gater, {} and {}) is {} points better there than the one model",
