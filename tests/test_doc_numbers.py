@@ -745,8 +745,22 @@ RESULTS_PAGE = [
     results("({} to\n{} at 0.565, {} to {} at 0.75;", NESTED, lambda *rs: tuple(
         pct(f(at(before(r), b)["test_error"] for r in rs)) for b in (0.565, 0.75)
         for f in (min, max))),
+    results("the dedicated runs at budget 0.3045 hold {} to {} with the", PARETO, lambda p: tuple(
+        f"{f(d['backbone_flops_fraction'] for d in dedicated_at(p, 0.3045)):.2f}" for f in (min, max))),
     results("almost no gate is input-dependent (at most {})", NESTED, lambda *rs: (
         f"{100 * max(p['input_dependent_fraction_1_99'] for r in rs for p in before(r)):.0f}%",)),
+    results("keeps {} of\nthe backbone at head input 0.3 ({}) and follows the head input from "
+            "0.4 up ({} at\n0.4, {}), but is {} to {} points worse than weight 20 from head input 0.5 up "
+            "({} at\n0.565, {} at 0.75) and, at 0.40 of the FLOPs, behind static pruning ({})",
+            (run("anybw80_s0"), run("anyb_rank_s0"), PARETO), lambda w, r, p: (
+                f"{at(before(w), 0.3)['backbone_flops_fraction']:.3f}",
+                pct(at(before(w), 0.3)["test_error"]),
+                f"{at(before(w), 0.4)['backbone_flops_fraction']:.3f}",
+                pct(at(before(w), 0.4)["test_error"]),
+                *(f"{f(points(at(before(w), b)['test_error'], at(before(r), b)['test_error']) for b in (0.5, 0.565, 0.6, 0.75, 0.9, 1.0)):.1f}"
+                  for f in (min, max)),
+                pct(at(before(w), 0.565)["test_error"]), pct(at(before(w), 0.75)["test_error"]),
+                pct(static_mean(p, 0.4)))),
     results("collapses: {} at 0.40 and {} at 0.30", run("anyb_rank_s0_calibrated"),
             lambda c: (pct(at(before(c), 0.4)["test_error"]), pct(at(before(c), 0.3)["test_error"]))),
     results("(the same two-conv gater, {} and {}) is {} points better there than the one model",
