@@ -435,7 +435,7 @@ class BatchingsDirective(SphinxDirective):
     option_spec: ClassVar[dict[str, Any]] = {"costs": directives.flag}
 
     def run(self) -> list[nodes.Node]:
-        from gatekit.inference import BatchingRule, batching, _rule, skip_compute
+        from gatekit.inference import BatchingRule, _rule, batching, skip_compute
 
         default = inspect.signature(skip_compute).parameters["batching"].default
         modes = list(batching.BATCHINGS.items())
