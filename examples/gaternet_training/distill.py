@@ -12,9 +12,9 @@ sample at the budget it drew, on the same images.  The teacher pass runs under
 ``torch.no_grad`` in training mode, as US-Nets' widest network does: its norms read the
 batch's statistics, and the gates are the hard ones evaluation gives at that budget
 (:meth:`gatekit.Gate.binarize`).  It runs on copies of the buffers, and leaves the norms'
-running statistics and the step's ``last_gates`` as they were.  Not eval mode: while the budgets widen, the
-running statistics are a mixture over budgets and the eval-mode model is far worse than the
-training-mode one (a first run with an eval-mode teacher ended its first epoch at 39%
+running statistics and the step's ``last_gates`` as they were.  Not eval mode: while the
+budgets widen, the running statistics are a mixture over budgets and the eval-mode model is
+far worse than the training-mode one (a first run with an eval-mode teacher ended its first epoch at 39%
 training accuracy, where the same run without it reached 82%).
 """
 
@@ -53,8 +53,7 @@ def distillation_term(config: RunConfig, num_classes: int, device: torch.device)
     """The distillation ``--distill-from`` asks for (None without it); checked before any write."""
     if config.distill_from is None:
         return None
-    if not config.distill_temperature > 0:
-        raise GatekitError(f"--distill-temperature must be > 0, got {config.distill_temperature}")
+    temperature = _temperature(config)
     path = Path(config.distill_from)
     state, _ = read_state_dict(path, flag="--distill-from")
     teacher = models.backbone(config, num_classes)
@@ -62,7 +61,7 @@ def distillation_term(config: RunConfig, num_classes: int, device: torch.device)
     teacher = teacher.to(device).eval().requires_grad_(False)
     if config.channels_last_on:
         teacher = teacher.to(memory_format=torch.channels_last)
-    return distillation(teacher, config.distill_weight, float(config.distill_temperature), str(path))
+    return distillation(teacher, config.distill_weight, temperature, str(path))
 
 
 class _AtBudget(nn.Module):
@@ -106,7 +105,12 @@ def inplace_distillation_term(config: RunConfig) -> Term | None:
     if config.budget_range is None:
         raise GatekitError("--inplace-distill needs --budget-range LO:HI: its teacher is the "
                            "model at the range's high end")
+    return inplace_distillation(config.inplace_distill, _temperature(config),
+                                float(config.budget_range.high))
+
+
+def _temperature(config: RunConfig) -> float:
+    """``--distill-temperature``, checked (both distillation terms read it)."""
     if not config.distill_temperature > 0:
         raise GatekitError(f"--distill-temperature must be > 0, got {config.distill_temperature}")
-    return inplace_distillation(config.inplace_distill, float(config.distill_temperature),
-                                float(config.budget_range.high))
+    return float(config.distill_temperature)

@@ -15,8 +15,8 @@ gated run (:func:`gate_terms`):
 - ``--batch-shaping``: each gate's open probability over the batch pulled to a Beta prior
   (:func:`gatekit.batch_shaping_loss` on :attr:`gatekit.GaterNet.last_probs`).
 
-The first three act on the gates the estimator gave (``last_gates``), or, the budget terms
-with ``--budget-gates eval``, on the hard gates evaluation keeps (``last_eval_gates``);
+The first three act on the gates the estimator gave (``last_gates``); the budget terms, with
+``--budget-gates eval`` or ``both``, on the hard gates evaluation keeps (``last_eval_gates``);
 batch shaping on the open probabilities, whose gradient does not vanish where the
 estimator saturates.
 Distillation from a teacher (``--distill-from``, :mod:`.distill`) is one more term, which
@@ -126,14 +126,7 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
                           lambda s: gatekit.target_rate_loss(s.gates, rate),
                           {"target_rate": rate,
                            "target_rate_weight": str(config.target_rate_weight)}))
-    # --budget-gates: the gates the budget counts, the training ones or those eval keeps
-    def budget_loss(s: Step, costs: Tensor, budget: float | Tensor) -> Tensor:
-        loss = s.gates.new_zeros((), dtype=torch.float32)
-        if config.budget_gates in ("train", "both"):
-            loss = loss + gatekit.flops_budget_loss(s.gates, costs, budget)
-        if config.budget_gates in ("eval", "both"):
-            loss = loss + gatekit.flops_budget_loss(s.eval_gates, costs, budget)
-        return loss
+    which = config.budget_gates
     budget = config.budget
     if budget is not None:
         if not all(0.0 <= v <= 1.0 for v in (budget.start, budget.end) if v is not None):
@@ -142,7 +135,7 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
         costs = _costs(model, image_size, device, config.count_downstream)
         terms.append(Term(
             "budget", config.budget_weight,
-            lambda s: budget_loss(s, costs, budget.at(s.epoch, s.epochs)),
+            lambda s: _budget_loss(which, s, costs, budget.at(s.epoch, s.epochs)),
             # a constant budget stays a number in results.json; a moving one is its A:B:K
             {"budget": budget.start if budget.end is None else str(budget),
              "budget_weight": str(config.budget_weight),
@@ -157,7 +150,7 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
         terms.append(Term(
             "budget", config.budget_weight,
             # each sample held to the budget it was given (GaterNet.last_budget)
-            lambda s: budget_loss(s, costs, s.model.last_budget),
+            lambda s: _budget_loss(which, s, costs, s.model.last_budget),
             {"budget_range": str(budget_range), "budget_ends": config.budget_ends,
              "budget_weight": str(config.budget_weight),
              "budget_gates": config.budget_gates,
@@ -169,6 +162,17 @@ def gate_terms(config: RunConfig, model: nn.Module, image_size: int,
                           {"batch_shaping_weight": str(shaping),
                            "batch_shaping_prior": list(prior)}))
     return terms
+
+
+def _budget_loss(which: str, step: Step, costs: Tensor, budget: float | Tensor) -> Tensor:
+    """:func:`gatekit.flops_budget_loss` on the gates ``--budget-gates`` names: the training
+    gates, the hard gates evaluation keeps, or both terms summed."""
+    if which == "train":
+        return gatekit.flops_budget_loss(step.gates, costs, budget)
+    loss = gatekit.flops_budget_loss(step.eval_gates, costs, budget)
+    if which == "both":
+        loss = loss + gatekit.flops_budget_loss(step.gates, costs, budget)
+    return loss
 
 
 def _costs(model: nn.Module, image_size: int, device: torch.device, downstream: bool) -> Tensor:
