@@ -7,11 +7,20 @@
   :func:`torch.export.save` as ``.pt2``) whose images keep different filters on the
   union path, per image, or whichever is cheaper per call (``batching``);
 - :func:`export_onnx`: the program as an ONNX file for ONNX Runtime
-  (``pip install "gatekit[export]"``).
+  (``pip install "gatekit[export]"``), its sliced convs optionally in ONNX Runtime's
+  blocked NCHWc layout (``nchwc_block``, ``_nchwc``).
 """
 
 from ._api import export_onnx, export_program
-from ._net import BATCHING, BATCHINGS, DENSE_ABOVE, GATHER_COST, ExportGaterNet, exportable
+from ._net import (
+    BATCHING,
+    BATCHINGS,
+    DENSE_ABOVE,
+    GATHER_COST,
+    NCHWC_BLOCKS,
+    ExportGaterNet,
+    exportable,
+)
 
-__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "ExportGaterNet", "export_onnx",
-           "export_program", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS", "ExportGaterNet",
+           "export_onnx", "export_program", "exportable"]

@@ -20,6 +20,7 @@ from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference.common import SiteRoute, check_eval_net
+from ._nchwc import onnx_translations
 from ._net import BATCHING, DENSE_ABOVE, UNION, check_batching, exportable
 
 __all__ = ["export_onnx", "export_program"]
@@ -35,6 +36,10 @@ DENSE_ABOVE_KEY = "gatekit.dense_above"
 
 #: Where :func:`export_onnx` records the ``batching`` the file runs (JSON: a string).
 BATCHING_KEY = "gatekit.batching"
+
+#: Where :func:`export_onnx` records the NCHWc block its blocked sites need (JSON: a number,
+#: or null when no site runs blocked).
+NCHWC_BLOCK_KEY = "gatekit.nchwc_block"
 
 _INSTALL = 'pip install "gatekit[export]"'
 
@@ -138,8 +143,8 @@ def export_program(
 
 def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *,
             opaque_convs: bool = False, dense_above: float | None = DENSE_ABOVE,
-            batching: str | None = None
-            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...], str]:
+            batching: str | None = None, nchwc_block: int | None = None
+            ) -> tuple[torch.export.ExportedProgram, tuple[SiteRoute, ...], str, int | None]:
     _check_net(net, fn)
     if batching is None:
         batching = UNION if opaque_convs else BATCHING
@@ -147,7 +152,7 @@ def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *
     args = _example_args(net, example, budget, fn)
     batch_one = not dynamic_batch and example.shape[0] == 1
     ready = exportable(net, example, batch_one=batch_one, opaque_convs=opaque_convs,
-                       dense_above=dense_above, batching=batching)
+                       dense_above=dense_above, batching=batching, nchwc_block=nchwc_block)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] == 1:
@@ -157,7 +162,7 @@ def _export(net: Any, example: Any, budget: Any, dynamic_batch: bool, fn: str, *
         names = ("x", "budget")[: len(args)]
         dynamic_shapes = {name: {0: batch} for name in names}
     program = torch.export.export(ready, args, dynamic_shapes=dynamic_shapes, strict=False)
-    return program, ready.routes, ready.batching
+    return program, ready.routes, ready.batching, ready.nchwc_block
 
 
 def _require(modules: tuple[str, ...], fn: str) -> None:
@@ -181,6 +186,7 @@ def export_onnx(
     opset: int = OPSET,
     dense_above: float | None = DENSE_ABOVE,
     batching: str | None = None,
+    nchwc_block: int | None = None,
 ) -> tuple[SiteRoute, ...]:
     """Export an eval-mode GaterNet to an ONNX file that still skips per image.
 
@@ -200,6 +206,15 @@ def export_onnx(
     subgraph holds itself: with outer-scope weights the dense branch ran about 1.3x
     slower).  ``"gatekit.dense_above"`` in the metadata records the share.
 
+    ``nchwc_block`` (None, 8 or 16: ONNX Runtime's channel block on the machine that will
+    run the file, 16 with AVX-512, 8 with AVX2; see :data:`gatekit.export.NCHWC_BLOCKS`)
+    runs the sliced convs of sites gated in whole blocks (``group_size`` a multiple of it)
+    as ONNX Runtime's ``com.microsoft.nchwc`` ``Conv`` on blocks of a weight kept in its
+    blocked layout, at the runtime's prepacked rate: the file then runs in ONNX Runtime
+    only, and where the runtime's block differs, every call takes the dense branch.
+    Union batching only.  ``"gatekit.nchwc_block"`` in the metadata records it (null:
+    no site runs blocked).
+
     >>> import tempfile, os, torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
     >>> net = gatekit.gate_model(resnet20(), conv_gater(), sites="inner").eval()
@@ -216,13 +231,18 @@ def export_onnx(
     """
     fn = "gatekit.export_onnx"
     _require(("onnx", "onnxscript"), fn)
-    program, routes, batching = _export(net, example, budget, dynamic_batch, fn,
-                                        dense_above=dense_above, batching=batching)
+    if nchwc_block is not None and batching is None:
+        batching = UNION
+    program, routes, batching, block = _export(
+        net, example, budget, dynamic_batch, fn, dense_above=dense_above, batching=batching,
+        nchwc_block=nchwc_block)
     names = ["image", "budget"] if net.budget_input else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
         opset_version=opset, verbose=False, optimize=True,
+        custom_translation_table=onnx_translations() if block is not None else None,
     )
+    onnx_program.model.metadata_props[NCHWC_BLOCK_KEY] = json.dumps(block)
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
     onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
     onnx_program.model.metadata_props[BATCHING_KEY] = json.dumps(batching)

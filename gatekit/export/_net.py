@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.nn import functional as F
 
 from .._errors import GatekitError
 from ..costs import gate_costs
@@ -53,9 +54,11 @@ from ..inference.plan import plan_sites
 from ..inference.rewrite import rewrite
 from ..sites import GateSite
 from ._gather import per_image_conv, per_image_weight, site_masks, site_rows
+from ._nchwc import blocked_filter, nchwc_block, nchwc_conv, nchwc_reorder_in, nchwc_reorder_out
 from ._ops import conv_weights, sliced_conv
 
-__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "ExportGaterNet", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS", "ExportGaterNet",
+           "exportable"]
 
 #: The batchings an exported graph runs (the ``batching`` argument of
 #: :func:`gatekit.exportable`, :func:`gatekit.export_program`, :func:`gatekit.export_onnx`):
@@ -132,12 +135,35 @@ class ExportConv(nn.Module):
         self._conv = CONV_FUNCTIONS[len(skip.kernel_size) - 1]
         #: Run as the opaque ``gatekit::sliced_conv`` op (for AOTInductor) or inline.
         self.opaque = False
+        #: The NCHWc channel block when the conv runs blocked (see :meth:`use_blocks`).
+        self.block: int | None = None
+
+    def use_blocks(self, block: int) -> None:
+        """Run blocked (``gatekit/export/_nchwc.py``): the weight becomes
+        ``(O/B [+ 1], I/B [+ 1], kh, kw, B, B)`` with a zero block appended on each cut side
+        (for the index of a site with no open block) and the bias ``(O/B [+ 1], B)``; a cut
+        input arrives blocked and a cut output leaves blocked."""
+        weight = self.weight.transpose(0, 1) if self.in_major else self.weight
+        out_c, in_c = self.out_channels, self.in_channels
+        blocked = blocked_filter(weight[:out_c, :in_c], block)
+        ob, ib = blocked.shape[:2]
+        padded = blocked.new_zeros(ob + int(self.cut_out), ib + int(self.in_sliced),
+                                   *blocked.shape[2:])
+        padded[:ob, :ib] = blocked
+        self.weight = padded
+        if self.bias is not None:
+            bias = self.bias[:out_c].reshape(ob, block)
+            self.bias = torch.cat([bias, bias.new_zeros(1, block)]) if self.cut_out else bias
+        self.in_major = False
+        self.block = block
 
     def forward(self, x: Tensor, channels: OpenChannels, out_site: int | None = None,
                 in_site: int | None = None, residual: Tensor | None = None) -> Tensor:
         # The rewrite passes out_site exactly when outputs are cut, in_site when the input is.
         out_idx = channels.index[out_site] if self.cut_out else None
         in_idx = channels.index[in_site] if self.in_sliced else None
+        if self.block is not None:
+            return self._blocked(x, channels, out_site, out_idx, in_idx, residual)
         if channels.per_image and (out_idx is not None or in_idx is not None):
             return self._per_image(x, channels, out_site, out_idx, in_idx, residual)
         if self.opaque:
@@ -154,6 +180,35 @@ class ExportConv(nn.Module):
         index = out_idx.clamp(max=self.out_channels - 1)
         return self._finish(y, channels.masks[out_site], residual,
                             lambda target, v: target.index_add(1, index, v))
+
+    def _blocked(self, x: Tensor, channels: OpenChannels, out_site: int | None,
+                 out_idx: Tensor | None, in_idx: Tensor | None,
+                 residual: Tensor | None) -> Tensor:
+        """The blocked path: ``out_idx`` and ``in_idx`` are open *blocks*; whole ``B x B``
+        blocks of the weight are gathered, a cut input arrives blocked, a cut output leaves
+        blocked with each image's gates applied, a full one is reordered back."""
+        block = self.block
+        if in_idx is None:
+            x = nchwc_reorder_in(x, block)
+        w, b = self.weight, self.bias
+        if out_idx is not None and in_idx is not None:
+            flat = (out_idx.unsqueeze(1) * w.shape[1] + in_idx.unsqueeze(0)).flatten()
+            w = w.flatten(0, 1).index_select(0, flat).view(
+                out_idx.shape[0], in_idx.shape[0], *w.shape[2:])
+        elif out_idx is not None:
+            w = w.index_select(0, out_idx)
+        elif in_idx is not None:
+            w = w.index_select(1, in_idx)
+        if b is not None:
+            b = (b if out_idx is None else b.index_select(0, out_idx)).flatten()
+        y = nchwc_conv(x, w, b, list(self.stride), list(self.padding), list(self.dilation))
+        if out_idx is None:
+            y = nchwc_reorder_out(y, self.out_channels)
+            return y if residual is None else residual + y
+        mask = channels.masks[out_site]  # (N, K, B): each image's gates of the open blocks
+        if mask is not None:
+            y = y * mask.view(mask.shape[0], mask.shape[1], 1, 1, block)
+        return y
 
     def _finish(self, y: Tensor, mask: Tensor | None, residual: Tensor | None,
                 scatter: Any) -> Tensor:
@@ -187,9 +242,10 @@ class ExportConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size="
-                f"{tuple(self.weight.shape[2:])}, stride={self.stride}, "
+                f"{tuple(self.weight.shape[2:4])}, stride={self.stride}, "
                 f"out_mode={self.out_mode!r}, in_sliced={self.in_sliced}, "
-                f"in_major={self.in_major}")
+                f"in_major={self.in_major}" + ("" if self.block is None
+                                               else f", block={self.block}"))
 
 
 class ExportBackbone(nn.Module):
@@ -197,11 +253,15 @@ class ExportBackbone(nn.Module):
     into each site's channel index (the union over the batch) in the graph and runs."""
 
     def __init__(self, graph_module: fx.GraphModule, sites: tuple[GateSite, ...],
-                 live: list[bool], *, union: bool, masked: bool, binary: bool = True):
+                 live: list[bool], *, union: bool, masked: bool, binary: bool = True,
+                 blocks: list[int | None] | None = None):
         super().__init__()
         self.graph_module = graph_module
         self.sites = sites
         self.live = list(live)
+        #: Per site, its NCHWc block when its convs run blocked (its index is then open
+        #: blocks, its masks ``(N, K, B)``), else None.
+        self.blocks = list(blocks) if blocks is not None else [None] * len(sites)
         self.union = union
         self.masked = masked
         #: The gates are exactly 0 or 1 (a :class:`~gatekit.estimators.Gate`'s): the
@@ -213,19 +273,24 @@ class ExportBackbone(nn.Module):
         is_open = (gates != 0).any(0) if self.union else gates[0] != 0
         index: list[Tensor | None] = []
         masks: list[Tensor | None] = []
-        for site, live in zip(self.sites, self.live):
+        for site, live, block in zip(self.sites, self.live, self.blocks):
             if not live:
                 index.append(None)
                 masks.append(None)
                 continue
             chunk = per_channel(is_open[site.offset : site.stop], site.group_size)
+            if block is not None:  # whole blocks (group_size is a multiple of the block)
+                chunk = chunk.view(-1, block).any(1)
             idx = torch.cat([chunk, ~chunk.any(0, keepdim=True)]).nonzero().squeeze(1)
             index.append(idx)
             if not self.masked:
                 masks.append(None)
                 continue
             values = per_channel(gates[:, site.offset : site.stop], site.group_size)
-            values = torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)
+            pad = 1 if block is None else block
+            values = torch.cat([values, values.new_zeros(values.shape[0], pad)], 1)
+            if block is not None:
+                values = values.view(values.shape[0], -1, block)
             masks.append(values.index_select(1, idx))
         return OpenChannels(index, masks)
 
@@ -283,9 +348,12 @@ class ExportGaterNet(nn.Module):
     def __init__(self, net: GaterNet, routes: list[SiteRoute], *,
                  dense: nn.Module | None = None, share: Tensor | None = None,
                  dense_above: float | None = None, batching: str = UNION,
-                 gather_cost: float = 1.0):
+                 gather_cost: float = 1.0, nchwc_block: int | None = None):
         super().__init__()
         self.net = net
+        #: The NCHWc block the blocked sites were made for (None: none blocked); a runtime
+        #: with another block runs the dense branch.
+        self.nchwc_block = nchwc_block
         self.routes = tuple(routes)
         self.budget_input = net.budget_input
         self.dense = dense
@@ -310,8 +378,10 @@ class ExportGaterNet(nn.Module):
         gates = self.net.estimator(logits)
         if self.dense is None:
             return self._sliced(x, gates)
-        return torch.cond(self.sliced_share(gates) > self.dense_above, self._dense,
-                          self._sliced, (x, gates))
+        dense = self.sliced_share(gates) > self.dense_above
+        if self.nchwc_block is not None:
+            dense = dense | (nchwc_block(x, self.nchwc_block) != self.nchwc_block)
+        return torch.cond(dense, self._dense, self._sliced, (x, gates))
 
     def kept_share(self, gates: Tensor) -> Tensor:
         """The share of the skippable FLOPs that a batch with ``gates`` computes on the
@@ -361,13 +431,14 @@ class ExportGaterNet(nn.Module):
     def extra_repr(self) -> str:
         counts = ", ".join(f"{m}={sum(r.mode == m for r in self.routes)}"
                            for m in (SLICED, SCATTER, DENSE))
+        blocked = "" if self.nchwc_block is None else f", nchwc_block={self.nchwc_block}"
         return (f"budget_input={self.budget_input}, {counts}, batching={self.batching!r}, "
-                f"dense_above={self.dense_above}")
+                f"dense_above={self.dense_above}{blocked}")
 
 
 def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool = False,
                opaque_convs: bool = False, dense_above: float | None = None,
-               batching: str = UNION) -> ExportGaterNet:
+               batching: str = UNION, nchwc_block: int | None = None) -> ExportGaterNet:
     """A copy of an eval-mode ``net`` ready for :func:`torch.export.export`: the gater,
     head, hard gates and compute skipping all in the graph (see :class:`ExportGaterNet`).
 
@@ -383,7 +454,10 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     :func:`gatekit.export_program`; union batching only).  ``dense_above`` (a share in
     [0, 1], None: no branch) adds the dense branch: a batch whose sliced path keeps more
     than that share of the skippable FLOPs runs every filter, masked; the shares are
-    costed at ``example``'s size, which it then needs.  ``net`` is not modified.
+    costed at ``example``'s size, which it then needs.  ``nchwc_block`` (8 or 16; None:
+    off) runs the sliced convs of every site that allows it in ONNX Runtime's blocked NCHWc
+    layout (see :data:`NCHWC_BLOCKS`; union batching and a dense branch needed).  ``net``
+    is not modified.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -403,14 +477,19 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     batching = check_batching(batching, fn, opaque_convs=opaque_convs)
     if batch_one:
         batching = UNION  # one sample: every mode computes exactly its filters
+    check_nchwc_block(nchwc_block, fn, batching=batching, opaque_convs=opaque_convs,
+                      dense_above=dense_above)
     share = _shares(net, example, dense_above, batching)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, fn)
+    candidates = set() if nchwc_block is None else _block_candidates(graph, plans, nchwc_block)
     rewrite(graph, plans, layout=False)  # an exported graph's layout is the runtime's choice
     _to_export_convs(graph)
     for module in graph.modules():
         if isinstance(module, ExportConv):
             module.opaque = opaque_convs
+    blocked = _use_blocks(graph, candidates, nchwc_block) if candidates else set()
+    blocks = [nchwc_block if p.index in blocked else None for p in plans]
     live = [p.mode != DENSE for p in plans]
     # A Gate's eval-mode gates are exactly 0 or 1 (its contract: binarize): then a single
     # image needs no gate multiply at a sliced site (its closed filters are not computed),
@@ -418,14 +497,103 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     binary = isinstance(net.estimator, Gate)
     masked = not (batch_one and binary)
     backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked,
-                              binary=binary)
+                              binary=binary, blocks=blocks)
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
     dense = None if dense_above is None else copy.deepcopy(net.backbone).eval()
     routes = [p.route(batching, _DENSE_NOTE) for p in plans]
     ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above,
-                           batching=batching, gather_cost=GATHER_COST)
+                           batching=batching, gather_cost=GATHER_COST,
+                           nchwc_block=nchwc_block if blocked else None)
     return ready.eval()
+
+
+#: The NCHWc channel blocks of ONNX Runtime's x86 CPU kernels (8 with AVX2, 16 with
+#: AVX-512): ``nchwc_block`` of :func:`gatekit.exportable` and :func:`gatekit.export_onnx`.
+#: The file then runs in ONNX Runtime alone (``com.microsoft.nchwc`` operators), and its
+#: blocked path only where the runtime's block is the same: elsewhere every call takes the
+#: dense branch (correct, not faster).  Sites whose ``group_size`` is a multiple of the
+#: block, sliced (not scatter), between 2-d convs whose channel counts are multiples of the
+#: block, with only element-wise ops between them, run blocked; the rest as before.
+NCHWC_BLOCKS = (8, 16)
+
+
+def check_nchwc_block(block: Any, fn: str, *, batching: str, opaque_convs: bool,
+                      dense_above: float | None) -> None:
+    """A :class:`GatekitError` unless ``block`` is None or one of :data:`NCHWC_BLOCKS` with
+    what the blocked path needs (union batching, no opaque convs, a dense branch)."""
+    if block is None:
+        return
+    if isinstance(block, bool) or block not in NCHWC_BLOCKS:
+        raise GatekitError(
+            f"{fn} expects nchwc_block to be None or one of {NCHWC_BLOCKS} (ONNX Runtime's "
+            f"channel block on the machine that runs the file: 16 with AVX-512, 8 with "
+            f"AVX2), got {block!r}")
+    if batching != UNION or opaque_convs:
+        got = "for_inductor=True" if opaque_convs else f"batching={batching!r}"
+        raise GatekitError(
+            f"{fn} runs nchwc_block={block} with batching={UNION!r} for ONNX Runtime only "
+            f"(its sliced convs compute one set of blocks per batch), got {got}; pass "
+            f"batching={UNION!r} and for_inductor=False, or nchwc_block=None")
+    if dense_above is None:
+        raise GatekitError(
+            f"{fn} with nchwc_block={block} needs a dense branch (dense_above a share in [0, "
+            f"1]): a runtime whose block is not {block} runs that branch instead of reading "
+            f"the blocked weights wrongly; got dense_above=None")
+
+
+_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                 nn.AvgPool3d)
+_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+                   F.avg_pool3d}
+
+
+def _block_candidates(gm: fx.GraphModule, plans: list[Any], block: int) -> set[int]:
+    """Sites that can run blocked on their own: sliced, gates in groups that are whole
+    blocks, a 2-d producer and consumer, element-wise ops between (no pooling, which a
+    blocked tensor cannot run)."""
+    out: set[int] = set()
+    for plan in plans:
+        if plan.mode != SLICED or plan.site.group_size % block:
+            continue
+        convs = [gm.get_submodule(n.target) for n in (plan.conv, plan.consumer)]
+        if any(not isinstance(c, nn.Conv2d) for c in convs):
+            continue
+        if any((n.op == "call_module" and isinstance(gm.get_submodule(n.target), _POOL_MODULES))
+               or (n.op == "call_function" and n.target in _POOL_FUNCTIONS)
+               for n in plan.chain):
+            continue
+        out.add(plan.index)
+    return out
+
+
+def _use_blocks(gm: fx.GraphModule, candidates: set[int], block: int) -> set[int]:
+    """Switch to the blocked path every conv whose cut sides are all blocked sites, keeping
+    a site blocked only while its producer and consumer both can run blocked (a conv's
+    full side needs a channel count that is a multiple of the block); returns the sites."""
+    calls = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ExportConv):
+            conv = gm.get_submodule(node.target)
+            out_site = node.args[2] if conv.cut_out else None
+            in_site = node.args[3] if conv.in_sliced else None
+            calls.append((conv, out_site, in_site))
+    sites = set(candidates)
+    while True:
+        drop = set()
+        for conv, out_site, in_site in calls:
+            cut = [s for s in (out_site, in_site) if s is not None]
+            full_ok = ((out_site is not None or conv.out_channels % block == 0)
+                       and (in_site is not None or conv.in_channels % block == 0))
+            if cut and (not full_ok or not all(s in sites for s in cut)):
+                drop.update(s for s in cut if s in sites)
+        if not drop:
+            break
+        sites -= drop
+    for conv, out_site, in_site in calls:
+        if any(s is not None and s in sites for s in (out_site, in_site)):
+            conv.use_blocks(block)
+    return sites
 
 
 def check_batching(batching: Any, fn: str, *, opaque_convs: bool = False) -> str:
