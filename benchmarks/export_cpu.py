@@ -18,6 +18,15 @@ one variant's idle threads do not slow the next one's call):
 - ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet with
   ``batching="pattern"`` (the default when the committed results were measured), gater
   included;
+- with ``--nchwc-block B`` (and ``--batching union --group-size`` a multiple of ``B``),
+  ``onnx_gaternet`` is the export's blocked path (``nchwc_block``): ResNet-50's sliced
+  convs as ONNX Runtime's NCHWc ``Conv`` on gathered ``B x B`` weight blocks; compare it
+  with ``--compare union`` (the same model, gathered weights in the plain layout).  The
+  blocked grid::
+
+      python -m benchmarks.export_cpu --models resnet50 --group-size 16 --nchwc-block 16 \
+          --batching union --compare union --out benchmarks/results/export_cpu_nchwc.json
+
 - with ``--aoti``, ``aoti_gaternet``: :func:`gatekit.export_program` with
   ``for_inductor=True``, compiled and loaded by AOTInductor.
 
@@ -91,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batching", default="auto", choices=["union", "gather", "auto"],
                    help="export_onnx's batching (default: auto, as the committed grid was "
                         "measured)")
+    p.add_argument("--group-size", type=int, default=1,
+                   help="ResNet-50's gates switch this many adjacent channels (default 1)")
+    p.add_argument("--nchwc-block", type=int, default=None, choices=gatekit.export.NCHWC_BLOCKS,
+                   help="export onnx_gaternet with export_onnx's nchwc_block (the blocked "
+                        "path; needs --batching union and a --group-size multiple of it)")
     p.add_argument("--onnx-dir", type=Path, default=None,
                    help="keep the exported ONNX files here and reuse those already there "
                         "(default: a temporary folder, exported afresh)")
@@ -177,15 +191,19 @@ def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
     batching = args.batching or gatekit.export.BATCHING
     folder = tmp if args.onnx_dir is None else args.onnx_dir
     folder.mkdir(parents=True, exist_ok=True)
+    block = args.nchwc_block if name == "resnet50" else None
+    blocked = "" if block is None else f"_nchwc{block}"
+    if name == "resnet50" and args.group_size != 1:
+        name = f"{name}g{args.group_size}"  # a file name part: not the files of group size 1
     stem = f"{name}_{tag}_{example.shape[-1]}px_opset{args.opset}_dense{args.dense_above}"
     paths = {"onnx_plain": folder / f"{stem}_plain.onnx",
-             "onnx_gaternet": folder / f"{stem}_{batching}.onnx"}
+             "onnx_gaternet": folder / f"{stem}_{batching}{blocked}.onnx"}
     for mode in args.compare:
-        if mode != batching:
+        if mode != batching or blocked:
             paths[f"onnx_{mode}"] = folder / f"{stem}_{mode}.onnx"
     if not paths["onnx_plain"].is_file():
         sibling = next(iter(sorted(folder.glob(f"{name}_*_{stem.split('_', 2)[2]}_plain.onnx"))),
-                       None) if args.onnx_dir is not None and name == "resnet50" else None
+                       None) if args.onnx_dir is not None and name.startswith("resnet50") else None
         if sibling is not None:  # the same seed, the same plain ResNet-50 at every --open
             import onnx
 
@@ -196,20 +214,24 @@ def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
     for key, mode in (("onnx_gaternet", batching), ("onnx_union", "union"),
                       ("onnx_gather", "gather"), ("onnx_auto", "auto")):
         if key in paths and not paths[key].is_file():
-            sibling = next(iter(sorted(folder.glob(f"{name}_*_{stem.split('_', 2)[2]}_{mode}.onnx"))),
-                           None) if args.onnx_dir is not None else None
-            if sibling is not None and name == "resnet50":
+            suffix = blocked if key == "onnx_gaternet" else ""
+            sibling = next(iter(sorted(folder.glob(
+                f"{name}_*_{stem.split('_', 2)[2]}_{mode}{suffix}.onnx"))),
+                None) if args.onnx_dir is not None else None
+            if sibling is not None and name.startswith("resnet50"):
                 rebias(sibling, paths[key], net)
             else:
                 gatekit.export_onnx(net, example, paths[key], opset=args.opset,
-                                    dense_above=args.dense_above, batching=mode)
+                                    dense_above=args.dense_above, batching=mode,
+                                    nchwc_block=block if key == "onnx_gaternet" else None)
     import onnx
 
     stored = {p.key: p.value for p in onnx.load(str(paths["onnx_gaternet"])).metadata_props}
     routes = [gatekit.inference.SiteRoute(**r) for r in json.loads(stored["gatekit.routes"])]
     ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0,
-                               batching=batching)
-    return {"paths": paths, "routes": routes, "ready": ready, "batching": batching}
+                               batching=batching, nchwc_block=block)
+    return {"paths": paths, "routes": routes, "ready": ready, "batching": batching,
+            "nchwc_block": ready.nchwc_block}
 
 
 def rebias(source: Path, target: Path, net: gatekit.GaterNet) -> None:
@@ -281,7 +303,7 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
                 gates = net.estimator(net.gate_logits(x))
             row = {"model": name, "open": label, "batch": batch, "threads": threads,
                    "open_fraction": open_fractions(net, x),
-                   "batching": exported["batching"],
+                   "batching": exported["batching"], "nchwc_block": exported["nchwc_block"],
                    **branch_taken(ready, gates, args.dense_above),
                    "median_ms": medians,
                    "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
@@ -374,7 +396,13 @@ def write(args: argparse.Namespace, report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.nchwc_block is not None and (args.batching != "union"
+                                         or args.group_size % args.nchwc_block):
+        p.error(f"--nchwc-block {args.nchwc_block} needs --batching union and a --group-size "
+                f"that is a multiple of it, got --batching {args.batching} --group-size "
+                f"{args.group_size}")
     if args.quick:
         args.size, args.gater_size, args.threads, args.open = 64, 32, [1], [0.5]
         args.batches, args.cifar_batches, args.repeats = [1, 2], [1, 2], 3
@@ -406,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
                     gater = cpu_timing.resnet18_trunk(args.gater_size)
                     cpu_timing.randomise_batchnorm(plain)
                     cpu_timing.randomise_batchnorm(gater)
-                    net = gatekit.gate_model(plain, gater, sites="inner").eval()
+                    net = gatekit.gate_model(plain, gater, sites="inner",
+                                             group_size=args.group_size).eval()
                     set_open_fraction(net, fraction, args.size, args.seed)
                     x = torch.randn(max(args.batches), 3, args.size, args.size, generator=gen)
                     if args.profile:
