@@ -229,6 +229,15 @@ EXPORT = "export_cpu.json"
 EXPORT_UNION = "export_cpu_union.json"
 EXPORT_AOTI = "export_cpu_aoti.json"
 EXPORT_DENSE = "export_cpu_resnet20_dense.json"
+#: The blocked path (``nchwc_block``) on ResNet-50 with gates in groups of 16.
+EXPORT_NCHWC = "export_cpu_nchwc.json"
+EXPORT_NCHWC_PROFILE = "export_cpu_nchwc_profile.json"
+
+
+def nchwc(e: Any, open_: float, variant: str = "onnx_gaternet", threads: int = 1,
+          batch: int = 1) -> str:
+    """The blocked grid (ResNet-50, gates in groups of 16): plain over ``variant``."""
+    return x(onnx(e, variant, model="resnet50", open=open_, threads=threads, batch=batch))
 
 
 def onnx(data: Any, variant: str = "onnx_gaternet", **where: Any) -> float:
@@ -542,6 +551,8 @@ README = [
            "per image, `\"auto\"`) {} at 50% open",
            EXPORT, lambda e: (r50(e, 0.3)[0], r50(e, 0.5)[0], r50(e, 0.7)[0],
                               r50(e, 0.5, batch=8)[0])),
+    readme("ResNet-50 at 50% open, batch 1, {} against {} for the same model on gathered "
+           "weights", EXPORT_NCHWC, lambda e: (nchwc(e, 0.5), nchwc(e, 0.5, "onnx_union"))),
     readme("the trained ResNet-20 {}, though {} faster than eager skipping at batch 1",
            EXPORT, lambda e: (r20(e, batch=1, threads=1), r20_vs_eager(e, 1))),
     # "Does the fused gated conv pay on a GPU?"
@@ -973,7 +984,33 @@ def blocked_span(b: Any, key: str, kernel: int | None = None) -> tuple[str, str]
     return f"{min(values):.2f}x", f"{max(values):.2f}x"
 
 
+def nchwc_op(p: Any, *ops: str) -> str:
+    """ms per run of the blocked export's nodes of ``ops`` in the profile, summed."""
+    by_op = p["profile"]["onnx_gaternet"]["node_ms_per_run_by_op"]
+    return f"{sum(by_op[o] for o in ops):.1f}"
+
+
 DEPLOYING_PAGE = [
+    deploying("plain ResNet-50, batch 1, one thread: {} ms", EXPORT_NCHWC,
+              lambda e: (ms(e, "onnx_plain", 1, model="resnet50", open=0.5, threads=1,
+                            batch=1),)),
+    deploying("the blocked export runs at {} of plain at 30% open\nand {} at 50% open, where the "
+              "same model's export on gathered weights runs at {} and\n{}; at two threads, {} "
+              "and {} (gathered: {} and {})", EXPORT_NCHWC, lambda e: (
+                  nchwc(e, 0.3), nchwc(e, 0.5), nchwc(e, 0.3, "onnx_union"),
+                  nchwc(e, 0.5, "onnx_union"), nchwc(e, 0.3, threads=2), nchwc(e, 0.5, threads=2),
+                  nchwc(e, 0.3, "onnx_union", 2), nchwc(e, 0.5, "onnx_union", 2))),
+    deploying("image keeps {} of the skippable FLOPs, above ``dense_above`` (0.75), and both run "
+              "the\ndense branch ({} of plain)", EXPORT_NCHWC, lambda e: (
+                  f"{row(e, model='resnet50', **R50_70)['kept_share']:.2f}", nchwc(e, 0.7))),
+    deploying("every fraction runs the dense branch, {} to {} of plain", EXPORT_NCHWC, b8_range),
+    deploying("{} ms per run against plain's {} ms, of which {} ms in ``Conv``", EXPORT_NCHWC_PROFILE,
+              lambda p: (*(f"{p['profile'][k]['ms_per_run_profiled']:.1f}"
+                           for k in ("onnx_gaternet", "onnx_plain")), nchwc_op(p, "Conv"))),
+    deploying("{} ms in\n``Gather`` (the weight blocks), {} ms in ``Mul``", EXPORT_NCHWC_PROFILE,
+              lambda p: (nchwc_op(p, "Gather"), nchwc_op(p, "Mul"))),
+    deploying("{} ms in ``Add`` (the residuals) and {} ms in reorders", EXPORT_NCHWC_PROFILE,
+              lambda p: (nchwc_op(p, "Add"), nchwc_op(p, "ReorderInput", "ReorderOutput"))),
     deploying("medians of {}\ninterleaved calls", BLOCKED,
               lambda b: (str(b["rounds"] * b["calls"]),)),
     deploying("the blocked filter given at run time runs at {} to {} of the prepacked constant",

@@ -254,6 +254,15 @@ def test_gate_costs_sum_to_the_gated_convs(tmp_path: Path) -> None:
         assert float(chunk.sum()) == pytest.approx(c.get_total_flops())
 
 
+def test_init_gates_in_groups_reports_gates_not_filters(trained_state) -> None:
+    path, _ = trained_state
+    config = _cfg(sites="inner", init_from=path, init_gates="l1", budget=Ramp(1.0, 0.25, 2.0),
+                  group_size=8)
+    lines = warm_start(_build(config, 10), config)
+    # 336 inner filters in groups of 8: 42 gates, the top quarter of each site's groups
+    assert lines[-1].endswith("of 42 gates (groups of 8 filters) kept for every image")
+
+
 def test_init_gates_starts_every_image_at_the_l1_ranking_of_the_loaded_backbone(trained_state) -> None:
     path, state = trained_state
     config = _cfg(sites="inner", init_from=path, init_gates="l1", budget=Ramp(1.0, 0.25, 2.0))

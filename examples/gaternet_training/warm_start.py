@@ -146,8 +146,10 @@ def init_gates(model: gatekit.GaterNet, config: RunConfig) -> str:
                 "(budget b keeps the top b of every site)")
     budget = config.budget.end if config.budget.end is not None else config.budget.start
     keep = gatekit.init_gates_(model, scores, budget)
+    group = config.group_size
+    what = "filters" if group == 1 else f"gates (groups of {group} filters)"
     return (f"gates: from the backbone's {config.init_gates} ranking at budget {budget:g}: "
-            f"{int(keep.sum())} of {keep.numel()} filters kept for every image")
+            f"{int(keep.sum())} of {keep.numel()} {what} kept for every image")
 
 
 def _load_weights(model: nn.Module, config: RunConfig) -> list[str]:
