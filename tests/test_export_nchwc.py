@@ -282,3 +282,30 @@ def test_another_runtime_block_runs_the_dense_branch(tmp_path):
     with torch.no_grad():
         for out, n in zip(outs, (1, 8)):
             assert_close(out, net(x[:n]))
+
+
+def test_sites_with_no_block_open_and_every_block_open(tmp_path):
+    # A site with nothing open computes one zero block (the padded index); one with every
+    # block open gathers them all.
+    block = _runtime_block()
+    net = _bottleneck_net()
+    closed, open_ = net.sites[0], net.sites[3]
+    with torch.no_grad():
+        for site, value in ((closed, -1e4), (open_, 1e4)):
+            net.head.fc2.weight[site.offset : site.stop] = 0
+            net.head.fc2.bias[site.offset : site.stop] = value
+    x = _images()
+    ready = gatekit.exportable(net, x[:1], dense_above=1.0, nchwc_block=block)
+    _, outs = _export_and_run(net, x, tmp_path / "edges.onnx", block, dense_above=1.0)
+    with torch.no_grad():
+        gates = net.estimator(net.gate_logits(x))
+        assert not gates[:, closed.offset : closed.stop].any()
+        assert gates[:, open_.offset : open_.stop].all()
+        for out, n in zip(outs, (1, 8)):
+            assert_close(ready(x[:n]), net(x[:n]))
+            assert_close(out, net(x[:n]))
+        # batch one: no gate multiply, so the padded block itself must compute zeros
+        one = gatekit.exportable(net, x[:1], batch_one=True, dense_above=1.0, nchwc_block=block)
+        assert not one.net.backbone.masked
+        for i in range(3):
+            assert_close(one(x[i : i + 1]), net(x[i : i + 1]))
