@@ -991,6 +991,17 @@ def nchwc_op(p: Any, *ops: str) -> str:
 
 
 DEPLOYING_PAGE = [
+    deploying("gates of one channel {} test\nerror at {} of the backbone's FLOPs (seed 1: {}), in "
+              "groups of 8 {} at {}, in\ngroups of 16 {} at {}",
+              runs("rank_f040_s0", "rank_f040_s1", "rank_f040_g8_s0", "rank_f040_g16_s0"),
+              lambda g1, g1s1, g8, g16: (
+                  pct(g1["val_error"]), f"{g1['flops']['backbone_fraction']:.3f}",
+                  pct(g1s1["val_error"]),
+                  *(v for r in (g8, g16) for v in (pct(r["val_error"]),
+                                                    f"{r['flops']['backbone_fraction']:.3f}")))),
+    deploying("in groups: {} of {} and {} of {}, against {} of {} channels",
+              runs("rank_f040_g8_s0", "rank_f040_g16_s0", "rank_f040_s0"), lambda *rs: tuple(
+                  str(v) for r in rs for v in (dep(r), r["gate_stats_1_99"]["num_gates"]))),
     deploying("plain ResNet-50, batch 1, one thread: {} ms", EXPORT_NCHWC,
               lambda e: (ms(e, "onnx_plain", 1, model="resnet50", open=0.5, threads=1,
                             batch=1),)),
