@@ -147,17 +147,21 @@ def is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 # costs and skip_compute run them; AlphaDropout keeps zeros in eval mode only): a closed
 # (all-zero) channel is all zero after them.  Norms are not here: BatchNorm maps a zero
 # channel to a constant.  PReLU is, see _keeps_zero_module.
+#: The local poolings among them: channel-wise, but not element-wise (the export's blocked
+#: path cannot run them on a blocked tensor).
+POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                nn.AvgPool3d)
+POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+                  F.avg_pool3d}
 _ZERO_KEEPING_MODULES = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
     nn.Tanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, *POOL_MODULES,
 )  # fmt: skip
 _ZERO_KEEPING_FUNCTIONS = {
     torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
     F.gelu, F.silu, F.mish, F.hardswish, torch.tanh, F.dropout, F.dropout1d, F.dropout2d,
-    F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
-    F.avg_pool3d,
+    F.dropout3d, *POOL_FUNCTIONS,
 }  # fmt: skip
 _ZERO_KEEPING_METHODS = {"relu", "relu_", "tanh", "tanh_", "clone", "contiguous"}
 

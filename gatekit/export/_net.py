@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
-from torch.nn import functional as F
 
 from .._errors import GatekitError
+from .._graph import POOL_FUNCTIONS, POOL_MODULES
 from ..costs import gate_costs
 from ..estimators import Gate
 from ..gater import GaterNet
@@ -542,12 +542,6 @@ def check_nchwc_block(block: Any, fn: str, *, batching: str, opaque_convs: bool,
             f"the blocked weights wrongly; got dense_above=None")
 
 
-_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
-                 nn.AvgPool3d)
-_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
-                   F.avg_pool3d}
-
-
 def _block_candidates(gm: fx.GraphModule, plans: list[Any], block: int) -> set[int]:
     """Sites that can run blocked on their own: sliced, gates in groups that are whole
     blocks, a 2-d producer and consumer, element-wise ops between (no pooling, which a
@@ -559,8 +553,8 @@ def _block_candidates(gm: fx.GraphModule, plans: list[Any], block: int) -> set[i
         convs = [gm.get_submodule(n.target) for n in (plan.conv, plan.consumer)]
         if any(not isinstance(c, nn.Conv2d) for c in convs):
             continue
-        if any((n.op == "call_module" and isinstance(gm.get_submodule(n.target), _POOL_MODULES))
-               or (n.op == "call_function" and n.target in _POOL_FUNCTIONS)
+        if any((n.op == "call_module" and isinstance(gm.get_submodule(n.target), POOL_MODULES))
+               or (n.op == "call_function" and n.target in POOL_FUNCTIONS)
                for n in plan.chain):
             continue
         out.add(plan.index)
