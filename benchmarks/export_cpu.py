@@ -80,6 +80,12 @@ DEFAULT_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_conv_s0.p
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+def _dense_above(value: str) -> float | str | None:
+    """``--dense-above``: a share, ``none`` (no dense branch) or ``default``."""
+    return {"none": None, "default": "default"}[value] if value in ("none", "default") \
+        else float(value)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -94,9 +100,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gater-size", type=int, default=112)
     p.add_argument("--repeats", type=int, default=30, help="timed calls per variant and point")
     p.add_argument("--opset", type=int, default=gatekit.export._api.OPSET)
-    p.add_argument("--dense-above", type=lambda v: None if v == "none" else float(v),
-                   default=gatekit.export.DENSE_ABOVE,
-                   help="export_onnx's dense_above (default %(default)s; 'none': no dense branch)")
+    p.add_argument("--dense-above", type=_dense_above,
+                   default="default",
+                   help="export_onnx's dense_above (default: export_onnx's, DENSE_ABOVE, or "
+                        "NCHWC_DENSE_ABOVE for a blocked file; 'none': no dense branch)")
     p.add_argument("--batching", default="auto", choices=["union", "gather", "auto"],
                    help="export_onnx's batching (default: auto, as the committed grid was "
                         "measured)")
@@ -192,10 +199,17 @@ def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
     folder = tmp if args.onnx_dir is None else args.onnx_dir
     folder.mkdir(parents=True, exist_ok=True)
     block = args.nchwc_block if name == "resnet50" else None
+    if args.nchwc_block is not None and block is None:
+        # the trained ResNet-20 gates single channels: no blocked path, the export's defaults
+        batching = gatekit.export.BATCHING
+    dense_above = args.dense_above
+    if dense_above == "default":
+        dense_above = (gatekit.export.DENSE_ABOVE if block is None
+                       else gatekit.export.NCHWC_DENSE_ABOVE)
     blocked = "" if block is None else f"_nchwc{block}"
     if name == "resnet50" and args.group_size != 1:
         name = f"{name}g{args.group_size}"  # a file name part: not the files of group size 1
-    stem = f"{name}_{tag}_{example.shape[-1]}px_opset{args.opset}_dense{args.dense_above}"
+    stem = f"{name}_{tag}_{example.shape[-1]}px_opset{args.opset}_dense{dense_above}"
     paths = {"onnx_plain": folder / f"{stem}_plain.onnx",
              "onnx_gaternet": folder / f"{stem}_{batching}{blocked}.onnx"}
     for mode in args.compare:
@@ -222,16 +236,16 @@ def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
                 rebias(sibling, paths[key], net)
             else:
                 gatekit.export_onnx(net, example, paths[key], opset=args.opset,
-                                    dense_above=args.dense_above, batching=mode,
+                                    dense_above=dense_above, batching=mode,
                                     nchwc_block=block if key == "onnx_gaternet" else None)
     import onnx
 
     stored = {p.key: p.value for p in onnx.load(str(paths["onnx_gaternet"])).metadata_props}
     routes = [gatekit.inference.SiteRoute(**r) for r in json.loads(stored["gatekit.routes"])]
-    ready = gatekit.exportable(net, example, dense_above=args.dense_above or 0.0,
+    ready = gatekit.exportable(net, example, dense_above=dense_above or 0.0,
                                batching=batching, nchwc_block=block)
     return {"paths": paths, "routes": routes, "ready": ready, "batching": batching,
-            "nchwc_block": ready.nchwc_block}
+            "nchwc_block": ready.nchwc_block, "dense_above": dense_above}
 
 
 def rebias(source: Path, target: Path, net: gatekit.GaterNet) -> None:
@@ -244,7 +258,7 @@ def rebias(source: Path, target: Path, net: gatekit.GaterNet) -> None:
 
     model = onnx.load(str(source))
     bias = net.head.fc2.bias.detach().numpy()
-    found = [t for t in model.graph.initializer if "fc2" in t.name and "bias" in t.name
+    found = [t for t in _initializers(model.graph) if "fc2" in t.name and "bias" in t.name
              and tuple(t.dims) == bias.shape]
     if len(found) != 1:
         raise SystemExit(f"{source}: expected one head fc2 bias initializer, found "
@@ -254,11 +268,29 @@ def rebias(source: Path, target: Path, net: gatekit.GaterNet) -> None:
               location=target.name + ".data")
 
 
+def _initializers(graph: Any) -> list[Any]:
+    """The initializers of ``graph`` and of its subgraphs (a per-image file keeps its
+    weights in its ``Loop``'s body)."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out += _initializers(sub)
+    return out
+
+
 def branch_taken(ready: Any, gates: torch.Tensor, dense_above: float | None) -> dict[str, Any]:
     """The kept shares of a batch and the branch the exported graph runs for it."""
     with torch.no_grad():
         union, per_image = ready.kept_share(gates).item(), ready.per_image_share(gates).item()
         sliced = ready.sliced_share(gates).item()
+    if getattr(ready, "per_image_loop", False) and gates.shape[0] > 1:
+        # each image alone (an ONNX Loop): each takes its own branch
+        with torch.no_grad():
+            own = [ready.kept_share(gates[i : i + 1]).item() for i in range(gates.shape[0])]
+        dense = sum(dense_above is not None and k > dense_above for k in own)
+        return {"kept_share": union, "per_image_share": per_image, "onnx_branch": "loop",
+                "own_shares": own, "images_on_dense_branch": dense}
     if dense_above is not None and sliced > dense_above:
         branch = "dense"
     elif ready.batching == "gather" or (
@@ -280,7 +312,7 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
     compiled = None
     if args.aoti:
         program = gatekit.export_program(net, example, for_inductor=True,
-                                         dense_above=args.dense_above)
+                                         dense_above=exported["dense_above"])
         package = torch._inductor.aoti_compile_and_package(
             program, package_path=str(tmp / f"{name}_gaternet.pt2"))
         compiled = torch._inductor.aoti_load_package(package)
@@ -304,7 +336,8 @@ def measure(name: str, plain, net, x_all: torch.Tensor, batches: list[int], labe
             row = {"model": name, "open": label, "batch": batch, "threads": threads,
                    "open_fraction": open_fractions(net, x),
                    "batching": exported["batching"], "nchwc_block": exported["nchwc_block"],
-                   **branch_taken(ready, gates, args.dense_above),
+                   "dense_above": exported["dense_above"],
+                   **branch_taken(ready, gates, exported["dense_above"]),
                    "median_ms": medians,
                    "speedup_vs_onnx_plain": {k: medians["onnx_plain"] / v for k, v in medians.items()},
                    "onnx_gaternet_vs_eager_skip": medians["eager_skip"] / medians["onnx_gaternet"],
@@ -359,10 +392,12 @@ def profile(name: str, plain, net, x_all: torch.Tensor, args: argparse.Namespace
                 op = e.get("args", {}).get("op_name", "?")
                 by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3
         runs = max(runs, 1)
-        # An If node's time holds the nodes its branches ran, which are listed themselves.
-        branches = by_op.pop("If", 0.0)
+        # An If (Loop) node's time holds the nodes its branches (body) ran, which are
+        # listed themselves.
+        branches, loops = by_op.pop("If", 0.0), by_op.pop("Loop", 0.0)
         out[key] = {"ms_per_run_profiled": 1e3 * wall, "runs": runs,
                     "if_nodes_ms_per_run_incl_branch_nodes": branches / runs,
+                    "loop_nodes_ms_per_run_incl_body_nodes": loops / runs,
                     "node_ms_per_run_by_op": dict(sorted(
                         ((k, v / runs) for k, v in by_op.items()), key=lambda kv: -kv[1]))}
         print(key, f"{1e3 * wall:.2f} ms per run (profiled)")
@@ -370,7 +405,8 @@ def profile(name: str, plain, net, x_all: torch.Tensor, args: argparse.Namespace
             print(f"  {op:>28} {ms:8.2f} ms")
     report["profile"] = {"model": name, "batch": batch, "threads": threads,
                          "open_fraction": open_fractions(net, x),
-                         **branch_taken(exported["ready"], gates, args.dense_above), **out}
+                         **branch_taken(exported["ready"], gates, exported["dense_above"]),
+                         **out}
     write(args, report)
 
 
@@ -398,11 +434,11 @@ def write(args: argparse.Namespace, report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
-    if args.nchwc_block is not None and (args.batching != "union"
+    if args.nchwc_block is not None and (args.batching not in ("union", "gather")
                                          or args.group_size % args.nchwc_block):
-        p.error(f"--nchwc-block {args.nchwc_block} needs --batching union and a --group-size "
-                f"that is a multiple of it, got --batching {args.batching} --group-size "
-                f"{args.group_size}")
+        p.error(f"--nchwc-block {args.nchwc_block} needs --batching union or gather and a "
+                f"--group-size that is a multiple of it, got --batching {args.batching} "
+                f"--group-size {args.group_size}")
     if args.quick:
         args.size, args.gater_size, args.threads, args.open = 64, 32, [1], [0.5]
         args.batches, args.cifar_batches, args.repeats = [1, 2], [1, 2], 3

@@ -224,7 +224,10 @@ def auto_beat_dense(data: Any) -> tuple[str, str]:
 # benchmarks/export_cpu.py: ONNX Runtime against the plain model's ONNX
 # --------------------------------------------------------------------------------------
 
-EXPORT = "export_cpu.json"
+#: Gates of one channel, ``batching="auto"``: the grid before the blocked per-image loop.
+EXPORT = "export_cpu_group1.json"
+#: The blocked path with each image alone (``nchwc_block=16``, ``batching="gather"``).
+EXPORT_LOOP = "export_cpu.json"
 #: The grid before the per-image path: every batch on the union path (or the dense branch).
 EXPORT_UNION = "export_cpu_union.json"
 EXPORT_AOTI = "export_cpu_aoti.json"

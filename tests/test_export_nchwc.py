@@ -205,7 +205,7 @@ def test_a_conv_cut_on_both_sides_with_unequal_widths():
 @pytest.mark.parametrize("kwargs,match", [
     ({"nchwc_block": 4}, "one of"),
     ({"nchwc_block": True}, "one of"),
-    ({"nchwc_block": 8, "batching": "gather"}, "batching='union'"),
+    ({"nchwc_block": 8, "batching": "auto"}, "batching='union'"),
     ({"nchwc_block": 8, "dense_above": None}, "dense branch"),
 ])
 def test_bad_nchwc_block_arguments_say_what_is_expected(kwargs, match):
@@ -307,3 +307,101 @@ def test_sites_with_no_block_open_and_every_block_open(tmp_path):
         assert not one.net.backbone.masked
         for i in range(3):
             assert_close(one(x[i : i + 1]), net(x[i : i + 1]))
+
+
+# --------------------------------------------------------------------------------------
+# per image: the batch-1 graph in a Loop (batching="gather")
+# --------------------------------------------------------------------------------------
+
+
+def test_each_image_alone_equals_the_gated_model_in_eager():
+    net = _bottleneck_net()
+    x = _images()
+    ready = gatekit.exportable(net, x[:1], dense_above=1.0, batching="gather", nchwc_block=16)
+    assert ready.per_image_loop and ready.batching == "gather"
+    assert not ready.net.backbone.masked  # an image alone keeps whole blocks: no multiply
+    with torch.no_grad():
+        assert distinct_patterns(net.estimator(net.gate_logits(x))) >= 2
+        assert_close(ready(x), net(x))
+        assert_close(ready(x[:1]), net(x[:1]))
+
+
+def test_onnx_runtime_loops_the_batch_one_graph_over_the_batch(tmp_path):
+    block = _runtime_block()
+    net = _bottleneck_net()
+    x = _images()
+    assert _closed_blocks(net, x, block) > 0
+    model, _ = _export_and_run(net, x, tmp_path / "loop.onnx", block, dense_above=1.0,
+                               batching="gather")
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["gatekit.batching"]) == "gather"
+    assert {r["batching"] for r in json.loads(meta["gatekit.routes"])} == {"gather"}
+    (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
+    kinds = [(n.domain, n.op_type) for n in _nodes(loop.attribute[0].g)]
+    assert kinds.count(("com.microsoft.nchwc", "Conv")) == 9
+    with torch.no_grad():
+        assert_close(onnx_run(tmp_path / "loop.onnx", x[:3]), net(x[:3]))
+
+
+def test_the_loop_with_the_dense_branch_per_image_and_a_budget_per_image(tmp_path):
+    # Each image takes its own branch: with dense_above between the images' shares, some
+    # run dense and some blocked in one call; a budget-input model slices its budgets too.
+    block = _runtime_block()
+    torch.manual_seed(0)
+    backbone = CifarResNet(11, block="bottleneck", base_width=32)
+    net = randomise(gatekit.gate_model(backbone, conv_gater(), sites="inner", group_size=16,
+                                       budget_input=True))
+    with torch.no_grad():
+        net.head.budget_scale.fill_(3.0)
+    x = _images()
+    budget = torch.tensor([0.2, 0.9, 0.5, 1.0, 0.3, 0.7, 0.1, 0.6])
+    ready = gatekit.exportable(net, x[:1], dense_above=0.5, batching="gather",
+                               nchwc_block=block)
+    with torch.no_grad():
+        gates = net.estimator(net.gate_logits(x, budget))
+        shares = [ready.kept_share(gates[i : i + 1]).item() for i in range(8)]
+        expected = net(x, budget=budget)
+    assert min(shares) < 0.5 < max(shares)  # both branches run in the one call
+    assert_close(ready(x, budget), expected)
+    gatekit.export_onnx(net, x[:1], tmp_path / "b.onnx", budget=budget[:1], dense_above=0.5,
+                        batching="gather", nchwc_block=block)
+    assert_close(onnx_run(tmp_path / "b.onnx", x, budget), expected)
+
+
+def test_loop_over_batch_keeps_the_items_apart():
+    # A batch-1 graph that couples everything it sees (y = x * sum(x)): run on the whole
+    # batch it would mix the items; looped, each item is scaled by its own sum.
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, checker, helper
+
+    from gatekit.export._loop import loop_over_batch
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["image"], ["total"], keepdims=0),
+         helper.make_node("Mul", ["image", "total"], ["output"])], "one",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3])])
+    one = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    looped = loop_over_batch(one)
+    checker.check_model(looped)
+    session = ort.InferenceSession(looped.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3)
+    (out,) = session.run(None, {"image": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), x * x.sum(1, keepdim=True))
+    clash = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["image_i"]),
+         helper.make_node("Identity", ["image_i"], ["output"])], "one", graph.input,
+        graph.output), opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ValueError, match="image_i"):
+        loop_over_batch(clash)
+
+
+def test_a_blocked_file_defaults_to_the_dense_branch_only_for_another_block(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    net = _net(16)
+    gatekit.export_onnx(net, _images(1), tmp_path / "d.onnx", nchwc_block=16)
+    gatekit.export_onnx(net, _images(1), tmp_path / "p.onnx")
+    shares = [json.loads({p.key: p.value for p in onnx.load(str(tmp_path / f)).metadata_props}
+                         ["gatekit.dense_above"]) for f in ("d.onnx", "p.onnx")]
+    assert shares == [gatekit.export.NCHWC_DENSE_ABOVE, gatekit.export.DENSE_ABOVE] == [1.0, 0.75]

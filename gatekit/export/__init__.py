@@ -18,9 +18,10 @@ from ._net import (
     DENSE_ABOVE,
     GATHER_COST,
     NCHWC_BLOCKS,
+    NCHWC_DENSE_ABOVE,
     ExportGaterNet,
     exportable,
 )
 
-__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS", "ExportGaterNet",
-           "export_onnx", "export_program", "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS",
+           "NCHWC_DENSE_ABOVE", "ExportGaterNet", "export_onnx", "export_program", "exportable"]

@@ -20,8 +20,17 @@ from .._checks import budget_vector
 from .._errors import GatekitError
 from ..gater import GaterNet
 from ..inference.common import SiteRoute, check_eval_net
+from ._loop import loop_over_batch
 from ._nchwc import onnx_translations
-from ._net import BATCHING, DENSE_ABOVE, UNION, check_batching, exportable
+from ._net import (
+    BATCHING,
+    DENSE_ABOVE,
+    GATHER,
+    NCHWC_DENSE_ABOVE,
+    UNION,
+    check_batching,
+    exportable,
+)
 
 __all__ = ["export_onnx", "export_program"]
 
@@ -184,7 +193,7 @@ def export_onnx(
     budget: float | Tensor | None = None,
     dynamic_batch: bool = True,
     opset: int = OPSET,
-    dense_above: float | None = DENSE_ABOVE,
+    dense_above: float | str | None = "default",
     batching: str | None = None,
     nchwc_block: int | None = None,
 ) -> tuple[SiteRoute, ...]:
@@ -200,7 +209,9 @@ def export_onnx(
     written as JSON into the file's metadata under ``"gatekit.routes"``.  Needs onnx and
     onnxscript (``pip install "gatekit[export]"``; ONNX Runtime to run the file).
 
-    ``dense_above`` as in :func:`export_program`: the dense branch becomes an ``If``
+    ``dense_above`` as in :func:`export_program` (``"default"``:
+    :data:`gatekit.export.DENSE_ABOVE`, with ``nchwc_block``
+    :data:`gatekit.export.NCHWC_DENSE_ABOVE`): the dense branch becomes an ``If``
     node, and the weights only a branch reads are moved into that branch (ONNX Runtime
     prepacks, and on x86 reorders to its blocked layout, only the initializers a
     subgraph holds itself: with outer-scope weights the dense branch ran about 1.3x
@@ -212,8 +223,12 @@ def export_onnx(
     as ONNX Runtime's ``com.microsoft.nchwc`` ``Conv`` on blocks of a weight kept in its
     blocked layout, at the runtime's prepacked rate: the file then runs in ONNX Runtime
     only, and where the runtime's block differs, every call takes the dense branch.
-    Union batching only.  ``"gatekit.nchwc_block"`` in the metadata records it (null:
-    no site runs blocked).
+    With ``batching="union"`` (its default) a batch computes the union of its images'
+    blocks; with ``batching="gather"`` the graph is exported at batch 1 and run on each
+    image in turn by an ONNX ``Loop`` over the batch (each image its own blocks, no gate
+    multiply, its own dense-or-sliced choice; ONNX Runtime's convs cost about the same
+    per image at batch 1 as at batch 8 on the CPU).  ``"gatekit.nchwc_block"`` in the
+    metadata records the block (null: no site runs blocked).
 
     >>> import tempfile, os, torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -233,9 +248,21 @@ def export_onnx(
     _require(("onnx", "onnxscript"), fn)
     if nchwc_block is not None and batching is None:
         batching = UNION
+    if isinstance(dense_above, str) and dense_above == "default":
+        dense_above = DENSE_ABOVE if nchwc_block is None else NCHWC_DENSE_ABOVE
+    # Blocked and per image with a dynamic batch: the graph made for batch 1, looped over
+    # the batch in the file (_loop); exportable's own checks run first.
+    loop = nchwc_block is not None and batching == GATHER and dynamic_batch
+    if loop:
+        exportable(net, example, dense_above=dense_above, batching=batching,
+                   nchwc_block=nchwc_block)
+        example, budget = example[:1], _first(budget)
     program, routes, batching, block = _export(
-        net, example, budget, dynamic_batch, fn, dense_above=dense_above, batching=batching,
-        nchwc_block=nchwc_block)
+        net, example, budget, dynamic_batch and not loop, fn, dense_above=dense_above,
+        batching=batching, nchwc_block=nchwc_block)
+    if loop:
+        batching = GATHER
+        routes = tuple(r._replace(batching=GATHER) for r in routes)
     names = ["image", "budget"] if net.budget_input else ["image"]
     onnx_program = torch.onnx.export(
         program, (), None, dynamo=True, input_names=names, output_names=["output"],
@@ -246,14 +273,23 @@ def export_onnx(
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
     onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
     onnx_program.model.metadata_props[BATCHING_KEY] = json.dumps(batching)
-    onnx_program.save(os.fspath(path))
-    if dense_above is not None:
+    if not loop:
+        onnx_program.save(os.fspath(path))
+    if dense_above is not None or loop:
         import onnx
 
-        model = onnx.load(os.fspath(path))
-        if move_branch_initializers(model):
+        model = onnx_program.model_proto if loop else onnx.load(os.fspath(path))
+        moved = move_branch_initializers(model) if dense_above is not None else 0
+        if loop:
+            model = loop_over_batch(model)
+        if moved or loop:
             onnx.save(model, os.fspath(path))
     return routes
+
+
+def _first(budget: Any) -> Any:
+    """The first image's budget (a number stays as it is)."""
+    return budget[:1] if isinstance(budget, Tensor) and budget.ndim else budget
 
 
 def move_branch_initializers(model: Any) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.utils._pytree import tree_map
 
 from .._errors import GatekitError
 from .._graph import POOL_FUNCTIONS, POOL_MODULES
@@ -57,8 +58,8 @@ from ._gather import per_image_conv, per_image_weight, site_masks, site_rows
 from ._nchwc import blocked_filter, nchwc_block, nchwc_conv, nchwc_reorder_in, nchwc_reorder_out
 from ._ops import conv_weights, sliced_conv
 
-__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS", "ExportGaterNet",
-           "exportable"]
+__all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS",
+           "NCHWC_DENSE_ABOVE", "ExportGaterNet", "exportable"]
 
 #: The batchings an exported graph runs (the ``batching`` argument of
 #: :func:`gatekit.exportable`, :func:`gatekit.export_program`, :func:`gatekit.export_onnx`):
@@ -90,6 +91,13 @@ _DENSE_NOTE = "runs masked (every filter computed, closed ones multiplied by 0)"
 #: thread, see docs/deploying.rst): sliced beat dense at half the filters open (45.5
 #: against 55.5 ms), dense beat sliced with every filter open (412 against 560 ms).
 DENSE_ABOVE = 0.75
+
+#: :func:`gatekit.export_onnx`'s default ``dense_above`` with ``nchwc_block``: 1.0, the
+#: dense branch only for a runtime whose block differs.  Blocked slices run at the
+#: runtime's prepacked rate, so slicing beat the dense branch at every share measured
+#: (ResNet-50, gates in groups of 16, one thread: an image keeping 0.84 of the skippable
+#: FLOPs ran 0.95x of plain sliced against 0.85x dense; docs/deploying.rst).
+NCHWC_DENSE_ABOVE = 1.0
 
 
 class OpenChannels:
@@ -348,9 +356,13 @@ class ExportGaterNet(nn.Module):
     def __init__(self, net: GaterNet, routes: list[SiteRoute], *,
                  dense: nn.Module | None = None, share: Tensor | None = None,
                  dense_above: float | None = None, batching: str = UNION,
-                 gather_cost: float = 1.0, nchwc_block: int | None = None):
+                 gather_cost: float = 1.0, nchwc_block: int | None = None,
+                 per_image_loop: bool = False):
         super().__init__()
         self.net = net
+        #: Each image runs alone through the batch-1 graph (``batching="gather"`` on the
+        #: blocked path: a Python loop here, an ONNX ``Loop`` in the file, ``_loop``).
+        self.per_image_loop = per_image_loop
         #: The NCHWc block the blocked sites were made for (None: none blocked); a runtime
         #: with another block runs the dense branch.
         self.nchwc_block = nchwc_block
@@ -374,6 +386,13 @@ class ExportGaterNet(nn.Module):
         self.register_buffer("site_share", site_share)
 
     def forward(self, x: Tensor, budget: Tensor | None = None) -> Any:
+        if self.per_image_loop and x.shape[0] != 1:
+            outs = [self._call(x[i : i + 1], None if budget is None else budget[i : i + 1])
+                    for i in range(x.shape[0])]
+            return tree_map(lambda *items: torch.cat(items), *outs)
+        return self._call(x, budget)
+
+    def _call(self, x: Tensor, budget: Tensor | None) -> Any:
         logits = self.net.gate_logits(x, budget)
         gates = self.net.estimator(logits)
         if self.dense is None:
@@ -397,7 +416,7 @@ class ExportGaterNet(nn.Module):
     def sliced_share(self, gates: Tensor) -> Tensor:
         """What ``forward`` compares with ``dense_above``: the kept share of the path that
         ``batching`` runs (under ``"auto"``, the cheaper one, ``gather_cost`` applied)."""
-        if self.batching == UNION:
+        if self.batching == UNION or self.per_image_loop:
             return self.kept_share(gates)
         if self.batching == GATHER:
             return self.per_image_share(gates)
@@ -407,7 +426,7 @@ class ExportGaterNet(nn.Module):
         return self.dense(x, gates=gates)
 
     def _sliced(self, x: Tensor, gates: Tensor) -> Any:
-        if self.batching == UNION:
+        if self.batching == UNION or self.per_image_loop:
             return self._union(x, gates)
         if self.batching == GATHER:
             return self._gather(x, gates)
@@ -456,8 +475,11 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     than that share of the skippable FLOPs runs every filter, masked; the shares are
     costed at ``example``'s size, which it then needs.  ``nchwc_block`` (8 or 16; None:
     off) runs the sliced convs of every site that allows it in ONNX Runtime's blocked NCHWc
-    layout (see :data:`NCHWC_BLOCKS`; union batching and a dense branch needed).  ``net``
-    is not modified.
+    layout (see :data:`NCHWC_BLOCKS`; a dense branch needed).  With it, ``"gather"``
+    runs each image alone through the batch-1 graph (its own blocks, no gate multiply,
+    its own dense-or-sliced choice): a Python loop here, an ONNX ``Loop`` in
+    :func:`gatekit.export_onnx`'s file (``torch.export`` cannot trace it: export it to
+    ONNX, not to a program); ``"auto"`` is refused.  ``net`` is not modified.
 
     >>> import torch, gatekit
     >>> from gatekit.models import resnet20, conv_gater
@@ -479,6 +501,9 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
         batching = UNION  # one sample: every mode computes exactly its filters
     check_nchwc_block(nchwc_block, fn, batching=batching, opaque_convs=opaque_convs,
                       dense_above=dense_above)
+    # Blocked and per image: the batch-1 graph run on each image (a Loop in ONNX, _loop).
+    loop = nchwc_block is not None and batching == GATHER
+    one = batch_one or loop
     share = _shares(net, example, dense_above, batching)
     graph = copy.deepcopy(net.backbone)
     plans = plan_sites(graph, net.sites, fn)
@@ -495,8 +520,8 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     # image needs no gate multiply at a sliced site (its closed filters are not computed),
     # nor does the per-image path.
     binary = isinstance(net.estimator, Gate)
-    masked = not (batch_one and binary)
-    backbone = ExportBackbone(graph, net.sites, live, union=not batch_one, masked=masked,
+    masked = not (one and binary)
+    backbone = ExportBackbone(graph, net.sites, live, union=not one, masked=masked,
                               binary=binary, blocks=blocks)
     inner = GaterNet(backbone, **gaternet_parts(net))
     inner.input_spec = net.input_spec
@@ -504,7 +529,7 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     routes = [p.route(batching, _DENSE_NOTE) for p in plans]
     ready = ExportGaterNet(inner, routes, dense=dense, share=share, dense_above=dense_above,
                            batching=batching, gather_cost=GATHER_COST,
-                           nchwc_block=nchwc_block if blocked else None)
+                           nchwc_block=nchwc_block if blocked else None, per_image_loop=loop)
     return ready.eval()
 
 
@@ -521,7 +546,8 @@ NCHWC_BLOCKS = (8, 16)
 def check_nchwc_block(block: Any, fn: str, *, batching: str, opaque_convs: bool,
                       dense_above: float | None) -> None:
     """A :class:`GatekitError` unless ``block`` is None or one of :data:`NCHWC_BLOCKS` with
-    what the blocked path needs (union batching, no opaque convs, a dense branch)."""
+    what the blocked path needs (union or per-image batching, no opaque convs, a dense
+    branch)."""
     if block is None:
         return
     if isinstance(block, bool) or block not in NCHWC_BLOCKS:
@@ -529,12 +555,13 @@ def check_nchwc_block(block: Any, fn: str, *, batching: str, opaque_convs: bool,
             f"{fn} expects nchwc_block to be None or one of {NCHWC_BLOCKS} (ONNX Runtime's "
             f"channel block on the machine that runs the file: 16 with AVX-512, 8 with "
             f"AVX2), got {block!r}")
-    if batching != UNION or opaque_convs:
+    if batching not in (UNION, GATHER) or opaque_convs:
         got = "for_inductor=True" if opaque_convs else f"batching={batching!r}"
         raise GatekitError(
-            f"{fn} runs nchwc_block={block} with batching={UNION!r} for ONNX Runtime only "
-            f"(its sliced convs compute one set of blocks per batch), got {got}; pass "
-            f"batching={UNION!r} and for_inductor=False, or nchwc_block=None")
+            f"{fn} runs nchwc_block={block} for ONNX Runtime only, with batching={UNION!r} "
+            f"(one set of blocks per batch) or {GATHER!r} (each image alone through the "
+            f"batch-1 graph, an ONNX Loop), got {got}; pass one of them and "
+            f"for_inductor=False, or nchwc_block=None")
     if dense_above is None:
         raise GatekitError(
             f"{fn} with nchwc_block={block} needs a dense branch (dense_above a share in [0, "
