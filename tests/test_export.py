@@ -507,10 +507,12 @@ def test_branch_weights_move_into_their_if_branch():
         [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("t", f32, [2]),
          helper.make_tensor_value_info("out", f32, [2]),
          helper.make_tensor_value_info("looped", f32, [2])],
-        [const(n) for n in ("w_then", "w_else", "shared", "top", "out", "loop_w")] + [trips])
+        [const(n) for n in ("w_then", "w_else", "shared", "top", "out", "loop_w", "unread")]
+        + [trips])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    from gatekit.export._api import move_branch_initializers
+    from gatekit.export._api import drop_unread_initializers, move_branch_initializers
 
+    assert drop_unread_initializers(model.graph) == 1  # "unread": no node reads it
     assert move_branch_initializers(model) == 2
     onnx.checker.check_model(model)
     names = lambda g: sorted(t.name for t in g.initializer)  # noqa: E731

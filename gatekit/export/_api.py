@@ -280,6 +280,7 @@ def export_onnx(
 
         model = onnx_program.model_proto if loop else onnx.load(os.fspath(path))
         moved = move_branch_initializers(model) if dense_above is not None else 0
+        moved += drop_unread_initializers(model.graph)
         if loop:
             model = loop_over_batch(model)
         if moved or loop:
@@ -321,6 +322,17 @@ def move_branch_initializers(model: Any) -> int:
                 graph.initializer.remove(inits[name])
                 moved += 1
     return moved
+
+
+def drop_unread_initializers(graph: Any) -> int:
+    """Remove the initializers of ``graph`` that no node (of it or of a subgraph) reads and
+    that are no graph output (constants the exporter left behind, which ONNX Runtime
+    removes with a warning each); returns how many."""
+    read = _names_read(graph) | {o.name for o in graph.output}
+    unread = [t for t in graph.initializer if t.name not in read]
+    for tensor in unread:
+        graph.initializer.remove(tensor)
+    return len(unread)
 
 
 def _names_read(graph: Any) -> set[str]:
