@@ -6,6 +6,7 @@ sites, the guard that sends another runtime block to the dense branch, and the e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,3 +406,15 @@ def test_a_blocked_file_defaults_to_the_dense_branch_only_for_another_block(tmp_
     shares = [json.loads({p.key: p.value for p in onnx.load(str(tmp_path / f)).metadata_props}
                          ["gatekit.dense_above"]) for f in ("d.onnx", "p.onnx")]
     assert shares == [gatekit.export.NCHWC_DENSE_ABOVE, gatekit.export.DENSE_ABOVE] == [1.0, 0.75]
+
+
+def test_the_runtime_block_follows_the_cpu():
+    # ONNX Runtime's x86 kernels block channels by 16 with AVX-512, by 8 with AVX2
+    pytest.importorskip("onnxruntime")
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    expected = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+    assert gatekit.export.runtime_nchwc_block() == expected
+    assert _runtime_block() == expected

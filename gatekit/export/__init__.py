@@ -12,6 +12,7 @@
 """
 
 from ._api import export_onnx, export_program
+from ._nchwc import runtime_nchwc_block
 from ._net import (
     BATCHING,
     BATCHINGS,
@@ -24,4 +25,5 @@ from ._net import (
 )
 
 __all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS",
-           "NCHWC_DENSE_ABOVE", "ExportGaterNet", "export_onnx", "export_program", "exportable"]
+           "NCHWC_DENSE_ABOVE", "ExportGaterNet", "export_onnx", "export_program", "exportable",
+           "runtime_nchwc_block"]

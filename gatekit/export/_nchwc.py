@@ -40,7 +40,8 @@ from torch import Tensor
 from .._graph import conv_output_size
 
 __all__ = ["NCHWC_DOMAIN", "blocked_filter", "from_blocked", "nchwc_block", "nchwc_conv",
-           "nchwc_reorder_in", "nchwc_reorder_out", "onnx_translations", "to_blocked"]
+           "nchwc_reorder_in", "nchwc_reorder_out", "onnx_translations", "runtime_nchwc_block",
+           "to_blocked"]
 
 #: ONNX Runtime's domain of its blocked-layout operators.
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -135,6 +136,36 @@ def nchwc_block(like: Tensor, block: int) -> Tensor:
 @nchwc_block.register_fake
 def _(like, block):
     return like.new_empty((), dtype=torch.int64)
+
+
+def runtime_nchwc_block() -> int | None:
+    """ONNX Runtime's NCHWc channel block on this machine (16 with AVX-512, 8 with AVX2):
+    the ``nchwc_block`` to export for a file that runs here.  None where the runtime has
+    no blocked kernels (its CPU provider cannot run ``ReorderInput``, or pads to another
+    block than :data:`gatekit.export.NCHWC_BLOCKS`).  Needs onnx and onnxruntime.
+
+    >>> import gatekit
+    >>> gatekit.export.runtime_nchwc_block() in (8, 16, None)
+    True
+    """
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from ._net import NCHWC_BLOCKS
+
+    graph = helper.make_graph(
+        [helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(NCHWC_DOMAIN, 1)])
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {"x": torch.zeros(1, 4, 1, 1).numpy()})
+    except Exception:  # no NCHWc kernels in this build or on this CPU
+        return None
+    return int(out.shape[1]) if out.shape[1] in NCHWC_BLOCKS else None
 
 
 def onnx_translations() -> dict[Any, Any]:
