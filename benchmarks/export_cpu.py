@@ -18,11 +18,19 @@ one variant's idle threads do not slow the next one's call):
 - ``eager_skip``: eager :func:`gatekit.skip_compute` of the same GaterNet with
   ``batching="pattern"`` (the default when the committed results were measured), gater
   included;
-- with ``--nchwc-block B`` (and ``--batching union --group-size`` a multiple of ``B``),
-  ``onnx_gaternet`` is the export's blocked path (``nchwc_block``): ResNet-50's sliced
-  convs as ONNX Runtime's NCHWc ``Conv`` on gathered ``B x B`` weight blocks; compare it
-  with ``--compare union`` (the same model, gathered weights in the plain layout).  The
-  blocked grid::
+- with ``--nchwc-block B`` (and ``--batching union`` or ``gather``, ``--group-size`` a
+  multiple of ``B``), ``onnx_gaternet`` is the export's blocked path (``nchwc_block``):
+  ResNet-50's sliced convs as ONNX Runtime's NCHWc ``Conv`` on gathered ``B x B`` weight
+  blocks, the union of a batch's blocks (``union``) or each image alone in an ONNX
+  ``Loop`` (``gather``), its dense branch at the export's default for a blocked file
+  unless ``--dense-above`` says otherwise; the trained ResNet-20 (gates of one channel)
+  keeps the export's defaults.  Compare with ``--compare union`` (the same model,
+  gathered weights in the plain layout).  The committed grid (``export_cpu.json``)::
+
+      python -m benchmarks.export_cpu --group-size 16 --nchwc-block 16 --batching gather \
+          --compare
+
+  and the blocked union grid::
 
       python -m benchmarks.export_cpu --models resnet50 --group-size 16 --nchwc-block 16 \
           --batching union --compare union --out benchmarks/results/export_cpu_nchwc.json
@@ -48,9 +56,9 @@ Rows record the open fraction the gates had (per image, and the batch's union).
 node times summed by op type and averaged over ``--repeats`` runs) into
 ``--out`` (default ``benchmarks/results/export_cpu_profile.json``).  Output:
 JSON (``--out``, rewritten after every row, with the machine, the command and the load
-average) and a table on stdout.  Timings need a quiet machine.  The full measurement::
-
-    python -m benchmarks.export_cpu
+average) and a table on stdout.  Timings need a quiet machine.  The grid of gates of one
+channel (``export_cpu_group1.json``) was ``python -m benchmarks.export_cpu`` (into
+``export_cpu.json`` then); the committed ``export_cpu.json`` is the blocked grid above.
 
 ``--quick`` checks the script end to end in a minute or two (small images, one thread,
 few repeats, 50% open only); its numbers mean nothing.
