@@ -418,3 +418,19 @@ def test_the_runtime_block_follows_the_cpu():
     expected = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
     assert gatekit.export.runtime_nchwc_block() == expected
     assert _runtime_block() == expected
+
+
+def test_the_per_image_loop_is_for_onnx_only_with_a_dynamic_batch(tmp_path):
+    net = _net(16)
+    x = _images(4)
+    ready = gatekit.exportable(net, x[:1], dense_above=1.0, batching="gather", nchwc_block=16)
+    batch = torch.export.Dim("batch", min=1)
+    with pytest.raises(gatekit.GatekitError, match=r"export it with gatekit\.export_onnx, which writes"):
+        torch.export.export(ready, (x,), dynamic_shapes={"x": {0: batch}}, strict=False)
+    # a static batch of several images: the file still loops (and takes any batch)
+    block = _runtime_block()
+    gatekit.export_onnx(net, x, tmp_path / "s.onnx", dynamic_batch=False, dense_above=1.0,
+                        batching="gather", nchwc_block=block)
+    with torch.no_grad():
+        for n in (4, 2):
+            assert_close(onnx_run(tmp_path / "s.onnx", x[:n]), net(x[:n]))

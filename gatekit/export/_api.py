@@ -252,10 +252,12 @@ def export_onnx(
         dense_above = DENSE_ABOVE if nchwc_block is None else NCHWC_DENSE_ABOVE
     # Blocked and per image with a dynamic batch: the graph made for batch 1, looped over
     # the batch in the file (_loop); exportable's own checks run first.
-    loop = nchwc_block is not None and batching == GATHER and dynamic_batch
+    loop = nchwc_block is not None and batching == GATHER
     if loop:
-        exportable(net, example, dense_above=dense_above, batching=batching,
-                   nchwc_block=nchwc_block)
+        _check_net(net, fn)
+        _example_args(net, example, budget, fn)  # its errors, before the batch-1 slice
+        loop = dynamic_batch or example.shape[0] > 1
+    if loop:  # the file's batch is dynamic then, whatever dynamic_batch says
         example, budget = example[:1], _first(budget)
     program, routes, batching, block = _export(
         net, example, budget, dynamic_batch and not loop, fn, dense_above=dense_above,

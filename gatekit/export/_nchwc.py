@@ -39,12 +39,21 @@ from torch import Tensor
 
 from .._graph import conv_output_size
 
-__all__ = ["NCHWC_DOMAIN", "blocked_filter", "from_blocked", "nchwc_block", "nchwc_conv",
+__all__ = ["NCHWC_BLOCKS", "NCHWC_DOMAIN", "blocked_filter", "from_blocked", "nchwc_block", "nchwc_conv",
            "nchwc_reorder_in", "nchwc_reorder_out", "onnx_translations", "runtime_nchwc_block",
            "to_blocked"]
 
 #: ONNX Runtime's domain of its blocked-layout operators.
 NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+#: The NCHWc channel blocks of ONNX Runtime's x86 CPU kernels (8 with AVX2, 16 with
+#: AVX-512): ``nchwc_block`` of :func:`gatekit.exportable` and :func:`gatekit.export_onnx`.
+#: The file then runs in ONNX Runtime alone (``com.microsoft.nchwc`` operators), and its
+#: blocked path only where the runtime's block is the same: elsewhere every call takes the
+#: dense branch (correct, not faster).  Sites whose ``group_size`` is a multiple of the
+#: block, sliced (not scatter), between 2-d convs whose channel counts are multiples of the
+#: block, with only element-wise ops between them, run blocked; the rest as before.
+NCHWC_BLOCKS = (8, 16)
 
 
 def blocked_filter(weight: Tensor, block: int) -> Tensor:
@@ -150,8 +159,6 @@ def runtime_nchwc_block() -> int | None:
     """
     import onnxruntime
     from onnx import TensorProto, helper
-
-    from ._net import NCHWC_BLOCKS
 
     graph = helper.make_graph(
         [helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)], "probe",

@@ -55,7 +55,14 @@ from ..inference.plan import plan_sites
 from ..inference.rewrite import rewrite
 from ..sites import GateSite
 from ._gather import per_image_conv, per_image_weight, site_masks, site_rows
-from ._nchwc import blocked_filter, nchwc_block, nchwc_conv, nchwc_reorder_in, nchwc_reorder_out
+from ._nchwc import (
+    NCHWC_BLOCKS,
+    blocked_filter,
+    nchwc_block,
+    nchwc_conv,
+    nchwc_reorder_in,
+    nchwc_reorder_out,
+)
 from ._ops import conv_weights, sliced_conv
 
 __all__ = ["BATCHING", "BATCHINGS", "DENSE_ABOVE", "GATHER_COST", "NCHWC_BLOCKS",
@@ -386,6 +393,13 @@ class ExportGaterNet(nn.Module):
         self.register_buffer("site_share", site_share)
 
     def forward(self, x: Tensor, budget: Tensor | None = None) -> Any:
+        if self.per_image_loop and not isinstance(x.shape[0], int):
+            raise GatekitError(
+                f"this ExportGaterNet runs each image alone through its batch-1 graph "
+                f"(batching={GATHER!r} with nchwc_block={self.nchwc_block}), a loop over the "
+                f"batch that torch.export cannot trace with a dynamic batch (got batch "
+                f"{x.shape[0]}); export it with gatekit.export_onnx, which writes the loop as "
+                f"an ONNX Loop, or trace it at a fixed batch")
         if self.per_image_loop and x.shape[0] != 1:
             outs = [self._call(x[i : i + 1], None if budget is None else budget[i : i + 1])
                     for i in range(x.shape[0])]
@@ -533,14 +547,6 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     return ready.eval()
 
 
-#: The NCHWc channel blocks of ONNX Runtime's x86 CPU kernels (8 with AVX2, 16 with
-#: AVX-512): ``nchwc_block`` of :func:`gatekit.exportable` and :func:`gatekit.export_onnx`.
-#: The file then runs in ONNX Runtime alone (``com.microsoft.nchwc`` operators), and its
-#: blocked path only where the runtime's block is the same: elsewhere every call takes the
-#: dense branch (correct, not faster).  Sites whose ``group_size`` is a multiple of the
-#: block, sliced (not scatter), between 2-d convs whose channel counts are multiples of the
-#: block, with only element-wise ops between them, run blocked; the rest as before.
-NCHWC_BLOCKS = (8, 16)
 
 
 def check_nchwc_block(block: Any, fn: str, *, batching: str, opaque_convs: bool,
