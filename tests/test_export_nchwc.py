@@ -104,7 +104,8 @@ def test_blocked_export_equals_the_gated_model(group_size, block):
     ready = gatekit.exportable(net, x[:1], dense_above=1.0, nchwc_block=block)
     assert ready.nchwc_block == block and ready.net.backbone.blocks == [block] * len(net.sites)
     convs = [m for m in ready.modules() if isinstance(m, gatekit.export._net.ExportConv)]
-    assert sum(m.block == block for m in convs) == 2 * len(net.sites)
+    cut = [m for m in convs if m.cut_out or m.in_sliced]
+    assert len(cut) == 2 * len(net.sites) and all(m.block == block for m in cut)
     assert _closed_blocks(net, x[:1], block) > 0
     with torch.no_grad():
         for batch in (x[:1], x):
@@ -118,8 +119,33 @@ def test_blocked_bottlenecks_equal_the_gated_model(block):
     ready = gatekit.exportable(net, x[:1], dense_above=1.0, nchwc_block=block)
     convs = [m for m in ready.modules() if isinstance(m, gatekit.export._net.ExportConv)]
     both = [m for m in convs if m.block == block and m.cut_out and m.in_sliced]
-    assert sum(m.block == block for m in convs) == 9 and len(both) == 3
+    cut = [m for m in convs if m.cut_out or m.in_sliced]
+    assert len(cut) == 9 and all(m.block == block for m in cut) and len(both) == 3
     assert _closed_blocks(net, x, block) > 0
+    with torch.no_grad():
+        for n in (1, 8):
+            assert_close(ready(x[:n]), net(x[:n]))
+
+
+def test_the_residual_stream_stays_blocked_between_sites():
+    # Bottlenecks in three stages: the stream between them stays blocked, so the shortcuts
+    # that read it (stages 2 and 3) run blocked, each block's last conv takes its residual
+    # as the conv's sum, the ReLUs after the convs run fused, and one reorder out remains
+    # (before the pooling); the result still equals the gated model.
+    net = _bottleneck_net()
+    x = _images()
+    ready = gatekit.exportable(net, x[:1], dense_above=1.0, nchwc_block=16)
+    gm = ready.net.backbone.graph_module
+    convs = {n: gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"
+             and isinstance(gm.get_submodule(n.target), gatekit.export._net.ExportConv)}
+    full = [c for c in convs.values() if not (c.cut_out or c.in_sliced)]
+    assert [c.block for c in full] == [None, None, 16, 16]  # stem, stage-1 shortcut: not
+    assert sum(c.in_blocked for c in convs.values()) == 4  # stage 2-3 conv1s and shortcuts
+    summed = [n for n, c in convs.items() if n.kwargs.get("residual") is not None]
+    assert len(summed) == 3 and all(convs[n].out_blocked and convs[n].relu for n in summed)
+    targets = [n.target for n in gm.graph.nodes]
+    assert targets.count(torch.ops.gatekit.nchwc_reorder_out.default) == 1
+    assert sum(c.relu for c in convs.values()) == 9  # every ReLU but the stem's
     with torch.no_grad():
         for n in (1, 8):
             assert_close(ready(x[:n]), net(x[:n]))
@@ -271,7 +297,7 @@ def test_onnx_runtime_runs_the_blocked_convs_as_the_gated_model(tmp_path):
     assert _closed_blocks(net, x, block) > 0
     model, _ = _export_and_run(net, x, tmp_path / "blocked.onnx", block, dense_above=1.0)
     kinds = [(n.domain, n.op_type) for n in _nodes(model.graph)]
-    assert kinds.count(("com.microsoft.nchwc", "Conv")) == 9
+    assert kinds.count(("com.microsoft.nchwc", "Conv")) == 11  # and two shortcuts
 
 
 def test_another_runtime_block_runs_the_dense_branch(tmp_path):
@@ -339,7 +365,7 @@ def test_onnx_runtime_loops_the_batch_one_graph_over_the_batch(tmp_path):
     assert {r["batching"] for r in json.loads(meta["gatekit.routes"])} == {"gather"}
     (loop,) = [n for n in model.graph.node if n.op_type == "Loop"]
     kinds = [(n.domain, n.op_type) for n in _nodes(loop.attribute[0].g)]
-    assert kinds.count(("com.microsoft.nchwc", "Conv")) == 9
+    assert kinds.count(("com.microsoft.nchwc", "Conv")) == 11  # and two shortcuts
     with torch.no_grad():
         assert_close(onnx_run(tmp_path / "loop.onnx", x[:3]), net(x[:3]))
 

@@ -119,17 +119,22 @@ def _(x, channels):
 
 @torch.library.custom_op("gatekit::nchwc_conv", mutates_args=())
 def nchwc_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
-               padding: list[int], dilation: list[int]) -> Tensor:
+               padding: list[int], dilation: list[int], sum: Tensor | None = None,
+               relu: bool = False) -> Tensor:
     """A 2-d convolution of the blocked ``x`` ``(N, Ki, H, W, B)`` with the blocked
-    ``weight`` ``(Ko, Ki, kh, kw, B, B)`` and ``bias`` ``(Ko * B,)``: the blocked
-    ``(N, Ko, H', W', B)`` (ONNX Runtime: the NCHWc ``Conv`` with a run-time filter)."""
+    ``weight`` ``(Ko, Ki, kh, kw, B, B)`` and ``bias`` ``(Ko * B,)``, plus the blocked
+    ``sum`` ``(N, Ko, H', W', B)`` if given, then ReLU if ``relu``: the blocked
+    ``(N, Ko, H', W', B)`` (ONNX Runtime: the NCHWc ``Conv`` with a run-time filter, its
+    ``Sum`` input and ``activation``)."""
     y = torch.nn.functional.conv2d(from_blocked(x), unblocked_filter(weight), bias, stride,
                                    padding, dilation)
-    return to_blocked(y, x.shape[4])
+    if sum is not None:
+        y = y + from_blocked(sum)
+    return to_blocked(torch.relu(y) if relu else y, x.shape[4])
 
 
 @nchwc_conv.register_fake
-def _(x, weight, bias, stride, padding, dilation):
+def _(x, weight, bias, stride, padding, dilation, sum=None, relu=False):
     spatial = conv_output_size(x.shape[2:4], weight.shape[2:4], stride, padding, dilation)
     return x.new_empty(x.shape[0], weight.shape[0], *spatial, x.shape[4])
 
@@ -195,9 +200,11 @@ def onnx_translations() -> dict[Any, Any]:
     reorder_output = onnxscript.values.Op(domain, "ReorderOutput", schema(
         "ReorderOutput", [param("X", "T")], [attr("channels", kinds.INT, "")]))
     conv = onnxscript.values.Op(domain, "Conv", schema(
-        "Conv", [param("X", "T"), param("W", "T"), param("B", "T", param_option=optional)],
-        [attr(name, kinds.INTS, "", required=False)
-         for name in ("strides", "pads", "dilations")]))
+        "Conv", [param("X", "T"), param("W", "T"), param("B", "T", param_option=optional),
+                 param("Sum", "T", param_option=optional)],
+        [*(attr(name, kinds.INTS, "", required=False)
+           for name in ("strides", "pads", "dilations")),
+         attr("activation", kinds.STRING, "", required=False)]))
     to_4d = [0, -1, 0, 0]  # (N, K, H, W, B) -> (N, K * B, H, W): dims 0, 2, 3 kept
 
     def reorder_in(x: Any, block: int) -> Any:
@@ -207,14 +214,16 @@ def onnx_translations() -> dict[Any, Any]:
         return reorder_output(op.Reshape(x, op.Constant(value_ints=to_4d)), channels=channels)
 
     def blocked_conv(x: Any, weight: Any, bias: Any, stride: list[int], padding: list[int],
-                     dilation: list[int]) -> Any:
+                     dilation: list[int], sum: Any = None, relu: bool = False) -> Any:
         shape = op.Shape(weight)  # (Ko, Ki, kh, kw, B, B) -> (Ko * B, Ki * B, kh, kw)
         block = op.Shape(x, start=4, end=5)
         w = op.Reshape(weight, op.Concat(op.Mul(op.Shape(weight, start=0, end=1), block),
                                          op.Mul(op.Shape(weight, start=1, end=2), block),
                                          op.Slice(shape, [2], [4]), axis=0))
-        y = conv(op.Reshape(x, op.Constant(value_ints=to_4d)), w, bias, strides=stride,
-                 pads=[*padding, *padding], dilations=dilation)
+        extra = {"activation": "Relu"} if relu else {}
+        total = None if sum is None else op.Reshape(sum, op.Constant(value_ints=to_4d))
+        y = conv(op.Reshape(x, op.Constant(value_ints=to_4d)), w, bias, total, strides=stride,
+                 pads=[*padding, *padding], dilations=dilation, **extra)
         return op.Reshape(y, op.Concat(op.Constant(value_ints=to_4d), block, axis=0))
 
     def runtime_block(like: Any, block: int) -> Any:

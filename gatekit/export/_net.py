@@ -152,6 +152,10 @@ class ExportConv(nn.Module):
         self.opaque = False
         #: The NCHWc channel block when the conv runs blocked (see :meth:`use_blocks`).
         self.block: int | None = None
+        #: Blocked only: a full input arrives blocked, a full output leaves blocked (the
+        #: residual stream kept blocked, see ``_blocked_stream``), and the ReLU that
+        #: followed the conv (after the residual add) runs fused in it.
+        self.in_blocked = self.out_blocked = self.relu = False
 
     def use_blocks(self, block: int) -> None:
         """Run blocked (``gatekit/export/_nchwc.py``): the weight becomes
@@ -203,7 +207,7 @@ class ExportConv(nn.Module):
         blocks of the weight are gathered, a cut input arrives blocked, a cut output leaves
         blocked with each image's gates applied, a full one is reordered back."""
         block = self.block
-        if in_idx is None:
+        if in_idx is None and not self.in_blocked:
             x = nchwc_reorder_in(x, block)
         w, b = self.weight, self.bias
         if out_idx is not None and in_idx is not None:
@@ -216,10 +220,15 @@ class ExportConv(nn.Module):
             w = w.index_select(1, in_idx)
         if b is not None:
             b = (b if out_idx is None else b.index_select(0, out_idx)).flatten()
-        y = nchwc_conv(x, w, b, list(self.stride), list(self.padding), list(self.dilation))
+        if out_idx is None and self.out_blocked:  # the residual (blocked) and ReLU fused
+            return nchwc_conv(x, w, b, list(self.stride), list(self.padding),
+                              list(self.dilation), residual, self.relu)
+        y = nchwc_conv(x, w, b, list(self.stride), list(self.padding), list(self.dilation),
+                       None, self.relu and residual is None)
         if out_idx is None:
             y = nchwc_reorder_out(y, self.out_channels)
-            return y if residual is None else residual + y
+            y = y if residual is None else residual + y
+            return torch.relu(y) if self.relu and residual is not None else y
         mask = channels.masks[out_site]  # (N, K, B): each image's gates of the open blocks
         if mask is not None:
             y = y * mask.view(mask.shape[0], mask.shape[1], 1, 1, block)
@@ -535,6 +544,8 @@ def exportable(net: GaterNet, example: Tensor | None = None, *, batch_one: bool 
     # nor does the per-image path.
     binary = isinstance(net.estimator, Gate)
     masked = not (one and binary)
+    if blocked:
+        _blocked_stream(graph, nchwc_block, fuse_masked=binary or not masked)
     backbone = ExportBackbone(graph, net.sites, live, union=not one, masked=masked,
                               binary=binary, blocks=blocks)
     inner = GaterNet(backbone, **gaternet_parts(net))
@@ -621,6 +632,71 @@ def _use_blocks(gm: fx.GraphModule, candidates: set[int], block: int) -> set[int
         if any(s is not None and s in sites for s in (out_site, in_site)):
             conv.use_blocks(block)
     return sites
+
+
+#: The ReLUs the blocked residual stream runs on blocked tensors (element-wise) or fuses.
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, torch.nn.functional.relu)
+
+
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+    return ((node.op == "call_function" and node.target in _RELU_FUNCTIONS)
+            or (node.op == "call_method" and node.target in ("relu", "relu_")))
+
+
+def _blocked_stream(gm: fx.GraphModule, block: int, fuse_masked: bool) -> None:
+    """Keep the blocked path's tensors blocked between sites: a blocked conv's full output
+    stays blocked, a ReLU of a blocked tensor runs on it as it is, a full conv (a
+    shortcut) whose input is blocked runs blocked too, a blocked conv reads a blocked full
+    input without reordering it and takes a residual blocked (ONNX Runtime's ``Sum``
+    input); a ReLU that alone follows a blocked conv runs fused in it (where the conv's
+    output is multiplied by gates afterwards, only if ``fuse_masked``: gates >= 0, so that
+    ``relu(y) * g == relu(y * g)``).  Every other reader of a blocked tensor gets it
+    reordered out; a residual that is not blocked is reordered in."""
+    graph = gm.graph
+    channels: dict[fx.Node, int] = {}  # each blocked value: its channel count
+    for node in list(graph.nodes):
+        conv = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(conv, ExportConv):
+            x = node.args[0]
+            if conv.block is None:
+                full_ok = (conv.groups == 1 and len(conv.weight.shape) == 4
+                           and conv.in_channels % block == 0 and conv.out_channels % block == 0)
+                if x not in channels or not full_ok or conv.opaque:
+                    continue
+                conv.use_blocks(block)
+            conv.in_blocked = not conv.in_sliced and x in channels
+            if not conv.cut_out:
+                conv.out_blocked = True
+                residual = node.kwargs.get("residual")
+                if residual is not None and residual not in channels:
+                    with graph.inserting_before(node):
+                        moved = graph.call_function(torch.ops.gatekit.nchwc_reorder_in.default,
+                                                  (residual, block))
+                    node.update_kwarg("residual", moved)
+            channels[node] = conv.out_channels
+        elif _is_relu(gm, node) and node.args and node.args[0] in channels:
+            channels[node] = channels[node.args[0]]
+    for value, count in channels.items():
+        for user in list(value.users):
+            if user in channels and (user.args[0] is value or user.kwargs.get("residual") is value):
+                continue  # a blocked conv's input or residual, or a ReLU on it
+            with graph.inserting_before(user):
+                out = graph.call_function(torch.ops.gatekit.nchwc_reorder_out.default, (value, count))
+            user.replace_input_with(value, out)
+    for node in list(graph.nodes):  # ReLU fused into the blocked conv it alone follows
+        producer = node.args[0] if node.args else None
+        if not (_is_relu(gm, node) and producer in channels and producer.op == "call_module"
+                and len(producer.users) == 1):
+            continue
+        conv = gm.get_submodule(producer.target)
+        if isinstance(conv, ExportConv) and (not conv.cut_out or fuse_masked):
+            conv.relu = True
+            node.replace_all_uses_with(producer)
+            graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
 
 
 def check_batching(batching: Any, fn: str, *, opaque_convs: bool = False) -> str:
