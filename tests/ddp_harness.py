@@ -60,6 +60,15 @@ class Recording:
 
 def main(out: Path) -> None:
     dist = setup("cpu")
+    try:
+        _run(dist, out)  # the DDP wrapper dies with its frame, before the group (teardown)
+        if dist.enabled:
+            torch.distributed.barrier()
+    finally:
+        teardown()
+
+
+def _run(dist, out: Path) -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (SAMPLES, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)
@@ -85,7 +94,6 @@ def main(out: Path) -> None:
                 "initial": initial,
                 "seen": recording.seen, "world_size": dist.world_size},
                out / f"rank{dist.rank}.pt")
-    teardown()
 
 
 if __name__ == "__main__":

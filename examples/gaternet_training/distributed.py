@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -65,5 +66,10 @@ def setup(device: str = "auto") -> Dist:
 
 
 def teardown() -> None:
+    """Destroy the process group, after a collection: a DDP wrapper left unreachable (its
+    reducer holds the gloo group) is freed first, not at interpreter exit, where freeing a
+    gloo group aborts the process now and then (see ``train.train``).  The caller drops
+    its own references to the wrapper first."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

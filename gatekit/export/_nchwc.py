@@ -16,9 +16,13 @@ The activations between the sliced convs of a site stay blocked, ``(N, K, H, W, 
 in eager PyTorch, which is the memory of ONNX Runtime's NCHWc tensor ``(N, K * B, H, W)``;
 each op's ONNX translation reshapes between the two views (no arithmetic; the graph's
 ``Reshape`` nodes together take 1.3 ms of 70 in
-``benchmarks/results/export_cpu_nchwc_profile.json``).  A conv reading a full tensor
-reorders it in (``ReorderInput``), one writing a full tensor reorders it out
-(``ReorderOutput``).
+``benchmarks/results/export_cpu_nchwc_profile.json``).  The tensors between sites stay
+blocked too (``_blocked_stream`` in ``_net``): a block's last conv adds its residual as
+the NCHWc ``Conv``'s ``Sum`` input and applies the ReLU that follows as its
+``activation``, a shortcut conv reading the blocked stream runs blocked, and only a
+tensor read by something else (a pooling, the classifier) is reordered out
+(``ReorderOutput``); a full tensor entering a blocked conv is reordered in
+(``ReorderInput``).
 
 The filter layout depends on the block of the machine that runs the file: a graph made for
 ``B = 16`` computes garbage with ``B = 8``.  :func:`nchwc_block` reads the runtime's block

@@ -268,8 +268,9 @@ class ExportConv(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size="
                 f"{tuple(self.weight.shape[2:4])}, stride={self.stride}, "
                 f"out_mode={self.out_mode!r}, in_sliced={self.in_sliced}, "
-                f"in_major={self.in_major}" + ("" if self.block is None
-                                               else f", block={self.block}"))
+                f"in_major={self.in_major}" + ("" if self.block is None else (
+                    f", block={self.block}, in_blocked={self.in_blocked}, "
+                    f"out_blocked={self.out_blocked}, relu={self.relu}")))
 
 
 class ExportBackbone(nn.Module):
