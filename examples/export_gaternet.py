@@ -16,7 +16,15 @@ suffix ``.json``, or ``--results``): the model is rebuilt from the command recor
    ``--threads`` intra-op threads (medians), and print one line.
 
 A run with a budget input is exported with the budget as the file's second input and
-checked at ``--budget``.  Needs ``pip install "gatekit[export,examples]"``.
+checked at ``--budget``.  ``--nchwc-block auto`` (or 8, 16) exports on ONNX Runtime's
+blocked path with each image alone (``nchwc_block=``, ``batching="gather"``; auto: this
+machine's block, :func:`gatekit.export.runtime_nchwc_block`): the sites gated in groups of
+the block (a run trained with ``--group-size 16``) run blocked, the others as before::
+
+    python examples/export_gaternet.py benchmarks/results/cifar10/rank_f040_g16_s0.pt \
+        --out model.onnx --nchwc-block auto
+
+Needs ``pip install "gatekit[export,examples]"``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=1.0,
                    help="a budget-input run: the budget to check and time at")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (both runtimes)")
+    p.add_argument("--nchwc-block", choices=["auto", "8", "16"], default=None,
+                   help="export on ONNX Runtime's blocked path, each image alone (auto: this "
+                        "machine's block); default: the export's defaults")
     return p
 
 
@@ -83,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     kw = {} if budget is None else {"budget": budget}
 
     # 2. export
-    routes = gatekit.export_onnx(net, singles[0], args.out, budget=budget)
+    block = None
+    if args.nchwc_block is not None:
+        block = (gatekit.export.runtime_nchwc_block() if args.nchwc_block == "auto"
+                 else int(args.nchwc_block))
+        if block is None:
+            print("--nchwc-block auto: this ONNX Runtime has no NCHWc kernels", file=sys.stderr)
+            return 2
+    blocked = {} if block is None else {"nchwc_block": block, "batching": "gather"}
+    routes = gatekit.export_onnx(net, singles[0], args.out, budget=budget, **blocked)
 
     # 3. check against eager, image by image
     options = ort.SessionOptions()
@@ -113,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out}: {len(singles)} test images, max |onnx - eager| {worst:.2g}, same class "
           f"{same}/{len(singles)}; batch 1, {args.threads} thread(s): onnxruntime "
           f"{onnx_ms:.2f} ms, eager skip_compute {eager_ms:.2f} ms ({eager_ms / onnx_ms:.2f}x); "
-          f"{skipping}/{len(routes)} sites skip")
+          f"{skipping}/{len(routes)} sites skip"
+          + ("" if block is None else f", nchwc_block={block}, each image alone"))
     return 0 if same == len(singles) and worst < 1e-3 else 1
 
 

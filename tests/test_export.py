@@ -617,6 +617,26 @@ def test_example_script_checks_the_committed_run(tmp_path):
     assert "same class 20/20" in run.stdout and out.is_file()
 
 
+GROUPED_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "rank_f040_g16_s0.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (GROUPED_RUN.is_file() and DATA.is_file()),
+                    reason="needs the run in groups of 16 and CIFAR-10")
+def test_example_script_exports_a_grouped_run_on_the_blocked_path(tmp_path):
+    out = tmp_path / "model.onnx"
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"),
+                          str(GROUPED_RUN), "--out", str(out), "--images", "20",
+                          "--nchwc-block", "auto", "--data", str(DATA)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    if "no NCHWc kernels" in run.stderr:
+        pytest.skip("this ONNX Runtime has no NCHWc kernels")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "same class 20/20" in run.stdout and "each image alone" in run.stdout
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["gatekit.nchwc_block"]) == gatekit.export.runtime_nchwc_block()
+
+
 CALIBRATED_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "pareto_anyb_s0_calibrated.pt"
 
 
