@@ -24,7 +24,8 @@ one variant's idle threads do not slow the next one's call):
   blocks, the union of a batch's blocks (``union``) or each image alone in an ONNX
   ``Loop`` (``gather``), its dense branch at the export's default for a blocked file
   unless ``--dense-above`` says otherwise; the trained ResNet-20 (gates of one channel)
-  keeps the export's defaults.  Compare with ``--compare union`` (the same model,
+  keeps the export's defaults (a ``--cifar-run`` trained with gates in whole blocks, such
+  as ``rank_f040_g16_s0.pt``, runs blocked too).  Compare with ``--compare union`` (the same model,
   gathered weights in the plain layout).  The committed grid (``export_cpu.json``)::
 
       python -m benchmarks.export_cpu --group-size 16 --nchwc-block 16 --batching gather \
@@ -206,9 +207,12 @@ def export_variants(name: str, tag: Any, plain, net, example: torch.Tensor,
     batching = args.batching or gatekit.export.BATCHING
     folder = tmp if args.onnx_dir is None else args.onnx_dir
     folder.mkdir(parents=True, exist_ok=True)
-    block = args.nchwc_block if name == "resnet50" else None
+    whole = args.nchwc_block is not None and all(
+        s.group_size % args.nchwc_block == 0 for s in net.sites)
+    block = args.nchwc_block if name == "resnet50" or whole else None
     if args.nchwc_block is not None and block is None:
-        # the trained ResNet-20 gates single channels: no blocked path, the export's defaults
+        # a trained run of single-channel gates (--cifar-run's default): no blocked path,
+        # the export's defaults
         batching = gatekit.export.BATCHING
     dense_above = args.dense_above
     if dense_above == "default":
