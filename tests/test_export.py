@@ -600,6 +600,17 @@ RUN = ROOT / "benchmarks" / "results" / "cifar10" / "vs_budget_conv_s0.pt"
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+def run_example(run_path, tmp_path, *args):
+    """examples/export_gaternet.py on a committed run, 20 test images: the process and the
+    file it wrote."""
+    out = tmp_path / "model.onnx"
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"),
+                          str(run_path), "--out", str(out), "--images", "20", *args,
+                          "--data", str(DATA)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    return run, out
+
+
 def test_example_script_help():
     run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"), "--help"],
                          capture_output=True, text=True, timeout=300, check=False)
@@ -609,10 +620,7 @@ def test_example_script_help():
 @pytest.mark.slow
 @pytest.mark.skipif(not (RUN.is_file() and DATA.is_file()), reason="needs the run and CIFAR-10")
 def test_example_script_checks_the_committed_run(tmp_path):
-    out = tmp_path / "model.onnx"
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"), str(RUN),
-                          "--out", str(out), "--images", "20", "--data", str(DATA)],
-                         capture_output=True, text=True, timeout=600, check=False)
+    run, out = run_example(RUN, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "same class 20/20" in run.stdout and out.is_file()
 
@@ -624,11 +632,7 @@ GROUPED_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "rank_f040_g16_s0.pt
 @pytest.mark.skipif(not (GROUPED_RUN.is_file() and DATA.is_file()),
                     reason="needs the run in groups of 16 and CIFAR-10")
 def test_example_script_exports_a_grouped_run_on_the_blocked_path(tmp_path):
-    out = tmp_path / "model.onnx"
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"),
-                          str(GROUPED_RUN), "--out", str(out), "--images", "20",
-                          "--nchwc-block", "auto", "--data", str(DATA)],
-                         capture_output=True, text=True, timeout=600, check=False)
+    run, out = run_example(GROUPED_RUN, tmp_path, "--nchwc-block", "auto")
     if "no NCHWc kernels" in run.stderr:
         pytest.skip("this ONNX Runtime has no NCHWc kernels")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -645,11 +649,7 @@ CALIBRATED_RUN = ROOT / "benchmarks" / "results" / "cifar10" / "pareto_anyb_s0_c
                     reason="needs the calibrated run and CIFAR-10")
 def test_example_script_exports_a_calibrated_run(tmp_path):
     # The run's map has knots 0.3, 0.319, 0.4, 0.5, ...: 0.45 lies between two of them.
-    out = tmp_path / "model.onnx"
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "export_gaternet.py"),
-                          str(CALIBRATED_RUN), "--out", str(out), "--images", "20",
-                          "--budget", "0.45", "--data", str(DATA)],
-                         capture_output=True, text=True, timeout=600, check=False)
+    run, out = run_example(CALIBRATED_RUN, tmp_path, "--budget", "0.45")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "same class 20/20" in run.stdout and out.is_file()
 

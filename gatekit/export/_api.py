@@ -250,8 +250,8 @@ def export_onnx(
         batching = UNION
     if isinstance(dense_above, str) and dense_above == "default":
         dense_above = DENSE_ABOVE if nchwc_block is None else NCHWC_DENSE_ABOVE
-    # Blocked and per image with a dynamic batch: the graph made for batch 1, looped over
-    # the batch in the file (_loop); exportable's own checks run first.
+    # Blocked and per image with a dynamic batch (or several images): the graph made for
+    # batch 1, looped over the batch in the file (_loop); the inputs are checked first.
     loop = nchwc_block is not None and batching == GATHER
     if loop:
         _check_net(net, fn)
@@ -275,17 +275,20 @@ def export_onnx(
     onnx_program.model.metadata_props[ROUTES_KEY] = json.dumps([r._asdict() for r in routes])
     onnx_program.model.metadata_props[DENSE_ABOVE_KEY] = json.dumps(dense_above)
     onnx_program.model.metadata_props[BATCHING_KEY] = json.dumps(batching)
-    if not loop:
-        onnx_program.save(os.fspath(path))
-    if dense_above is not None or loop:
+    if loop:  # a blocked file: it has a dense branch
         import onnx
 
-        model = onnx_program.model_proto if loop else onnx.load(os.fspath(path))
-        moved = move_branch_initializers(model) if dense_above is not None else 0
-        moved += drop_unread_initializers(model.graph)
-        if loop:
-            model = loop_over_batch(model)
-        if moved or loop:
+        model = onnx_program.model_proto
+        move_branch_initializers(model)
+        drop_unread_initializers(model.graph)
+        onnx.save(loop_over_batch(model), os.fspath(path))
+        return routes
+    onnx_program.save(os.fspath(path))
+    if dense_above is not None:
+        import onnx
+
+        model = onnx.load(os.fspath(path))
+        if move_branch_initializers(model) + drop_unread_initializers(model.graph):
             onnx.save(model, os.fspath(path))
     return routes
 

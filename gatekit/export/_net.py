@@ -154,7 +154,8 @@ class ExportConv(nn.Module):
         self.block: int | None = None
         #: Blocked only: a full input arrives blocked, a full output leaves blocked (the
         #: residual stream kept blocked, see ``_blocked_stream``), and the ReLU that
-        #: followed the conv (after the residual add) runs fused in it.
+        #: followed the conv (after the residual add) runs fused in it (set only on a conv
+        #: whose output is cut or leaves blocked, so the residual is added before it).
         self.in_blocked = self.out_blocked = self.relu = False
 
     def use_blocks(self, block: int) -> None:
@@ -220,15 +221,14 @@ class ExportConv(nn.Module):
             w = w.index_select(1, in_idx)
         if b is not None:
             b = (b if out_idx is None else b.index_select(0, out_idx)).flatten()
-        if out_idx is None and self.out_blocked:  # the residual (blocked) and ReLU fused
-            return nchwc_conv(x, w, b, list(self.stride), list(self.padding),
-                              list(self.dilation), residual, self.relu)
+        summed = residual if self.out_blocked else None  # a blocked residual: the conv's Sum
         y = nchwc_conv(x, w, b, list(self.stride), list(self.padding), list(self.dilation),
-                       None, self.relu and residual is None)
+                       summed, self.relu)
+        if out_idx is None and self.out_blocked:
+            return y
         if out_idx is None:
             y = nchwc_reorder_out(y, self.out_channels)
-            y = y if residual is None else residual + y
-            return torch.relu(y) if self.relu and residual is not None else y
+            return y if residual is None else residual + y
         mask = channels.masks[out_site]  # (N, K, B): each image's gates of the open blocks
         if mask is not None:
             y = y * mask.view(mask.shape[0], mask.shape[1], 1, 1, block)
